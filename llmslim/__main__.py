@@ -1,0 +1,3 @@
+from llmslim.cli import main
+
+main()

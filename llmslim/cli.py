@@ -1,0 +1,91 @@
+"""The root `llmslim` app: one add_typer/command line per subcommand, one error handler."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from llmslim.core.errors import LlmslimError
+
+app = typer.Typer(
+    name="llmslim",
+    help="Make large language models cheaper to run: prune, shorten, budget, sparsity, eval, bench.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _planned(name: str, issue: int, what: str) -> typer.Typer:
+    sub = typer.Typer(help=f"{what} (planned: issue #{issue}).", no_args_is_help=False)
+
+    @sub.callback(invoke_without_command=True)
+    def _not_yet() -> None:
+        raise LlmslimError(f"'llmslim {name}' is not implemented yet (issue #{issue})")
+
+    return sub
+
+
+def _register() -> None:
+    from llmslim.bench.cli import bench
+    from llmslim.eval.cli import eval_command
+    from llmslim.info.cli import info
+    from llmslim.prune.cli import app as prune_app
+
+    app.command("info")(info)
+    app.command("eval")(eval_command)
+    app.command("bench")(bench)
+    app.add_typer(prune_app, name="prune")
+    app.add_typer(_planned("shorten", 4, "Fine-tune a chat model to answer shorter at equal quality"), name="shorten")
+    app.add_typer(_planned("budget", 5, "TALE token-budget-aware reasoning"), name="budget")
+    app.add_typer(_planned("sparsity", 6, "ShadowLLM predictor-based contextual sparsity"), name="sparsity")
+
+
+@app.callback()
+def root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks (also LLMSLIM_DEBUG=1)."),
+    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+) -> None:
+    if debug:
+        os.environ["LLMSLIM_DEBUG"] = "1"
+    if version:
+        import llmslim
+
+        typer.echo(llmslim.__version__)
+        raise typer.Exit()
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: bad input ends in one line on stderr and exit code 1."""
+    import click
+
+    debug = os.environ.get("LLMSLIM_DEBUG") == "1" or "--debug" in (argv or sys.argv)
+    try:
+        app(args=argv, standalone_mode=False)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except click.exceptions.Abort:
+        sys.stderr.write("aborted\n")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)
+    except LlmslimError as err:
+        if debug:
+            raise
+        sys.stderr.write(f"error: {err}\n")
+        sys.exit(1)
+    except Exception as err:  # noqa: BLE001 - the last line of defence: one line, not a traceback
+        if debug:
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        sys.stderr.write(f"error: {type(err).__name__}: {first} (run with --debug for the traceback)\n")
+        sys.exit(1)

