@@ -32,12 +32,12 @@ def _register() -> None:
     from llmslim.bench.cli import bench
     from llmslim.eval.cli import eval_command
     from llmslim.info.cli import info
-    from llmslim.prune.cli import app as prune_app
+    from llmslim.prune.cli import prune
 
     app.command("info")(info)
     app.command("eval")(eval_command)
     app.command("bench")(bench)
-    app.add_typer(prune_app, name="prune")
+    app.command("prune")(prune)
     app.add_typer(_planned("shorten", 4, "Fine-tune a chat model to answer shorter at equal quality"), name="shorten")
     app.add_typer(_planned("budget", 5, "TALE token-budget-aware reasoning"), name="budget")
     app.add_typer(_planned("sparsity", 6, "ShadowLLM predictor-based contextual sparsity"), name="sparsity")

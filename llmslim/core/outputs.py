@@ -110,3 +110,19 @@ def write_manifest(folder: Path | str, **fields) -> Path:
     path = Path(folder) / "run.json"
     path.write_text(json.dumps(manifest(**fields), indent=2) + "\n")
     return path
+
+
+def atomic_write_bytes(path: Path | str, write) -> None:
+    """`write(file)` fills a temp file that then replaces `path` in one rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with tmp.open("wb") as f:
+            write(f)
+        tmp.replace(path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        if err.errno == errno.ENOSPC:
+            raise LlmslimError(f"no space left on the device while writing {path}") from None
+        raise

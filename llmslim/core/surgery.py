@@ -58,3 +58,7 @@ def keep_kv_groups(attn: Attention, keep_groups: torch.Tensor) -> None:
     _keep_cols(attn.o, q_rows)
     attn.n_heads = q_heads.numel()
     attn.n_kv_heads = keep_groups.numel()
+    # some attention modules cache head counts at init (phi3 slices its fused qkv with them)
+    for name, value in (("num_key_value_heads", attn.n_kv_heads), ("num_heads", attn.n_heads)):
+        if isinstance(getattr(attn.module, name, None), int):
+            setattr(attn.module, name, value)

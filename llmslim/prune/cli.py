@@ -1,3 +1,84 @@
+"""`llmslim prune MODEL`: options -> config -> prune pipeline -> report. No logic lives here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
 import typer
 
-app = typer.Typer(help="Structured pruning of FFN neurons (in progress).")
+from llmslim.core import report
+from llmslim.core.errors import BadOptionError
+from llmslim.core.options import DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, ModelArg, OutOpt, QuietOpt, SeedOpt
+from llmslim.prune.pipeline import PruneJob, run_job
+
+METHOD = "Method"
+CALIB = "Calibration"
+EVAL = "Evaluation"
+
+
+def prune(
+    model: ModelArg = "smollm2-135m",
+    ratio: Annotated[float, typer.Option(help="Fraction of FFN neurons to remove (AFR paper: 0.2, 0.5).", rich_help_panel=METHOD)] = 0.2,
+    method: Annotated[str, typer.Option(help="Score: afr, snip, refer, magnitude, wanda-sp, flap, llm-pruner-vector, llm-pruner-element; 'afr:mean-abs' picks an aggregation.", rich_help_panel=METHOD)] = "afr",
+    aggregate: Annotated[str, typer.Option(help="Weight->neuron aggregation: abs+gmm (paper), abs, gmm, mean-abs, trim.", rich_help_panel=METHOD)] = "abs+gmm",
+    gmm_scope: Annotated[str, typer.Option(help="GMM clipping per 'neuron' (paper) or per 'layer' (reference code).", rich_help_panel=METHOD)] = "neuron",
+    afr_recipe: Annotated[str, typer.Option(help="'paper': z-score per weight then aggregate; 'reference': AFR-St code (aggregate, square SNIP, z-score).", rich_help_panel=METHOD)] = "paper",
+    group: Annotated[str, typer.Option(help="A neuron's weights: 'concat' gate|up|down, or 'sum' them elementwise (reference code).", rich_help_panel=METHOD)] = "concat",
+    feature_mode: Annotated[str, typer.Option(help="ReFer feature matrix: 'flat' (reference code: batch x all) or 'tokens' (tokens x features per window; slower).", rich_help_panel=METHOD)] = "flat",
+    allocation: Annotated[str, typer.Option(help="'uniform' ratio per layer, or one 'global' threshold.", rich_help_panel=METHOD)] = "uniform",
+    round_to: Annotated[int, typer.Option(help="Round kept widths to a multiple of N (8, 64, 128).", rich_help_panel=METHOD)] = 1,
+    compare: Annotated[Optional[str], typer.Option(help="Also prune with these methods (comma list, or 'all') on the same scores and report them side by side.", rich_help_panel=METHOD)] = None,
+    calib: Annotated[str, typer.Option(help="'auto' (WikiText-2 first half if the shared data exists, else self), 'self' (sampled from the model), 'wikitext2', or a corpus file.", rich_help_panel=CALIB)] = "auto",
+    nsamples: Annotated[int, typer.Option(help="Calibration windows (paper: 128).", rich_help_panel=CALIB)] = 128,
+    seqlen: Annotated[int, typer.Option(help="Tokens per window (paper: 1024).", rich_help_panel=CALIB)] = 1024,
+    save_scores: Annotated[Optional[Path], typer.Option(help="Write the calibration scores here for re-pruning.", rich_help_panel=CALIB)] = None,
+    scores: Annotated[Optional[Path], typer.Option(help="Reuse scores from --save-scores: no forward/backward pass.", rich_help_panel=CALIB)] = None,
+    eval_tasks: Annotated[Optional[str], typer.Option("--eval", help="lm-eval tasks to run before and after (e.g. arc_easy,piqa).", rich_help_panel=EVAL)] = None,
+    eval_limit: Annotated[Optional[int], typer.Option(help="Items per task.", rich_help_panel=EVAL)] = None,
+    ppl: Annotated[bool, typer.Option("--ppl/--no-ppl", help="WikiText-2 perplexity (second half of the test file) before and after.", rich_help_panel=EVAL)] = False,
+    ppl_seqlen: Annotated[int, typer.Option(help="Perplexity window length.", rich_help_panel=EVAL)] = 1024,
+    ppl_limit: Annotated[Optional[int], typer.Option(help="At most this many perplexity windows.", rich_help_panel=EVAL)] = None,
+    out: OutOpt = None,
+    force: ForceOpt = False,
+    json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+) -> None:
+    """Remove FFN neurons by AFR (or a baseline) and save a smaller model transformers loads."""
+    report.setup_logging(quiet or json)
+    if nsamples < 1 or seqlen < 2:
+        raise BadOptionError("--nsamples must be >= 1 and --seqlen >= 2")
+    if eval_limit is not None and eval_limit < 1:
+        raise BadOptionError(f"--eval-limit must be >= 1, got {eval_limit}")
+    job = PruneJob(
+        model=model, ratio=ratio, method=method, aggregate=aggregate, gmm_scope=gmm_scope, afr_recipe=afr_recipe,
+        group=group, feature_mode=feature_mode, allocation=allocation, round_to=round_to, compare=compare,
+        calib=calib, nsamples=nsamples, seqlen=seqlen, save_scores=save_scores, scores=scores,
+        eval_tasks=eval_tasks, eval_limit=eval_limit, ppl=ppl, ppl_seqlen=ppl_seqlen, ppl_limit=ppl_limit,
+        out=out, force=force, seed=seed, device=device, dtype=dtype,
+    )
+    with report.progress(enabled=not (quiet or json)) as bar:
+        result = run_job(job, bar)
+    if json:
+        report.print_json(result)
+        return
+    render(result)
+
+
+def render(result: dict) -> None:
+    rows = []
+    metrics = sorted({k for r in result["rows"] for k in r.get("eval", {})})
+    for r in result["rows"]:
+        rows.append([r["method"], r["params"], r.get("ffn_width")] + [r.get("eval", {}).get(m) for m in metrics])
+    report.stdout.print(report.table(
+        f"prune {result['model']} (ratio {result['ratio']}, {result['allocation']}, calib: {result['calibration']['source']})",
+        ["method", "params", "ffn width"] + metrics, rows,
+    ))
+    t = result["timings"]
+    report.stdout.print(
+        f"calibration {t.get('calibrate_s', 0):.1f}s, peak memory {result['peak_memory_mb']:.0f} MiB"
+        + (f", saved to {result['out']}" if result.get("out") else "")
+    )

@@ -1,0 +1,99 @@
+"""AFR Table 2/3 analogue on SmolLM2-135M-Instruct: every AFR aggregation and every baseline,
+pruned from the same calibration scores, no recovery training.
+
+    .venv/bin/python benchmarks/prune_table.py                       # paper setting (slow on CPU)
+    .venv/bin/python benchmarks/prune_table.py --nsamples 32 --seqlen 512 --limit 1000 --ppl-limit 40
+
+Calibration: windows from the first half of WikiText-2 raw test; perplexity on its second half
+(so calibration and evaluation text never overlap). Zero-shot accuracy through lm-eval on the
+shared ARC-Easy, ARC-Challenge (acc_norm), PIQA and HellaSwag (acc_norm) files.
+Writes benchmarks/results/prune_table.json and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from llmslim.core.data import calibration_windows
+from llmslim.core.device import peak_memory_mb, seed_everything
+from llmslim.core.load import load_model
+from llmslim.eval.run import perplexity, run_tasks
+from llmslim.prune.calibrate import collect
+from llmslim.prune.pipeline import ALL_METHODS
+from llmslim.prune.run import PruneConfig, load_stats, prune_model, save_stats, wikitext2_halves
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--model", default="smollm2-135m")
+parser.add_argument("--ratios", default="0.2,0.5")
+parser.add_argument("--methods", default=",".join(ALL_METHODS))
+parser.add_argument("--nsamples", type=int, default=128)
+parser.add_argument("--seqlen", type=int, default=1024)
+parser.add_argument("--tasks", default="arc_easy,arc_challenge,piqa,hellaswag")
+parser.add_argument("--limit", type=int, default=None, help="items per task (default: full sets)")
+parser.add_argument("--ppl-seqlen", type=int, default=1024)
+parser.add_argument("--ppl-limit", type=int, default=None)
+parser.add_argument("--scores", default="benchmarks/results/smollm2_scores.pt", help="cache of calibration scores")
+parser.add_argument("--out", default="benchmarks/results/prune_table.json")
+parser.add_argument("--seed", type=int, default=0)
+args = parser.parse_args()
+
+seed_everything(args.seed)
+loaded = load_model(args.model, device="cpu", dtype="float32", purpose="gradients")
+model, tok = loaded.model, loaded.tokenizer
+calib_text, eval_text = wikitext2_halves()
+
+scores_path = Path(args.scores)
+t0 = time.perf_counter()
+if scores_path.is_file():
+    stats = load_stats(scores_path, model)
+    print(f"reusing scores from {scores_path} ({stats.windows} x {stats.meta['seqlen']} tokens)")
+else:
+    windows = calibration_windows(tok, calib_text, args.nsamples, args.seqlen, args.seed)
+    stats = collect(model, windows, progress=lambda n: print(".", end="", flush=True))
+    save_stats(scores_path, stats, model)
+    print(f"\ncalibrated on {args.nsamples} x {args.seqlen} tokens in {time.perf_counter() - t0:.0f}s")
+calib_s = time.perf_counter() - t0
+tasks = args.tasks.split(",")
+
+
+def evaluate(m) -> dict:
+    row = {"wikitext2_ppl": perplexity(m, tok, eval_text, seqlen=args.ppl_seqlen, max_chunks=args.ppl_limit)["perplexity"]}
+    res = run_tasks(m, tok, tasks, limit=args.limit, seed=args.seed)["results"]
+    for task in tasks:
+        metric = "acc_norm" if task in ("arc_challenge", "hellaswag") else "acc"
+        row[task] = res[task][metric]
+    row["mean_acc"] = sum(row[t] for t in tasks) / len(tasks)
+    return row
+
+
+rows = []
+t0 = time.perf_counter()
+rows.append({"ratio": 0.0, "method": "dense", "params": sum(p.numel() for p in model.parameters()), **evaluate(model)})
+print(rows[-1], f"{time.perf_counter() - t0:.0f}s", flush=True)
+for ratio in [float(r) for r in args.ratios.split(",")]:
+    for method in args.methods.split(","):
+        t0 = time.perf_counter()
+        pruned = copy.deepcopy(model)
+        rep = prune_model(pruned, stats, PruneConfig(ratio=ratio, method=method))
+        rows.append({"ratio": ratio, "method": method, "params": rep["params_after"], **evaluate(pruned)})
+        print(rows[-1], f"{time.perf_counter() - t0:.0f}s", flush=True)
+        del pruned
+
+cols = ["ratio", "method", "params", "wikitext2_ppl", *tasks, "mean_acc"]
+lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+for r in rows:
+    cells = [f"{r[c]:.4f}" if isinstance(r[c], float) and c not in ("ratio", "wikitext2_ppl") else
+             f"{r[c]:.2f}" if c == "wikitext2_ppl" else f"{r[c]:,}" if c == "params" else str(r[c]) for c in cols]
+    lines.append("| " + " | ".join(cells) + " |")
+table = "\n".join(lines)
+print(table)
+Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+Path(args.out).write_text(json.dumps({
+    "args": vars(args), "calibration_s": calib_s, "peak_memory_mb": peak_memory_mb(), "rows": rows, "table": table,
+}, indent=2) + "\n")

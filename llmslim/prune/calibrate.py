@@ -1,0 +1,164 @@
+"""One calibration pass that collects everything every pruning score needs.
+
+Per FFN weight, two signed first-order scores accumulated over the calibration windows:
+  SNIP   S = θ ⊙ ∂L/∂θ, L the next-token cross-entropy of the window;
+  ReFer  S = θ ⊙ ∂F/∂θ, F = Σ over the FFN projections of the mean singular value of their
+         output feature matrix (the AFR reference code hooks gate/up/down outputs).
+Per FFN neuron, activation statistics of the intermediate activation (the input of down_proj
+or fc2): mean and mean square, for Wanda-sp and FLAP.
+
+Memory: only FFN weights require grad (no gradient buffers for embeddings, attention or
+lm_head), and a post-accumulate-grad hook folds each weight's gradient into its score and
+frees it at once, so backward holds about one layer's gradients, not the model's.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from llmslim.core.arch import adapter_for, text_config
+
+FEATURE_MODES = ("flat", "tokens")
+
+
+@dataclass
+class CalibStats:
+    """Everything scores need, per layer; `snip`/`refer` hold per-weight scores grouped by
+    neuron: row j = [gate row j, up row j, down column j] (fc1 row j, fc2 column j for OPT)."""
+
+    snip: list[torch.Tensor]
+    refer: list[torch.Tensor]
+    act_mean: list[torch.Tensor]
+    act_sq: list[torch.Tensor]
+    tokens: int
+    windows: int
+    meta: dict = field(default_factory=dict)
+    cache: dict = field(default_factory=dict, repr=False)  # derived scores, never saved
+
+    def act_var(self, layer: int) -> torch.Tensor:
+        n = self.tokens
+        var = (self.act_sq[layer] - self.act_mean[layer] ** 2) * (n / max(n - 1, 1))
+        return var.clamp_min(0)
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in ("snip", "refer", "act_mean", "act_sq", "tokens", "windows", "meta")}
+
+
+def neuron_groups(ffn, per_linear: dict[int, torch.Tensor]) -> torch.Tensor:
+    """[width, group] matrix of a per-weight quantity (given per linear, in weight shape)."""
+    parts = [per_linear[id(b.linear)][b.offset : b.offset + ffn.width] for b in ffn.inputs]
+    parts.append(per_linear[id(ffn.output)].T)
+    return torch.cat(parts, dim=1)
+
+
+def weight_groups(ffn) -> torch.Tensor:
+    return neuron_groups(ffn, {id(b.linear): b.linear.weight.detach() for b in ffn.inputs} | {id(ffn.output): ffn.output.weight.detach()})
+
+
+def _mean_singular_value(y: torch.Tensor, mode: str) -> torch.Tensor:
+    y = y.float()
+    if mode == "flat":
+        # the reference code: rows = batch items, all tokens x features flattened per row
+        return torch.linalg.svdvals(y.reshape(y.shape[0], -1)).mean()
+    # "tokens": each window's tokens x features matrix, mean singular value, summed over windows
+    return torch.stack([torch.linalg.svdvals(m).mean() for m in y.reshape(-1, y.shape[-2], y.shape[-1])]).sum()
+
+
+def collect(
+    model,
+    windows: torch.Tensor,
+    *,
+    refer: bool = True,
+    snip: bool = True,
+    feature_mode: str = "flat",
+    batch_size: int = 1,
+    progress=None,
+) -> CalibStats:
+    """Run forward (+ backward for SNIP / ReFer) over the calibration windows [n, seqlen]."""
+    adapter = adapter_for(model)
+    config = text_config(model.config)
+    layers = adapter.decoder_layers(model)
+    ffns = [adapter.ffn(layer, config) for layer in layers]
+    device = next(model.parameters()).device
+    need_grad = refer or snip
+
+    linears = {}
+    for ffn in ffns:
+        for lin in [b.linear for b in ffn.inputs] + [ffn.output]:
+            linears[id(lin)] = lin
+    acc = {name: {k: torch.zeros_like(lin.weight, dtype=torch.float32) for k, lin in linears.items()} for name in ("snip", "refer")}
+    act_sum = [torch.zeros(f.width, dtype=torch.float64, device=device) for f in ffns]
+    act_sq = [torch.zeros(f.width, dtype=torch.float64, device=device) for f in ffns]
+    state = {"target": None, "features": [], "tokens": 0}
+
+    saved_flags = {id(p): p.requires_grad for p in model.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    handles = []
+    try:
+        if need_grad:
+            for key, lin in linears.items():
+                lin.weight.requires_grad_(True)
+
+                def fold(p, key=key):
+                    target = state["target"]
+                    if target is not None:
+                        acc[target][key].add_((p.detach() * p.grad).float())
+                    p.grad = None
+
+                handles.append(lin.weight.register_post_accumulate_grad_hook(fold))
+        for i, ffn in enumerate(ffns):
+            def stats(module, args, i=i):
+                x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+                act_sum[i].add_(x.sum(0))
+                act_sq[i].add_((x * x).sum(0))
+
+            handles.append(ffn.output.register_forward_pre_hook(stats))
+            if refer:
+                for lin in {id(l): l for l in [b.linear for b in ffn.inputs] + [ffn.output]}.values():
+                    handles.append(lin.register_forward_hook(
+                        lambda m, a, out: state["features"].append(_mean_singular_value(out, feature_mode))
+                    ))
+
+        t0 = time.perf_counter()
+        for start in range(0, windows.shape[0], batch_size):
+            ids = windows[start : start + batch_size].to(device)
+            state["features"] = []
+            with torch.set_grad_enabled(need_grad):
+                out = model(input_ids=ids, labels=ids if snip else None, use_cache=False)
+                if refer:
+                    feature_sum = torch.stack(state["features"]).sum()
+                    state["target"] = "refer"
+                    feature_sum.backward(retain_graph=snip)
+                if snip:
+                    state["target"] = "snip"
+                    out.loss.backward()
+            state["target"], state["features"] = None, []
+            state["tokens"] += ids.numel()
+            if progress:
+                progress(ids.shape[0])
+        elapsed = time.perf_counter() - t0
+    finally:
+        for h in handles:
+            h.remove()
+        for p in model.parameters():
+            p.requires_grad_(saved_flags[id(p)])
+            p.grad = None
+
+    n = state["tokens"]
+    group = lambda name: [neuron_groups(f, acc[name]).cpu() for f in ffns]  # noqa: E731
+    return CalibStats(
+        snip=group("snip") if snip else [],
+        refer=group("refer") if refer else [],
+        act_mean=[(s / n).float().cpu() for s in act_sum],
+        act_sq=[(s / n).float().cpu() for s in act_sq],
+        tokens=n,
+        windows=windows.shape[0],
+        meta={
+            "feature_mode": feature_mode, "seqlen": windows.shape[1], "collect_s": elapsed,
+            "parts": len(ffns[0].inputs) + 1, "hidden": config.hidden_size,
+        },
+    )

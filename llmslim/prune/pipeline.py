@@ -1,0 +1,196 @@
+"""One `llmslim prune` run: load, calibrate (or reuse scores), prune each method, evaluate,
+save. The CLI builds a PruneJob and renders the dict this returns."""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from llmslim.core.data import data_dir
+from llmslim.core.device import peak_memory_mb, seed_everything
+from llmslim.core.errors import BadOptionError
+from llmslim.core.load import load_model
+from llmslim.core.outputs import atomic_dir, atomic_write_text, check_writable, to_jsonable, write_manifest
+from llmslim.prune import calibrate
+from llmslim.prune.allocate import ALLOCATIONS
+from llmslim.prune.run import PruneConfig, calibration_windows, load_stats, needs, parse_method, prune_model, save_stats, wikitext2_halves
+from llmslim.prune.scores import SCORES, ScoreConfig, clipped, gmm_inputs
+
+# every aggregation of AFR, then every baseline: the paper's comparison table
+ALL_METHODS = ["afr:abs+gmm", "afr:abs", "afr:gmm", "afr:mean-abs", "afr:trim", "snip", "refer",
+               "magnitude", "wanda-sp", "flap", "llm-pruner-vector", "llm-pruner-element"]
+
+
+@dataclass
+class PruneJob:
+    model: str = "smollm2-135m"
+    ratio: float = 0.2
+    method: str = "afr"
+    aggregate: str = "abs+gmm"
+    gmm_scope: str = "neuron"
+    afr_recipe: str = "paper"
+    group: str = "concat"
+    feature_mode: str = "flat"
+    allocation: str = "uniform"
+    round_to: int = 1
+    compare: str | None = None
+    calib: str = "auto"
+    nsamples: int = 128
+    seqlen: int = 1024
+    save_scores: Path | None = None
+    scores: Path | None = None
+    eval_tasks: str | None = None
+    eval_limit: int | None = None
+    ppl: bool = False
+    ppl_seqlen: int = 1024
+    ppl_limit: int | None = None
+    out: Path | None = None
+    force: bool = False
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+
+
+def _methods(job: PruneJob) -> list[str]:
+    methods = [job.method]
+    if job.compare:
+        extra = ALL_METHODS if job.compare.strip() == "all" else [m.strip() for m in job.compare.split(",") if m.strip()]
+        methods += [m for m in extra if m not in methods]
+    return methods
+
+
+def _validate(job: PruneJob, base: ScoreConfig) -> list[str]:
+    if not 0.0 < job.ratio < 1.0:
+        raise BadOptionError(f"--ratio must be between 0 and 1 (exclusive), got {job.ratio}")
+    if job.allocation not in ALLOCATIONS:
+        raise BadOptionError(f"unknown --allocation {job.allocation!r}; use {' or '.join(ALLOCATIONS)}")
+    if job.feature_mode not in calibrate.FEATURE_MODES:
+        raise BadOptionError(f"unknown --feature-mode {job.feature_mode!r}; use {' or '.join(calibrate.FEATURE_MODES)}")
+    if job.gmm_scope not in ("neuron", "layer"):
+        raise BadOptionError(f"unknown --gmm-scope {job.gmm_scope!r}; use neuron or layer")
+    methods = _methods(job)
+    for m in methods:
+        parse_method(m, base)
+    return methods
+
+
+def _evaluate(model, tokenizer, job: PruneJob, ppl_text: str | None, bar) -> dict:
+    from llmslim.eval.run import perplexity, run_tasks
+
+    results = {}
+    if ppl_text is not None:
+        results["wikitext2_ppl"] = perplexity(model, tokenizer, ppl_text, seqlen=job.ppl_seqlen, max_chunks=job.ppl_limit)["perplexity"]
+    if job.eval_tasks:
+        tasks = [t.strip() for t in job.eval_tasks.split(",") if t.strip()]
+        out = run_tasks(model, tokenizer, tasks, limit=job.eval_limit, seed=job.seed)
+        for task, metrics in out["results"].items():
+            for name in ("acc_norm", "acc") if task in ("arc_challenge", "hellaswag") else ("acc",):
+                if name in metrics:
+                    results[f"{task}/{name}"] = metrics[name]
+                    break
+    return results
+
+
+def run_job(job: PruneJob, bar=None) -> dict:
+    base = ScoreConfig(aggregate=job.aggregate, gmm_scope=job.gmm_scope, afr_recipe=job.afr_recipe, group=job.group, seed=job.seed)
+    methods = _validate(job, base)
+    if job.out is not None:
+        check_writable(job.out, job.force)
+    seed_everything(job.seed)
+    timings: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    loaded = load_model(job.model, device=job.device, dtype=job.dtype, purpose="gradients")
+    model, tokenizer = loaded.model, loaded.tokenizer
+    timings["load_s"] = time.perf_counter() - t0
+
+    calib = job.calib
+    if calib == "auto":
+        calib = "wikitext2" if (data_dir() / "wikitext2" / "wiki.test.raw").is_file() else "self"
+    t0 = time.perf_counter()
+    if job.scores:
+        stats = load_stats(job.scores, model)
+        calib_desc = f"scores from {job.scores}"
+    else:
+        windows, calib_desc = calibration_windows(model, tokenizer, calib, job.nsamples, job.seqlen, job.seed)
+        need = needs(methods)
+        task = bar.add_task("calibrating (forward+backward)", total=windows.shape[0]) if bar else None
+        stats = calibrate.collect(
+            model, windows, refer=need["refer"], snip=need["snip"], feature_mode=job.feature_mode,
+            progress=(lambda n: bar.advance(task, n)) if bar else None,
+        )
+        if job.save_scores:
+            save_stats(job.save_scores, stats, model)
+    timings["calibrate_s"] = time.perf_counter() - t0
+
+    ppl_text = wikitext2_halves()[1] if job.ppl else None
+    rows = []
+    dense = {"method": "dense", "params": sum(p.numel() for p in model.parameters()), "ffn_width": None}
+    if job.ppl or job.eval_tasks:
+        t0 = time.perf_counter()
+        dense["eval"] = _evaluate(model, tokenizer, job, ppl_text, bar)
+        timings["eval_dense_s"] = time.perf_counter() - t0
+        rows.append(dense)
+
+    # GMM clipping is the slow part of scoring: do it up front, once per input, with a bar
+    t0 = time.perf_counter()
+    for method in methods:
+        name, cfg = parse_method(method, base)
+        for which, per_layer in gmm_inputs(stats, name, cfg).items():
+            task = bar.add_task(f"GMM clipping ({which} scores)", total=len(per_layer)) if bar else None
+            clipped(stats, which, per_layer, cfg, progress=(lambda n, task=task: bar.advance(task, n)) if bar else None)
+    timings["gmm_s"] = time.perf_counter() - t0
+
+    primary = None
+    for i, method in enumerate(methods):
+        last = i == len(methods) - 1
+        pruned = model if last else copy.deepcopy(model)
+        cfg = PruneConfig(ratio=job.ratio, method=method, scores=base, allocation=job.allocation, round_to=job.round_to)
+        rep = prune_model(pruned, stats, cfg)
+        row = {"method": method, "params": rep["params_after"], "ffn_width": _width(rep["widths"]),
+               "score_s": rep["score_s"]}
+        if job.ppl or job.eval_tasks:
+            t0 = time.perf_counter()
+            row["eval"] = _evaluate(pruned, tokenizer, job, ppl_text, bar)
+            timings[f"eval_{method}_s"] = time.perf_counter() - t0
+        rows.append(row)
+        if i == 0:
+            primary = (pruned, rep)
+
+    result = {
+        "model": job.model,
+        "ratio": job.ratio,
+        "allocation": job.allocation,
+        "calibration": {"source": calib_desc, "nsamples": stats.windows, "tokens": stats.tokens, **stats.meta},
+        "params_before": dense["params"],
+        "params_after": primary[1]["params_after"],
+        "widths": primary[1]["widths"],
+        "rows": rows,
+        "timings": timings,
+        "peak_memory_mb": peak_memory_mb(loaded.device),
+    }
+    if job.out is not None:
+        pruned_model, rep = primary
+        with atomic_dir(job.out, job.force) as tmp:
+            pruned_model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            atomic_write_text(tmp / "report.json", _json(result))
+            write_manifest(tmp, command="prune", args=asdict(job), seed=job.seed, timings=timings, results=result)
+        result["out"] = str(job.out)
+    return result
+
+
+def _width(widths: list[int]):
+    return widths[0] if len(set(widths)) == 1 else f"{min(widths)}-{max(widths)}"
+
+
+def _json(obj) -> str:
+    import json
+
+    return json.dumps(to_jsonable(obj), indent=2) + "\n"
+
+
+def known_methods() -> list[str]:
+    return sorted(SCORES)

@@ -1,0 +1,145 @@
+"""The prune pipeline as plain functions: calibrate -> score -> allocate -> apply.
+
+`prune.run`-style use from Python:
+    stats = calibrate.collect(model, windows)
+    report = prune_model(model, stats, PruneConfig(ratio=0.5))
+`method` names a score from scores.SCORES, optionally with an aggregation: "afr:mean-abs".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from llmslim.core import data as data_mod
+from llmslim.core.arch import adapter_for, text_config
+from llmslim.core.errors import BadOptionError, DataError
+from llmslim.prune.aggregate import AGGREGATIONS
+from llmslim.prune.allocate import allocate
+from llmslim.prune.apply import count_params, flap_bias, prune_ffn
+from llmslim.prune.calibrate import CalibStats, weight_groups
+from llmslim.prune.scores import SCORES, ScoreConfig, get_score
+
+# Paper (AFR, Table 2/3): 20% and 50% FFN ratios, 128 windows x 1024 tokens of calibration text.
+PAPER_NSAMPLES, PAPER_SEQLEN = 128, 1024
+GRADIENT_SCORES = {"afr", "snip", "refer", "llm-pruner-vector", "llm-pruner-element"}
+REFER_SCORES = {"afr", "refer"}
+
+
+@dataclass
+class PruneConfig:
+    ratio: float = 0.2
+    method: str = "afr"
+    scores: ScoreConfig = field(default_factory=ScoreConfig)
+    allocation: str = "uniform"
+    round_to: int = 1
+    flap_bias: bool = True  # FLAP's bias compensation, applied only with method "flap"
+
+
+def parse_method(method: str, base: ScoreConfig) -> tuple[str, ScoreConfig]:
+    """"afr:mean-abs" -> ("afr", config with aggregate="mean-abs")."""
+    name, _, agg = method.partition(":")
+    get_score(name)
+    if agg:
+        if agg not in AGGREGATIONS:
+            raise BadOptionError(f"unknown aggregation {agg!r}; known: {', '.join(AGGREGATIONS)}")
+        base = replace(base, aggregate=agg)
+    return name, base
+
+
+def needs(methods: list[str]) -> dict:
+    names = {m.partition(":")[0] for m in methods}
+    return {"snip": bool(names & GRADIENT_SCORES - {"refer"}), "refer": bool(names & REFER_SCORES)}
+
+
+# ------------------------------------------------------------------ calibration data
+def calibration_windows(model, tokenizer, source: str, nsamples: int, seqlen: int, seed: int) -> tuple[torch.Tensor, str]:
+    """`self`: sampled from the model; `wikitext2`: first half of the shared WikiText-2 raw test
+    file (the second half is kept for perplexity); anything else: a corpus file."""
+    if source == "self":
+        return data_mod.self_calibration(model, tokenizer, nsamples, seqlen, seed), "self-generated"
+    if source == "wikitext2":
+        text = wikitext2_halves()[0]
+        return data_mod.calibration_windows(tokenizer, text, nsamples, seqlen, seed), "wikitext2 test, first half"
+    text = data_mod.read_text(source)
+    return data_mod.calibration_windows(tokenizer, text, nsamples, seqlen, seed), str(source)
+
+
+def wikitext2_halves() -> tuple[str, str]:
+    """WikiText-2 raw test split at the line nearest its middle: (calibration, evaluation)."""
+    text = data_mod.wikitext2_test()
+    mid = text.find("\n", len(text) // 2)
+    return text[:mid], text[mid + 1 :]
+
+
+# ------------------------------------------------------------------ scores cache
+def model_fingerprint(model) -> str:
+    """Identifies the weights scores were computed on: config plus a checksum of the FFNs."""
+    adapter = adapter_for(model)
+    config = text_config(model.config)
+    h = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode())
+    for layer in adapter.decoder_layers(model):
+        w = adapter.ffn(layer, config).output.weight
+        h.update(f"{w.shape}:{w.double().sum().item():.6e}".encode())
+    return h.hexdigest()[:16]
+
+
+def save_stats(path: Path, stats: CalibStats, model) -> None:
+    from llmslim.core.outputs import atomic_write_bytes
+
+    payload = stats.to_dict() | {"fingerprint": model_fingerprint(model)}
+    atomic_write_bytes(path, lambda f: torch.save(payload, f))
+
+
+def load_stats(path: Path, model) -> CalibStats:
+    if not Path(path).is_file():
+        raise DataError(f"scores file not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
+        raise DataError(f"{path} is not an llmslim scores file ({type(err).__name__})") from None
+    fingerprint = payload.pop("fingerprint", None)
+    if fingerprint != model_fingerprint(model):
+        raise DataError(f"{path} was computed on a different model (fingerprint mismatch)")
+    return CalibStats(**payload)
+
+
+# ------------------------------------------------------------------ scoring and pruning
+def neuron_scores(model, stats: CalibStats, method: str, base: ScoreConfig) -> list[torch.Tensor]:
+    name, cfg = parse_method(method, base)
+    adapter = adapter_for(model)
+    config = text_config(model.config)
+    weights = [weight_groups(adapter.ffn(layer, config)).cpu() for layer in adapter.decoder_layers(model)]
+    return get_score(name)(stats, weights, cfg)
+
+
+def prune_model(model, stats: CalibStats, cfg: PruneConfig) -> dict:
+    """Score, allocate and remove neurons in place; return a report of what changed."""
+    params_before = count_params(model)
+    t0 = time.perf_counter()
+    scores = neuron_scores(model, stats, cfg.method, cfg.scores)
+    t_score = time.perf_counter() - t0
+    keep = allocate(scores, cfg.ratio, cfg.allocation, cfg.round_to)
+    if cfg.method.partition(":")[0] == "flap" and cfg.flap_bias:
+        flap_bias(model, keep, stats.act_mean)
+    widths = prune_ffn(model, keep)
+    return {
+        "method": cfg.method,
+        "ratio": cfg.ratio,
+        "allocation": cfg.allocation,
+        "params_before": params_before,
+        "params_after": count_params(model),
+        "widths": widths,
+        "score_s": t_score,
+        "prune_s": time.perf_counter() - t0 - t_score,
+        "kept": keep,
+    }
+
+
+def known_methods() -> list[str]:
+    return sorted(SCORES)

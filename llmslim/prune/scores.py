@@ -1,0 +1,194 @@
+"""Neuron importance scores: AFR (the paper's method) and the baselines, one function each.
+
+Every score maps (CalibStats, per-layer weight groups, config) -> one importance per FFN neuron
+per layer; higher means keep. Add a score with `@register_score("name")`.
+
+Weight groups: row j of layer l's group matrix is neuron j's weights, [gate row j, up row j,
+down column j] (OPT: [fc1 row j, fc2 column j]); `ScoreConfig.group="sum"` instead adds the
+parts elementwise (gate + up + down, hidden-sized), as the AFR reference code does.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from llmslim.core.errors import BadOptionError
+from llmslim.prune.aggregate import aggregate, gmm_scope_clip
+from llmslim.prune.calibrate import CalibStats
+
+
+@dataclass
+class ScoreConfig:
+    # AFR paper: sign-preserving mean then |.|, after GMM outlier clipping (the proposal)
+    aggregate: str = "abs+gmm"
+    # "neuron" (paper) or "layer" (reference code) scope of the GMM fit
+    gmm_scope: str = "neuron"
+    # "paper": z-score ReFer and SNIP per weight over the whole model, add, then aggregate.
+    # "reference": aggregate each per neuron, square SNIP, z-score over neurons, add (AFR-St code).
+    afr_recipe: str = "paper"
+    # "concat" (all of a neuron's weights) or "sum" (gate+up+down elementwise, the reference code)
+    group: str = "concat"
+    seed: int = 0
+
+
+ScoreFn = Callable[[CalibStats, list, ScoreConfig], list[torch.Tensor]]
+SCORES: dict[str, ScoreFn] = {}
+
+
+def register_score(name: str):
+    def deco(fn: ScoreFn) -> ScoreFn:
+        SCORES[name] = fn
+        return fn
+
+    return deco
+
+
+def get_score(name: str) -> ScoreFn:
+    if name not in SCORES:
+        near = difflib.get_close_matches(name, SCORES, n=3)
+        hint = f" (did you mean {', '.join(near)}?)" if near else f"; known: {', '.join(sorted(SCORES))}"
+        raise BadOptionError(f"unknown pruning score {name!r}{hint}")
+    return SCORES[name]
+
+
+def _regroup(groups: torch.Tensor, mode: str, parts: int) -> torch.Tensor:
+    if mode == "concat":
+        return groups
+    if mode == "sum":
+        return groups.reshape(groups.shape[0], parts, -1).sum(1)
+    raise BadOptionError(f"unknown weight grouping {mode!r}; use concat or sum")
+
+
+# The GMM fit is the slow step (seconds per layer); `gmm` and `abs+gmm` clip the same values
+# and differ only after clipping, so clipped scores are kept in `stats.cache` and reused across
+# aggregations and pruning ratios.
+AFTER_CLIP = {"gmm": "mean-abs", "abs+gmm": "abs"}
+
+
+def clipped(stats: CalibStats, which: str, per_layer: list[torch.Tensor], cfg: ScoreConfig, progress=None) -> list[torch.Tensor]:
+    """GMM-clipped per-weight scores of every layer, computed once per stats and settings."""
+    key = ("clipped", which, cfg.group, cfg.gmm_scope, cfg.seed)
+    if key not in stats.cache:
+        parts = stats.meta.get("parts", 3)
+        out = []
+        for i, s in enumerate(per_layer):
+            out.append(gmm_scope_clip(_regroup(s.float(), cfg.group, parts), cfg.gmm_scope, cfg.seed + i))
+            if progress:
+                progress(1)
+        stats.cache[key] = out
+    return stats.cache[key]
+
+
+def _agg(stats: CalibStats, which: str, per_layer: list[torch.Tensor], cfg: ScoreConfig) -> list[torch.Tensor]:
+    if cfg.aggregate in AFTER_CLIP:
+        return [aggregate(AFTER_CLIP[cfg.aggregate], c) for c in clipped(stats, which, per_layer, cfg)]
+    return [aggregate(cfg.aggregate, _regroup(s.float(), cfg.group, stats.meta.get("parts", 3))) for s in per_layer]
+
+
+def afr_weight_scores(stats: CalibStats) -> list[torch.Tensor]:
+    """z(ReFer) + z(SNIP) per weight, each standardised over the whole model (the paper)."""
+    if "afr" not in stats.cache:
+        refer, snip = _need(stats, "refer", "afr"), _need(stats, "snip", "afr")
+        stats.cache["afr"] = [a + b for a, b in zip(_zscore_all(refer), _zscore_all(snip))]
+    return stats.cache["afr"]
+
+
+def gmm_inputs(stats: CalibStats, name: str, cfg: ScoreConfig) -> dict[str, list[torch.Tensor]]:
+    """The per-weight scores a GMM-aggregated method clips (empty when it clips nothing), so a
+    caller can clip them up front with a progress bar."""
+    if cfg.aggregate not in AFTER_CLIP:
+        return {}
+    if name == "afr":
+        if cfg.afr_recipe == "paper":
+            return {"afr": afr_weight_scores(stats)}
+        return {"refer": _need(stats, "refer", name), "snip": _need(stats, "snip", name)}
+    if name in ("snip", "refer"):
+        return {name: _need(stats, name, name)}
+    return {}
+
+
+def _zscore_all(per_layer: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Standardise over every value of every layer (one mean, one std for the model)."""
+    flat = torch.cat([t.reshape(-1).double() for t in per_layer])
+    mean, std = flat.mean(), flat.std()
+    return [((t.double() - mean) / std).float() for t in per_layer]
+
+
+def _need(stats: CalibStats, field: str, score: str) -> list[torch.Tensor]:
+    values = getattr(stats, field)
+    if not values:
+        raise BadOptionError(f"score {score!r} needs {field.upper()} gradients, which these calibration stats lack")
+    return values
+
+
+@register_score("afr")
+def afr(stats, weights, cfg):
+    """AFR = z(ReFer) + z(SNIP), aggregated per neuron (recipe: see ScoreConfig.afr_recipe)."""
+    refer, snip = _need(stats, "refer", "afr"), _need(stats, "snip", "afr")
+    if cfg.afr_recipe == "paper":
+        return _agg(stats, "afr", afr_weight_scores(stats), cfg)
+    if cfg.afr_recipe == "reference":
+        r = _agg(stats, "refer", refer, cfg)
+        s = [v * v for v in _agg(stats, "snip", snip, cfg)]
+        zr, zs = _zscore_all(r), _zscore_all(s)
+        return [a + b for a, b in zip(zr, zs)]
+    raise BadOptionError(f"unknown AFR recipe {cfg.afr_recipe!r}; use paper or reference")
+
+
+@register_score("snip")
+def snip_only(stats, weights, cfg):
+    """SNIP alone: θ ⊙ ∂L/∂θ per weight, same aggregation as AFR."""
+    return _agg(stats, "snip", _need(stats, "snip", "snip"), cfg)
+
+
+@register_score("refer")
+def refer_only(stats, weights, cfg):
+    """ReFer alone: θ ⊙ ∂F/∂θ per weight (F = summed mean singular values), same aggregation."""
+    return _agg(stats, "refer", _need(stats, "refer", "refer"), cfg)
+
+
+@register_score("magnitude")
+def magnitude(stats, weights, cfg):
+    """L2 norm of all the neuron's weights (no data)."""
+    return [w.float().norm(dim=1) for w in weights]
+
+
+@register_score("wanda-sp")
+def wanda_sp(stats, weights, cfg):
+    """Wanda-sp (FLAP repo's WIFN): mean over the down_proj column of |W_ij|·sqrt(E[x_j²])."""
+    out = []
+    for w, sq in zip(weights, stats.act_sq):
+        down = w[:, -stats.meta["hidden"] :].float()
+        out.append((down.abs() * sq.sqrt()[:, None]).mean(1))
+    return out
+
+
+@register_score("flap")
+def flap(stats, weights, cfg):
+    """FLAP's WIFV fluctuation metric: Var[x_j] · Σ_i W_ij² over the down_proj column.
+
+    Standardised per layer (FLAP's adaptive structure), so a global threshold compares layers.
+    Bias compensation is applied when pruning (see apply.flap_bias)."""
+    out = []
+    for i, w in enumerate(weights):
+        down = w[:, -stats.meta["hidden"] :].float()
+        metric = stats.act_var(i) * down.pow(2).sum(1)
+        out.append((metric - metric.mean()) / metric.std())
+    return out
+
+
+@register_score("llm-pruner-vector")
+def llm_pruner_vector(stats, weights, cfg):
+    """LLM-Pruner Taylor, vector-wise: Σ over the neuron's matrices of |Σ_k W_k·∇W_k|."""
+    parts = stats.meta.get("parts", 3)
+    return [s.float().reshape(s.shape[0], parts, -1).sum(2).abs().sum(1) for s in _need(stats, "snip", "llm-pruner-vector")]
+
+
+@register_score("llm-pruner-element")
+def llm_pruner_element(stats, weights, cfg):
+    """LLM-Pruner Taylor, element-wise: Σ_k |W_k·∇W_k| over the neuron's weights."""
+    return [s.float().abs().sum(1) for s in _need(stats, "snip", "llm-pruner-element")]

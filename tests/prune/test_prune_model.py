@@ -1,0 +1,112 @@
+"""End to end on tiny random models: prune, reload with plain transformers, cached scores."""
+
+import json
+
+import pytest
+import torch
+
+from llmslim.core.arch import adapter_for, text_config
+from llmslim.prune.calibrate import collect
+from llmslim.prune.run import PruneConfig, load_stats, neuron_scores, prune_model, save_stats
+from llmslim.prune.scores import ScoreConfig
+from tests.conftest import tiny_model
+
+WINDOWS = torch.randint(0, 128, (3, 24), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="module")
+def stats_and_model():
+    model = tiny_model("llama")
+    return collect(model, WINDOWS), model
+
+
+@pytest.mark.parametrize("method", ["afr", "afr:mean-abs", "afr:trim", "snip", "refer", "magnitude", "wanda-sp", "flap", "llm-pruner-vector"])
+def test_every_method_prunes_and_runs(stats_and_model, method):
+    stats, base = stats_and_model
+    model = tiny_model("llama")
+    rep = prune_model(model, stats, PruneConfig(ratio=0.5, method=method))
+    assert rep["widths"] == [48, 48] and model.config.intermediate_size == 48
+    assert rep["params_after"] < rep["params_before"]
+    assert torch.isfinite(model(WINDOWS[:1]).logits).all()
+
+
+def test_pruned_model_reloads_with_plain_transformers(tmp_path, stats_and_model):
+    from transformers import AutoModelForCausalLM
+
+    stats, _ = stats_and_model
+    model = tiny_model("llama")
+    prune_model(model, stats, PruneConfig(ratio=0.25, method="afr"))
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(WINDOWS).logits, model(WINDOWS).logits)
+
+
+def test_flap_bias_saved_and_reloaded(tmp_path, stats_and_model):
+    from transformers import AutoModelForCausalLM
+
+    stats, _ = stats_and_model
+    model = tiny_model("llama")
+    prune_model(model, stats, PruneConfig(ratio=0.5, method="flap"))
+    assert model.config.mlp_bias and model.model.layers[0].mlp.down_proj.bias.abs().sum() > 0
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(WINDOWS).logits, model(WINDOWS).logits)
+
+
+def test_global_widths_reload_through_llmslim(tmp_path, stats_and_model, tiny_llama_dir):
+    from llmslim.core.load import load_model
+
+    stats, _ = stats_and_model
+    model = tiny_model("llama")
+    rep = prune_model(model, stats, PruneConfig(ratio=0.5, method="magnitude", allocation="global"))
+    assert len(set(rep["widths"])) > 1, rep["widths"]
+    model.save_pretrained(tmp_path)
+    for f in tiny_llama_dir.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens")):
+            (tmp_path / f.name).write_bytes(f.read_bytes())
+    assert json.loads((tmp_path / "config.json").read_text())["llmslim_ffn_widths"] == rep["widths"]
+    loaded = load_model(str(tmp_path), device="cpu", dtype="float32")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(WINDOWS).logits, model(WINDOWS).logits)
+
+
+def test_cached_scores_give_identical_pruning(tmp_path, stats_and_model):
+    stats, base = stats_and_model
+    path = tmp_path / "scores.pt"
+    save_stats(path, stats, base)
+    again = load_stats(path, base)
+    for method in ("afr", "wanda-sp"):
+        a = neuron_scores(base, stats, method, ScoreConfig())
+        b = neuron_scores(base, again, method, ScoreConfig())
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_scores_of_another_model_are_refused(tmp_path, stats_and_model):
+    from llmslim.core.errors import DataError
+
+    stats, base = stats_and_model
+    path = tmp_path / "scores.pt"
+    save_stats(path, stats, base)
+    with pytest.raises(DataError, match="different model"):
+        load_stats(path, tiny_model("llama", seed=1))
+
+
+def test_pruning_zero_neurons_keeps_outputs():
+    """Neurons with all-zero weights score lowest by magnitude and their removal is exact."""
+    model = tiny_model("llama")
+    adapter = adapter_for(model)
+    config = text_config(model.config)
+    with torch.no_grad():
+        for layer in adapter.decoder_layers(model):
+            ffn = adapter.ffn(layer, config)
+            for b in ffn.inputs:
+                b.linear.weight[:24] = 0
+            ffn.output.weight[:, :24] = 0
+        before = model(WINDOWS).logits
+    stats = collect(model, WINDOWS[:1], refer=False, snip=False)
+    rep = prune_model(model, stats, PruneConfig(ratio=0.25, method="magnitude"))
+    assert all(k.min() >= 24 for k in rep["kept"])
+    with torch.no_grad():
+        torch.testing.assert_close(model(WINDOWS).logits, before, atol=1e-5, rtol=1e-5)

@@ -1,0 +1,56 @@
+"""The CLI's contract: bad input gives one clear line on stderr and a non-zero exit."""
+
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "llmslim", *args], capture_output=True, text=True, timeout=300, env=env)
+
+
+def one_line_error(proc, needle):
+    assert proc.returncode != 0
+    lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert any(needle in l for l in lines), proc.stderr
+    return lines
+
+
+def test_help_lists_commands():
+    proc = run("--help")
+    assert proc.returncode == 0
+    for cmd in ("info", "eval", "bench", "prune", "shorten", "budget", "sparsity"):
+        assert cmd in proc.stdout
+
+
+def test_missing_path(tmp_path):
+    one_line_error(run("info", str(tmp_path / "nope")), "no model at")
+
+
+def test_unknown_alias():
+    one_line_error(run("info", "smollm9"), "no model at 'smollm9'")
+
+
+def test_missing_gguf(tmp_path):
+    one_line_error(run("info", str(tmp_path / "m.gguf")), "GGUF file not found")
+
+
+def test_unsupported_architecture(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "bert", "architectures": ["BertModel"]}')
+    one_line_error(run("info", str(tmp_path)), "unsupported architecture")
+
+
+def test_bad_prune_ratio(tiny_llama_dir):
+    one_line_error(run("prune", str(tiny_llama_dir), "--ratio", "1.5"), "--ratio must be between 0 and 1")
+
+
+def test_prune_refuses_existing_out(tiny_llama_dir, tmp_path):
+    (tmp_path / "out").mkdir()
+    one_line_error(run("prune", str(tiny_llama_dir), "--out", str(tmp_path / "out"), "--calib", "self",
+                       "--nsamples", "1", "--seqlen", "8", "--method", "magnitude"), "--force")
+
+
+def test_planned_subcommand_says_so():
+    one_line_error(run("shorten"), "not implemented yet")
