@@ -23,6 +23,10 @@ def setup_logging(quiet: bool) -> None:
     logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=stderr, show_path=False)], force=True)
     for noisy in ("httpx", "urllib3", "datasets", "filelock", "lm_eval", "transformers", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING if not quiet else logging.ERROR)
+    if quiet:  # transformers' own "Loading weights" bars bypass logging
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
 
 def print_json(obj) -> None:

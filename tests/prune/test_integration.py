@@ -1,0 +1,40 @@
+"""The real thing: prune SmolLM2-135M-Instruct on real WikiText-2 windows through the CLI core,
+save, reload with plain transformers, evaluate perplexity before and after."""
+
+import pytest
+import torch
+
+from llmslim.prune.pipeline import PruneJob, run_job
+
+pytestmark = pytest.mark.integration
+
+
+def test_prune_smollm2_end_to_end(smollm2, data_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "pruned"
+    scores = tmp_path / "scores.pt"
+    job = PruneJob(model="smollm2-135m", ratio=0.2, method="afr:abs", compare="magnitude", calib="wikitext2",
+                   nsamples=2, seqlen=64, ppl=True, ppl_seqlen=256, ppl_limit=2, out=out, save_scores=scores,
+                   device="cpu", dtype="float32")
+    result = run_job(job)
+    assert result["widths"] == [1229] * 30
+    assert result["params_after"] < result["params_before"] == 134_515_008
+    dense, afr, magnitude = result["rows"]
+    assert dense["method"] == "dense" and afr["method"] == "afr:abs" and magnitude["method"] == "magnitude"
+    for row in result["rows"]:
+        assert 1 < row["eval"]["wikitext2_ppl"] < 1e5
+    # pruning without recovery costs perplexity
+    assert afr["eval"]["wikitext2_ppl"] > dense["eval"]["wikitext2_ppl"]
+
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.intermediate_size == 1229
+    assert (out / "run.json").is_file() and (out / "report.json").is_file()
+
+    # re-pruning from the cached scores needs no calibration and gives the same model
+    again = run_job(PruneJob(model="smollm2-135m", ratio=0.2, method="afr:abs", scores=scores, out=tmp_path / "again",
+                             device="cpu", dtype="float32"))
+    assert again["calibration"]["source"].startswith("scores from")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "again")
+    for a, b in zip(model.state_dict().values(), reloaded.state_dict().values()):
+        assert torch.equal(a, b)
