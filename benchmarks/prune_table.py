@@ -59,16 +59,17 @@ else:
     save_stats(scores_path, stats, model)
     print(f"\ncalibrated on {args.nsamples} x {args.seqlen} tokens in {time.perf_counter() - t0:.0f}s")
 calib_s = time.perf_counter() - t0
-tasks = args.tasks.split(",")
+tasks = [t for t in args.tasks.split(",") if t]
 
 
 def evaluate(m) -> dict:
     row = {"wikitext2_ppl": perplexity(m, tok, eval_text, seqlen=args.ppl_seqlen, max_chunks=args.ppl_limit)["perplexity"]}
-    res = run_tasks(m, tok, tasks, limit=args.limit, seed=args.seed)["results"]
-    for task in tasks:
-        metric = "acc_norm" if task in ("arc_challenge", "hellaswag") else "acc"
-        row[task] = res[task][metric]
-    row["mean_acc"] = sum(row[t] for t in tasks) / len(tasks)
+    if tasks:
+        res = run_tasks(m, tok, tasks, limit=args.limit, seed=args.seed)["results"]
+        for task in tasks:
+            metric = "acc_norm" if task in ("arc_challenge", "hellaswag") else "acc"
+            row[task] = res[task][metric]
+        row["mean_acc"] = sum(row[t] for t in tasks) / len(tasks)
     return row
 
 
@@ -85,7 +86,7 @@ for ratio in [float(r) for r in args.ratios.split(",")]:
         print(rows[-1], f"{time.perf_counter() - t0:.0f}s", flush=True)
         del pruned
 
-cols = ["ratio", "method", "params", "wikitext2_ppl", *tasks, "mean_acc"]
+cols = ["ratio", "method", "params", "wikitext2_ppl", *tasks] + (["mean_acc"] if tasks else [])
 lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
 for r in rows:
     cells = [f"{r[c]:.4f}" if isinstance(r[c], float) and c not in ("ratio", "wikitext2_ppl") else

@@ -52,17 +52,7 @@ def atomic_dir(target: Path | str, force: bool = False):
 
 
 def atomic_write_text(path: Path | str, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text)
-        tmp.replace(path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        if err.errno == errno.ENOSPC:
-            raise LlmslimError(f"no space left on the device while writing {path}") from None
-        raise
+    atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def versions() -> dict:
