@@ -13,9 +13,16 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   if command -v nvidia-smi >/dev/null 2>&1; then
     "${PIP[@]}" install torch                        # a GPU machine: PyPI's CUDA build is wanted
   else
-    # a local CPU wheel where pip's find-links has one (as here), else PyTorch's CPU index
-    "${PIP[@]}" install --no-index torch==2.13.0 2>/dev/null \
-      || "${PIP[@]}" install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+    # a local CPU wheel where pip's find-links has one (as on our CI machines; pip prefers its
+    # +cpu local version), else PyTorch's CPU index for torch and PyPI for its dependencies
+    wheels=$(mktemp -d)
+    if "${PIP[@]}" download --no-index --no-deps torch==2.13.0 -d "$wheels" >/dev/null 2>&1 \
+        && ls "$wheels"/torch-2.13.0+cpu* >/dev/null 2>&1; then
+      "${PIP[@]}" install torch==2.13.0
+    else
+      "${PIP[@]}" install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple
+    fi
+    rm -rf "$wheels"
   fi
 fi
 
