@@ -16,7 +16,7 @@ from llmslim.core.outputs import atomic_dir, atomic_write_text, check_writable, 
 from llmslim.prune import calibrate
 from llmslim.prune.allocate import ALLOCATIONS
 from llmslim.prune.run import PruneConfig, calibration_windows, load_stats, needs, parse_method, prune_model, save_stats, wikitext2_halves
-from llmslim.prune.scores import SCORES, ScoreConfig, clipped, gmm_inputs
+from llmslim.prune.scores import ScoreConfig, clipped, gmm_inputs
 
 # every aggregation of AFR, then every baseline: the paper's comparison table
 ALL_METHODS = ["afr:abs+gmm", "afr:abs", "afr:gmm", "afr:mean-abs", "afr:trim", "snip", "refer",
@@ -191,6 +191,3 @@ def _json(obj) -> str:
 
     return json.dumps(to_jsonable(obj), indent=2) + "\n"
 
-
-def known_methods() -> list[str]:
-    return sorted(SCORES)

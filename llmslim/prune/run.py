@@ -23,7 +23,7 @@ from llmslim.prune.aggregate import AGGREGATIONS
 from llmslim.prune.allocate import allocate
 from llmslim.prune.apply import count_params, flap_bias, prune_ffn
 from llmslim.prune.calibrate import CalibStats, weight_groups
-from llmslim.prune.scores import SCORES, ScoreConfig, get_score
+from llmslim.prune.scores import ScoreConfig, get_score
 
 # Paper (AFR, Table 2/3): 20% and 50% FFN ratios, 128 windows x 1024 tokens of calibration text.
 PAPER_NSAMPLES, PAPER_SEQLEN = 128, 1024
@@ -140,6 +140,3 @@ def prune_model(model, stats: CalibStats, cfg: PruneConfig) -> dict:
         "kept": keep,
     }
 
-
-def known_methods() -> list[str]:
-    return sorted(SCORES)
