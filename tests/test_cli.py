@@ -54,3 +54,19 @@ def test_prune_refuses_existing_out(tiny_llama_dir, tmp_path):
 
 def test_planned_subcommand_says_so():
     one_line_error(run("shorten"), "not implemented yet")
+
+
+def test_prune_attention_heads_through_the_cli(tiny_llama_dir, tmp_path):
+    import json
+
+    proc = run("prune", str(tiny_llama_dir), "--target", "attn", "--ratio", "0.5", "--method", "wanda-sp",
+               "--calib", "self", "--nsamples", "2", "--seqlen", "8", "--out", str(tmp_path / "out"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["target"] == "attn" and result["widths"] == [1, 1]
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert (config["num_attention_heads"], config["num_key_value_heads"]) == (2, 1)
+
+
+def test_prune_unknown_target(tiny_llama_dir):
+    one_line_error(run("prune", str(tiny_llama_dir), "--target", "embeddings"), "unknown --target")

@@ -8,24 +8,42 @@ import torch
 from torch import nn
 
 from llmslim.core.arch import adapter_for, text_config
+from llmslim.core.errors import BadOptionError
 from llmslim.core.surgery import keep_ffn_neurons
+from llmslim.prune.units import layer_units
 
 
-def flap_bias(model, keep: list[torch.Tensor], act_mean: list[torch.Tensor]) -> None:
-    """FLAP bias compensation: the removed neurons' mean contribution, W[:, pruned] @ E[x_pruned],
-    becomes a bias of the output projection, so the layer's expected output is unchanged."""
-    adapter = adapter_for(model)
-    config = text_config(model.config)
-    for layer, kept, mean in zip(adapter.decoder_layers(model), keep, act_mean):
-        ffn = adapter.ffn(layer, config)
-        pruned = torch.ones(ffn.width, dtype=torch.bool)
+def flap_bias(model, keep: list[torch.Tensor], act_mean: list[torch.Tensor], target: str = "ffn") -> None:
+    """FLAP bias compensation: the removed units' mean contribution, W[:, pruned] @ E[x_pruned]
+    (their output-projection input channels), becomes a bias of the output projection, so the
+    layer's expected output is unchanged."""
+    for unit, kept, mean in zip(layer_units(model, target), keep, act_mean):
+        pruned = torch.ones(unit.count, dtype=torch.bool)
         pruned[kept] = False
-        w = ffn.output.weight.data
+        pruned = pruned.repeat_interleave(unit.channels_per_unit)  # unit -> its input channels
+        out = unit.output
+        w = out.weight.data
         shift = (w[:, pruned.to(w.device)].float() @ mean[pruned].to(w.device).float()).to(w.dtype)
-        if ffn.output.bias is None:
-            ffn.output.bias = nn.Parameter(torch.zeros(w.shape[0], dtype=w.dtype, device=w.device), requires_grad=False)
-        ffn.output.bias.data += shift
-    _declare_mlp_bias(model)
+        if out.bias is None:
+            out.bias = nn.Parameter(torch.zeros(w.shape[0], dtype=w.dtype, device=w.device), requires_grad=False)
+        out.bias.data += shift
+    if target == "ffn":
+        _declare_mlp_bias(model)
+    else:
+        _declare_attention_bias(model)
+
+
+def _declare_attention_bias(model) -> None:
+    """Llama-style configs have one `attention_bias` switch for q, k, v and o: zero q/k/v biases
+    make the o_proj bias loadable by plain transformers."""
+    config = text_config(model.config)
+    if not hasattr(config, "attention_bias"):
+        return
+    for unit in layer_units(model, "attn"):
+        for lin in unit.linears():
+            if lin.bias is None:
+                lin.bias = nn.Parameter(torch.zeros(lin.out_features, dtype=lin.weight.dtype, device=lin.weight.device), requires_grad=False)
+    config.attention_bias = True
 
 
 def _declare_mlp_bias(model) -> None:
@@ -63,6 +81,30 @@ def prune_ffn(model, keep: list[torch.Tensor]) -> list[int]:
         setattr(config, key, max(widths))
         config.llmslim_ffn_widths = widths
     return widths
+
+
+def prune_units(model, keep: list[torch.Tensor], target: str = "ffn") -> list[int]:
+    """Keep units `keep[l]` in layer l; return per-layer unit counts (FFN width or kv groups)."""
+    if target == "ffn":
+        return prune_ffn(model, keep)
+    return prune_heads(model, keep)
+
+
+def prune_heads(model, keep: list[torch.Tensor]) -> list[int]:
+    """Keep kv groups `keep[l]` (with their query heads) in layer l; the config gets the new head
+    counts and an explicit head_dim, so plain transformers rebuilds the same shapes."""
+    config = text_config(model.config)
+    units = layer_units(model, "attn")
+    counts = [k.numel() for k in keep]
+    if len(set(counts)) != 1:
+        raise BadOptionError("attention pruning needs the same number of kv groups in every layer")
+    per_group, head_dim = units[0].per_group, units[0].part.head_dim
+    for unit, kept in zip(units, keep):
+        unit.keep(kept)
+    config.head_dim = head_dim
+    config.num_key_value_heads = counts[0]
+    config.num_attention_heads = counts[0] * per_group
+    return counts
 
 
 def save_model(model, tokenizer, folder: Path) -> None:

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from llmslim.core.arch import adapter_for, text_config
+from llmslim.core.arch import text_config
+from llmslim.prune.units import layer_units
 
 FEATURE_MODES = ("flat", "tokens")
 
@@ -47,17 +48,6 @@ class CalibStats:
         return {k: getattr(self, k) for k in ("snip", "refer", "act_mean", "act_sq", "tokens", "windows", "meta")}
 
 
-def neuron_groups(ffn, per_linear: dict[int, torch.Tensor]) -> torch.Tensor:
-    """[width, group] matrix of a per-weight quantity (given per linear, in weight shape)."""
-    parts = [per_linear[id(b.linear)][b.offset : b.offset + ffn.width] for b in ffn.inputs]
-    parts.append(per_linear[id(ffn.output)].T)
-    return torch.cat(parts, dim=1)
-
-
-def weight_groups(ffn) -> torch.Tensor:
-    return neuron_groups(ffn, {id(b.linear): b.linear.weight.detach() for b in ffn.inputs} | {id(ffn.output): ffn.output.weight.detach()})
-
-
 def _mean_singular_value(y: torch.Tensor, mode: str) -> torch.Tensor:
     y = y.float()
     if mode == "flat":
@@ -74,24 +64,24 @@ def collect(
     refer: bool = True,
     snip: bool = True,
     feature_mode: str = "flat",
+    target: str = "ffn",
     batch_size: int = 1,
     progress=None,
 ) -> CalibStats:
-    """Run forward (+ backward for SNIP / ReFer) over the calibration windows [n, seqlen]."""
-    adapter = adapter_for(model)
+    """Run forward (+ backward for SNIP / ReFer) over the calibration windows [n, seqlen].
+
+    `target` "ffn" scores FFN neurons, "attn" kv groups (see prune/units.py); only the target's
+    weights get gradients, and ReFer's features are the target's projection outputs."""
     config = text_config(model.config)
-    layers = adapter.decoder_layers(model)
-    ffns = [adapter.ffn(layer, config) for layer in layers]
+    units = layer_units(model, target)
     device = next(model.parameters()).device
     need_grad = refer or snip
 
-    linears = {}
-    for ffn in ffns:
-        for lin in [b.linear for b in ffn.inputs] + [ffn.output]:
-            linears[id(lin)] = lin
-    acc = {name: {k: torch.zeros_like(lin.weight, dtype=torch.float32) for k, lin in linears.items()} for name in ("snip", "refer")}
-    act_sum = [torch.zeros(f.width, dtype=torch.float64, device=device) for f in ffns]
-    act_sq = [torch.zeros(f.width, dtype=torch.float64, device=device) for f in ffns]
+    linears = {id(lin): lin for u in units for lin in u.linears()}
+    acc = {name: {k: torch.zeros_like(lin.weight, dtype=torch.float32) for k, lin in linears.items()} for name in ("snip", "refer")} if need_grad else {}
+    # activation statistics per input channel of the output projection (FFN: one per neuron)
+    act_sum = [torch.zeros(u.output.in_features, dtype=torch.float64, device=device) for u in units]
+    act_sq = [torch.zeros(u.output.in_features, dtype=torch.float64, device=device) for u in units]
     state = {"target": None, "features": [], "tokens": 0}
 
     saved_flags = {id(p): p.requires_grad for p in model.parameters()}
@@ -110,15 +100,15 @@ def collect(
                     p.grad = None
 
                 handles.append(lin.weight.register_post_accumulate_grad_hook(fold))
-        for i, ffn in enumerate(ffns):
+        for i, unit in enumerate(units):
             def stats(module, args, i=i):
                 x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
                 act_sum[i].add_(x.sum(0))
                 act_sq[i].add_((x * x).sum(0))
 
-            handles.append(ffn.output.register_forward_pre_hook(stats))
+            handles.append(unit.output.register_forward_pre_hook(stats))
             if refer:
-                for lin in {id(l): l for l in [b.linear for b in ffn.inputs] + [ffn.output]}.values():
+                for lin in unit.linears():
                     handles.append(lin.register_forward_hook(
                         lambda m, a, out: state["features"].append(_mean_singular_value(out, feature_mode))
                     ))
@@ -149,7 +139,7 @@ def collect(
             p.grad = None
 
     n = state["tokens"]
-    group = lambda name: [neuron_groups(f, acc[name]).cpu() for f in ffns]  # noqa: E731
+    group = lambda name: [u.group(acc[name]).cpu() for u in units]  # noqa: E731
     return CalibStats(
         snip=group("snip") if snip else [],
         refer=group("refer") if refer else [],
@@ -159,6 +149,8 @@ def collect(
         windows=windows.shape[0],
         meta={
             "feature_mode": feature_mode, "seqlen": windows.shape[1], "collect_s": elapsed,
-            "parts": len(ffns[0].inputs) + 1, "hidden": config.hidden_size,
+            "target": target, "hidden": config.hidden_size,
+            "part_sizes": units[0].part_sizes(config.hidden_size),
+            "channels_per_unit": units[0].channels_per_unit,
         },
     )

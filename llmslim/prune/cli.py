@@ -19,7 +19,8 @@ EVAL = "Evaluation"
 
 def prune(
     model: ModelArg = "smollm2-135m",
-    ratio: Annotated[float, typer.Option(help="Fraction of FFN neurons to remove (AFR paper: 0.2, 0.5).", rich_help_panel=METHOD)] = 0.2,
+    ratio: Annotated[float, typer.Option(help="Fraction of FFN neurons (or kv groups) to remove (AFR paper: 0.2, 0.5).", rich_help_panel=METHOD)] = 0.2,
+    target: Annotated[str, typer.Option(help="'ffn' neurons (the paper), or 'attn': whole kv groups with their query heads (GQA-aware).", rich_help_panel=METHOD)] = "ffn",
     method: Annotated[str, typer.Option(help="Score: afr, snip, refer, magnitude, wanda-sp, flap, llm-pruner-vector, llm-pruner-element; 'afr:mean-abs' picks an aggregation.", rich_help_panel=METHOD)] = "afr",
     aggregate: Annotated[str, typer.Option(help="Weight->neuron aggregation: abs+gmm (paper), abs, gmm, mean-abs, trim.", rich_help_panel=METHOD)] = "abs+gmm",
     gmm_scope: Annotated[str, typer.Option(help="GMM clipping per 'neuron' (paper) or per 'layer' (reference code).", rich_help_panel=METHOD)] = "neuron",
@@ -47,14 +48,14 @@ def prune(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
 ) -> None:
-    """Remove FFN neurons by AFR (or a baseline) and save a smaller model transformers loads."""
+    """Remove FFN neurons (or attention kv groups) by AFR or a baseline; save a smaller model transformers loads."""
     report.setup_logging(quiet or json)
     if nsamples < 1 or seqlen < 2:
         raise BadOptionError("--nsamples must be >= 1 and --seqlen >= 2")
     if eval_limit is not None and eval_limit < 1:
         raise BadOptionError(f"--eval-limit must be >= 1, got {eval_limit}")
     job = PruneJob(
-        model=model, ratio=ratio, method=method, aggregate=aggregate, gmm_scope=gmm_scope, afr_recipe=afr_recipe,
+        model=model, ratio=ratio, target=target, method=method, aggregate=aggregate, gmm_scope=gmm_scope, afr_recipe=afr_recipe,
         group=group, feature_mode=feature_mode, allocation=allocation, round_to=round_to, compare=compare,
         calib=calib, nsamples=nsamples, seqlen=seqlen, save_scores=save_scores, scores=scores,
         eval_tasks=eval_tasks, eval_limit=eval_limit, ppl=ppl, ppl_seqlen=ppl_seqlen, ppl_limit=ppl_limit,
@@ -72,10 +73,10 @@ def render(result: dict) -> None:
     rows = []
     metrics = sorted({k for r in result["rows"] for k in r.get("eval", {})})
     for r in result["rows"]:
-        rows.append([r["method"], r["params"], r.get("ffn_width")] + [r.get("eval", {}).get(m) for m in metrics])
+        rows.append([r["method"], r["params"], r.get("width")] + [r.get("eval", {}).get(m) for m in metrics])
     report.stdout.print(report.table(
         f"prune {result['model']} (ratio {result['ratio']}, {result['allocation']}, calib: {result['calibration']['source']})",
-        ["method", "params", "ffn width"] + metrics, rows,
+        ["method", "params", "kv groups" if result.get("target") == "attn" else "ffn width"] + metrics, rows,
     ))
     t = result["timings"]
     report.stdout.print(

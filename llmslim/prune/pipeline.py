@@ -17,6 +17,7 @@ from llmslim.prune import calibrate
 from llmslim.prune.allocate import ALLOCATIONS
 from llmslim.prune.run import PruneConfig, calibration_windows, load_stats, needs, parse_method, prune_model, save_stats, wikitext2_halves
 from llmslim.prune.scores import ScoreConfig, clipped, gmm_inputs
+from llmslim.prune.units import TARGETS
 
 # every aggregation of AFR, then every baseline: the paper's comparison table
 ALL_METHODS = ["afr:abs+gmm", "afr:abs", "afr:gmm", "afr:mean-abs", "afr:trim", "snip", "refer",
@@ -27,6 +28,7 @@ ALL_METHODS = ["afr:abs+gmm", "afr:abs", "afr:gmm", "afr:mean-abs", "afr:trim", 
 class PruneJob:
     model: str = "smollm2-135m"
     ratio: float = 0.2
+    target: str = "ffn"
     method: str = "afr"
     aggregate: str = "abs+gmm"
     gmm_scope: str = "neuron"
@@ -68,6 +70,10 @@ def _validate(job: PruneJob, base: ScoreConfig) -> list[str]:
         raise BadOptionError(f"unknown --allocation {job.allocation!r}; use {' or '.join(ALLOCATIONS)}")
     if job.feature_mode not in calibrate.FEATURE_MODES:
         raise BadOptionError(f"unknown --feature-mode {job.feature_mode!r}; use {' or '.join(calibrate.FEATURE_MODES)}")
+    if job.target not in TARGETS:
+        raise BadOptionError(f"unknown --target {job.target!r}; use {' or '.join(TARGETS)}")
+    if job.target == "attn" and job.allocation != "uniform":
+        raise BadOptionError("--target attn supports --allocation uniform only (transformers configs hold one head count)")
     if job.gmm_scope not in ("neuron", "layer"):
         raise BadOptionError(f"unknown --gmm-scope {job.gmm_scope!r}; use neuron or layer")
     methods = _methods(job)
@@ -113,12 +119,14 @@ def run_job(job: PruneJob, bar=None) -> dict:
     if job.scores:
         stats = load_stats(job.scores, model)
         calib_desc = f"scores from {job.scores}"
+        if stats.meta.get("target", "ffn") != job.target:
+            raise BadOptionError(f"{job.scores} holds {stats.meta.get('target', 'ffn')} scores, not --target {job.target}")
     else:
         windows, calib_desc = calibration_windows(model, tokenizer, calib, job.nsamples, job.seqlen, job.seed)
         need = needs(methods)
         task = bar.add_task("calibrating (forward+backward)", total=windows.shape[0]) if bar else None
         stats = calibrate.collect(
-            model, windows, refer=need["refer"], snip=need["snip"], feature_mode=job.feature_mode,
+            model, windows, refer=need["refer"], snip=need["snip"], feature_mode=job.feature_mode, target=job.target,
             progress=(lambda n: bar.advance(task, n)) if bar else None,
         )
         if job.save_scores:
@@ -127,7 +135,7 @@ def run_job(job: PruneJob, bar=None) -> dict:
 
     ppl_text = wikitext2_halves()[1] if job.ppl else None
     rows = []
-    dense = {"method": "dense", "params": sum(p.numel() for p in model.parameters()), "ffn_width": None}
+    dense = {"method": "dense", "params": sum(p.numel() for p in model.parameters()), "width": None}
     if job.ppl or job.eval_tasks:
         t0 = time.perf_counter()
         dense["eval"] = _evaluate(model, tokenizer, job, ppl_text, bar)
@@ -149,7 +157,7 @@ def run_job(job: PruneJob, bar=None) -> dict:
         pruned = model if last else copy.deepcopy(model)
         cfg = PruneConfig(ratio=job.ratio, method=method, scores=base, allocation=job.allocation, round_to=job.round_to)
         rep = prune_model(pruned, stats, cfg)
-        row = {"method": method, "params": rep["params_after"], "ffn_width": _width(rep["widths"]),
+        row = {"method": method, "params": rep["params_after"], "width": _width(rep["widths"]),
                "score_s": rep["score_s"]}
         if job.ppl or job.eval_tasks:
             t0 = time.perf_counter()
@@ -162,6 +170,7 @@ def run_job(job: PruneJob, bar=None) -> dict:
     result = {
         "model": job.model,
         "ratio": job.ratio,
+        "target": job.target,
         "allocation": job.allocation,
         "calibration": {"source": calib_desc, "nsamples": stats.windows, "tokens": stats.tokens, **stats.meta},
         "params_before": dense["params"],

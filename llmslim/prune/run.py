@@ -21,8 +21,9 @@ from llmslim.core.arch import adapter_for, text_config
 from llmslim.core.errors import BadOptionError, DataError
 from llmslim.prune.aggregate import AGGREGATIONS
 from llmslim.prune.allocate import allocate
-from llmslim.prune.apply import count_params, flap_bias, prune_ffn
-from llmslim.prune.calibrate import CalibStats, weight_groups
+from llmslim.prune.apply import count_params, flap_bias, prune_units
+from llmslim.prune.calibrate import CalibStats
+from llmslim.prune.units import layer_units, weight_groups
 from llmslim.prune.scores import ScoreConfig, get_score
 
 # Paper (AFR, Table 2/3): 20% and 50% FFN ratios, 128 windows x 1024 tokens of calibration text.
@@ -112,9 +113,7 @@ def load_stats(path: Path, model) -> CalibStats:
 # ------------------------------------------------------------------ scoring and pruning
 def neuron_scores(model, stats: CalibStats, method: str, base: ScoreConfig) -> list[torch.Tensor]:
     name, cfg = parse_method(method, base)
-    adapter = adapter_for(model)
-    config = text_config(model.config)
-    weights = [weight_groups(adapter.ffn(layer, config)).cpu() for layer in adapter.decoder_layers(model)]
+    weights = [weight_groups(u).cpu() for u in layer_units(model, stats.meta.get("target", "ffn"))]
     return get_score(name)(stats, weights, cfg)
 
 
@@ -124,12 +123,16 @@ def prune_model(model, stats: CalibStats, cfg: PruneConfig) -> dict:
     t0 = time.perf_counter()
     scores = neuron_scores(model, stats, cfg.method, cfg.scores)
     t_score = time.perf_counter() - t0
+    target = stats.meta.get("target", "ffn")
+    if target == "attn" and cfg.allocation != "uniform":
+        raise BadOptionError("--target attn supports --allocation uniform only (transformers configs hold one head count)")
     keep = allocate(scores, cfg.ratio, cfg.allocation, cfg.round_to)
     if cfg.method.partition(":")[0] == "flap" and cfg.flap_bias:
-        flap_bias(model, keep, stats.act_mean)
-    widths = prune_ffn(model, keep)
+        flap_bias(model, keep, stats.act_mean, target)
+    widths = prune_units(model, keep, target)
     return {
         "method": cfg.method,
+        "target": target,
         "ratio": cfg.ratio,
         "allocation": cfg.allocation,
         "params_before": params_before,

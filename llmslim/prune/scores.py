@@ -1,7 +1,7 @@
 """Neuron importance scores: AFR (the paper's method) and the baselines, one function each.
 
-Every score maps (CalibStats, per-layer weight groups, config) -> one importance per FFN neuron
-per layer; higher means keep. Add a score with `@register_score("name")`.
+Every score maps (CalibStats, per-layer weight groups, config) -> one importance per unit (FFN
+neuron, or attention kv group with `--target attn`: see units.py) per layer; higher means keep. Add a score with `@register_score("name")`.
 
 Weight groups: row j of layer l's group matrix is neuron j's weights, [gate row j, up row j,
 down column j] (OPT: [fc1 row j, fc2 column j]); `ScoreConfig.group="sum"` instead adds the
@@ -55,11 +55,20 @@ def get_score(name: str) -> ScoreFn:
     return SCORES[name]
 
 
-def _regroup(groups: torch.Tensor, mode: str, parts: int) -> torch.Tensor:
+def part_sizes(stats: CalibStats) -> list[int]:
+    """Values per weight matrix in a unit's group (FFN: hidden each; attn: q, k, v, o parts)."""
+    if "part_sizes" in stats.meta:
+        return list(stats.meta["part_sizes"])
+    return [stats.meta["hidden"]] * stats.meta.get("parts", 3)  # scores files from before attn
+
+
+def _regroup(groups: torch.Tensor, mode: str, sizes: list[int]) -> torch.Tensor:
     if mode == "concat":
         return groups
     if mode == "sum":
-        return groups.reshape(groups.shape[0], parts, -1).sum(1)
+        if len(set(sizes)) != 1:
+            raise BadOptionError("--group sum needs equal-sized parts (FFN neurons); use concat for attention heads")
+        return groups.reshape(groups.shape[0], len(sizes), -1).sum(1)
     raise BadOptionError(f"unknown weight grouping {mode!r}; use concat or sum")
 
 
@@ -73,10 +82,10 @@ def clipped(stats: CalibStats, which: str, per_layer: list[torch.Tensor], cfg: S
     """GMM-clipped per-weight scores of every layer, computed once per stats and settings."""
     key = ("clipped", which, cfg.group, cfg.gmm_scope, cfg.seed)
     if key not in stats.cache:
-        parts = stats.meta.get("parts", 3)
+        sizes = part_sizes(stats)
         out = []
         for i, s in enumerate(per_layer):
-            out.append(gmm_scope_clip(_regroup(s.float(), cfg.group, parts), cfg.gmm_scope, cfg.seed + i))
+            out.append(gmm_scope_clip(_regroup(s.float(), cfg.group, sizes), cfg.gmm_scope, cfg.seed + i))
             if progress:
                 progress(1)
         stats.cache[key] = out
@@ -86,7 +95,7 @@ def clipped(stats: CalibStats, which: str, per_layer: list[torch.Tensor], cfg: S
 def _agg(stats: CalibStats, which: str, per_layer: list[torch.Tensor], cfg: ScoreConfig) -> list[torch.Tensor]:
     if cfg.aggregate in AFTER_CLIP:
         return [aggregate(AFTER_CLIP[cfg.aggregate], c) for c in clipped(stats, which, per_layer, cfg)]
-    return [aggregate(cfg.aggregate, _regroup(s.float(), cfg.group, stats.meta.get("parts", 3))) for s in per_layer]
+    return [aggregate(cfg.aggregate, _regroup(s.float(), cfg.group, part_sizes(stats))) for s in per_layer]
 
 
 def afr_weight_scores(stats: CalibStats) -> list[torch.Tensor]:
@@ -157,35 +166,49 @@ def magnitude(stats, weights, cfg):
     return [w.float().norm(dim=1) for w in weights]
 
 
+def _output_columns(stats: CalibStats, w: torch.Tensor) -> torch.Tensor:
+    """[units, channels per unit, hidden]: the output projection's input columns of each unit
+    (FFN: down_proj column j; attn: the o_proj columns of the group's query heads)."""
+    cpu, hidden = stats.meta.get("channels_per_unit", 1), stats.meta["hidden"]
+    return w[:, -cpu * hidden :].float().reshape(w.shape[0], cpu, hidden)
+
+
+def _per_unit(stats: CalibStats, per_channel: torch.Tensor) -> torch.Tensor:
+    return per_channel.float().reshape(-1, stats.meta.get("channels_per_unit", 1))
+
+
 @register_score("wanda-sp")
 def wanda_sp(stats, weights, cfg):
-    """Wanda-sp (FLAP repo's WIFN): mean over the down_proj column of |W_ij|·sqrt(E[x_j²])."""
+    """Wanda-sp (FLAP repo's WIFN): mean over the output-projection column of |W_ij|·sqrt(E[x_j²]);
+    a head group averages its channels."""
     out = []
     for w, sq in zip(weights, stats.act_sq):
-        down = w[:, -stats.meta["hidden"] :].float()
-        out.append((down.abs() * sq.sqrt()[:, None]).mean(1))
+        cols = _output_columns(stats, w)
+        out.append((cols.abs() * _per_unit(stats, sq).sqrt()[..., None]).mean((1, 2)))
     return out
 
 
 @register_score("flap")
 def flap(stats, weights, cfg):
-    """FLAP's WIFV fluctuation metric: Var[x_j] · Σ_i W_ij² over the down_proj column.
+    """FLAP's WIFV fluctuation metric: Var[x_j] · Σ_i W_ij² over the output-projection column
+    (a head group averages its channels).
 
     Standardised per layer (FLAP's adaptive structure), so a global threshold compares layers.
     Bias compensation is applied when pruning (see apply.flap_bias)."""
     out = []
     for i, w in enumerate(weights):
-        down = w[:, -stats.meta["hidden"] :].float()
-        metric = stats.act_var(i) * down.pow(2).sum(1)
-        out.append((metric - metric.mean()) / metric.std())
+        cols = _output_columns(stats, w)
+        metric = (_per_unit(stats, stats.act_var(i)) * cols.pow(2).sum(2)).mean(1)
+        std = metric.std() if metric.numel() > 1 else metric.new_tensor(1.0)
+        out.append((metric - metric.mean()) / std.clamp_min(1e-12))
     return out
 
 
 @register_score("llm-pruner-vector")
 def llm_pruner_vector(stats, weights, cfg):
     """LLM-Pruner Taylor, vector-wise: Σ over the neuron's matrices of |Σ_k W_k·∇W_k|."""
-    parts = stats.meta.get("parts", 3)
-    return [s.float().reshape(s.shape[0], parts, -1).sum(2).abs().sum(1) for s in _need(stats, "snip", "llm-pruner-vector")]
+    sizes = part_sizes(stats)
+    return [torch.stack([p.sum(1).abs() for p in s.float().split(sizes, dim=1)]).sum(0) for s in _need(stats, "snip", "llm-pruner-vector")]
 
 
 @register_score("llm-pruner-element")

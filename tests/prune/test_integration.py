@@ -40,3 +40,20 @@ def test_prune_smollm2_end_to_end(smollm2, data_dir, tmp_path):
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "again")
     for a, b in zip(model.state_dict().values(), reloaded.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_prune_smollm2_attention_heads(smollm2, data_dir, tmp_path):
+    """--target attn on the real model: one of the three kv groups (and its 3 query heads) per layer."""
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "heads"
+    result = run_job(PruneJob(model="smollm2-135m", target="attn", ratio=0.34, method="afr:abs", compare="wanda-sp",
+                              calib="wikitext2", nsamples=2, seqlen=64, ppl=True, ppl_seqlen=256, ppl_limit=2,
+                              out=out, device="cpu", dtype="float32"))
+    assert result["target"] == "attn" and result["widths"] == [2] * 30
+    # 30 layers x one group: q (3 x 64 x 576) + k, v (64 x 576 each) + o (576 x 3 x 64)
+    assert result["params_before"] - result["params_after"] == 30 * 8 * 64 * 576
+    for row in result["rows"]:
+        assert math.isfinite(row["eval"]["wikitext2_ppl"])
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert (model.config.num_attention_heads, model.config.num_key_value_heads, model.config.head_dim) == (6, 2, 64)
