@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+from dataclasses import replace
 import json
 import time
 from pathlib import Path
@@ -27,11 +28,13 @@ from llmslim.eval.run import perplexity, run_tasks
 from llmslim.prune.calibrate import collect
 from llmslim.prune.pipeline import ALL_METHODS
 from llmslim.prune.run import PruneConfig, load_stats, prune_model, save_stats, wikitext2_halves
+from llmslim.prune.scores import ScoreConfig
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--model", default="smollm2-135m")
 parser.add_argument("--ratios", default="0.2,0.5")
-parser.add_argument("--methods", default=",".join(ALL_METHODS))
+parser.add_argument("--methods", default=",".join(ALL_METHODS),
+                    help="comma list; '@reference' / '@sum' suffixes pick --afr-recipe / --group, e.g. afr:abs@reference")
 parser.add_argument("--nsamples", type=int, default=128)
 parser.add_argument("--seqlen", type=int, default=1024)
 parser.add_argument("--tasks", default="arc_easy,arc_challenge,piqa,hellaswag")
@@ -76,14 +79,26 @@ def evaluate(m) -> dict:
     return row
 
 
+def score_config(spec: str) -> tuple[str, ScoreConfig]:
+    """"afr:abs@reference@sum" -> ("afr:abs", ScoreConfig(afr_recipe="reference", group="sum"))."""
+    method, *options = spec.split("@")
+    cfg = ScoreConfig(seed=args.seed)
+    for opt in options:
+        cfg = replace(cfg, **{"afr_recipe" if opt in ("paper", "reference") else "group": opt})
+    return method, cfg
+
+
 rows = []
 for ratio in [float(r) for r in args.ratios.split(",")]:
-    for method in args.methods.split(","):
+    for spec in args.methods.split(","):
         t0 = time.perf_counter()
+        method, cfg = score_config(spec)
         pruned = copy.deepcopy(model)
-        rep = prune_model(pruned, stats, PruneConfig(ratio=ratio, method=method))
+        rep = prune_model(pruned, stats, PruneConfig(ratio=ratio, method=method, scores=cfg))
+        method = spec
         rows.append({"ratio": ratio, "method": method, "params": rep["params_after"], **evaluate(pruned)})
         print(rows[-1], f"{time.perf_counter() - t0:.0f}s", flush=True)
+        Path(args.out + ".partial").write_text(json.dumps(rows, indent=2) + "\n")  # a cut-short run keeps its rows
         del pruned
 # dense last: the pruned rows are what a cut-short run most needs
 t0 = time.perf_counter()
