@@ -40,7 +40,9 @@ def _register() -> None:
     app.command("prune")(prune)
     app.add_typer(_planned("shorten", 4, "Fine-tune a chat model to answer shorter at equal quality"), name="shorten")
     app.add_typer(_planned("budget", 5, "TALE token-budget-aware reasoning"), name="budget")
-    app.add_typer(_planned("sparsity", 6, "ShadowLLM predictor-based contextual sparsity"), name="sparsity")
+    from llmslim.sparsity.cli import app as sparsity_app
+
+    app.add_typer(sparsity_app, name="sparsity")
 
 
 @app.callback()

@@ -1,0 +1,143 @@
+"""Dense vs 50% FFN contextual sparsity with gathered execution: prefill and decode speed,
+measured interleaved in one run, and the predictor's (and the gather's) share of the time.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/sparsity_speed.py                  # both models
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/sparsity_speed.py --models smollm2-135m --repeats 2
+
+Per model: a ShadowLLM predictor (full output head as in the paper, hidden 256: the costlier head) is trained on that model's own
+traces (l2norm scores of a few random-token windows: quality does not matter for timing), then
+for each run and each of dense / shadow-50% / static-50% (the same gathered FFNs with no
+predictor, to isolate its cost): a random prompt is prefilled (the mask is chosen during the
+prefill, after layer 0's attention: predictor + weight gather are inside the prefill time), then
+`--new-tokens - 1` greedy decode steps reuse the gathered weights. Runs interleave the variants
+(A B C, C B A, ...); medians are reported. Writes benchmarks/results/sparsity_speed.json.
+"""
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from llmslim.bench.synthetic import random_model
+from llmslim.core import report
+from llmslim.core.outputs import to_jsonable
+from llmslim.sparsity import predictor as P
+from llmslim.sparsity.collect import Example, collect
+from llmslim.sparsity.execute import SparseRunner, SparsityConfig
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--models", default="smollm2-135m,random:llama-1b")
+ap.add_argument("--prompt-len", type=int, default=64)
+ap.add_argument("--new-tokens", type=int, default=17, help="1 from the prefill + 16 timed decode steps")
+ap.add_argument("--repeats", type=int, default=3)
+ap.add_argument("--sparsity", type=float, default=0.5)
+ap.add_argument("--threads", type=int, default=1)
+ap.add_argument("--device", default="cpu")
+ap.add_argument("--column-gather", action="store_true",
+                help="gather down_proj columns in place instead of from a transposed copy (saves 1/3 of the FFN weights in memory)")
+ap.add_argument("--out", default="benchmarks/results/sparsity_speed.json")
+args = ap.parse_args()
+torch.set_num_threads(args.threads)
+device = torch.device(args.device)
+
+
+def sync():
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def load(spec):
+    if spec.startswith("random:"):
+        return random_model(spec, dtype=torch.float32, seed=0, device=device)
+    from llmslim.core.load import load_model
+
+    return load_model(spec, device=args.device, dtype="float32").model
+
+
+@torch.no_grad()
+def run_once(model, runner, ids):
+    from transformers import DynamicCache
+
+    before = (dict(runner.stats), runner.gather.seconds) if runner else None
+    cache = DynamicCache(config=model.config)
+    ctx = runner.input(decide_at=-1) if runner else torch.no_grad()
+    sync()
+    t0 = time.perf_counter()  # static gathers on entering the block: counted in its prefill
+    with ctx:
+        logits = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+        tok = logits[:, -1].argmax(-1, keepdim=True)
+        sync()
+        t1 = time.perf_counter()
+        for i in range(args.new_tokens - 1):
+            logits = model(input_ids=tok, past_key_values=cache, use_cache=True).logits
+            tok = logits[:, -1].argmax(-1, keepdim=True)
+        sync()
+        t2 = time.perf_counter()
+    predict = runner.stats["predict_s"] - before[0]["predict_s"] if runner else 0.0
+    gather = runner.gather.seconds - before[1] if runner else 0.0
+    return {"prefill_s": t1 - t0, "decode_s": t2 - t1, "predict_s": predict, "gather_s": gather}
+
+
+results = {"settings": vars(args), "models": {}}
+for spec in [s.strip() for s in args.models.split(",") if s.strip()]:
+    t_load = time.perf_counter()
+    model = load(spec)
+    vocab = model.config.vocab_size
+    gen = torch.Generator().manual_seed(0)
+    # the model's own traces (l2norm: forward only) -> one ShadowLLM predictor for FFN neurons
+    examples = [Example(torch.randint(0, vocab, (32,), generator=gen), 31, "random") for _ in range(12)]
+    traces = collect(model, examples, ["l2norm"], batch_size=1)
+    trained = P.train(traces, "l2norm", P.TrainConfig(epochs=3, holdout=0.25, head="full"), kinds=("neurons",), which=("shadow",))
+    shadow = trained["shadow"]
+    variants = {
+        "dense": None,
+        "shadow": SparseRunner(model, SparsityConfig("shadow", ffn_sparsity=args.sparsity), shadow=shadow),
+        "static": SparseRunner(model, SparsityConfig("static", ffn_sparsity=args.sparsity), static_scores=trained["static"]),
+    }
+    for r in (variants["shadow"], variants["static"]):
+        r.gather.transpose_down = not args.column_gather
+    if not args.column_gather:  # one transposed copy and one set of slice buffers for both runners
+        variants["static"].gather._down_t = variants["shadow"].gather._down_t
+        variants["static"].gather._buffers = variants["shadow"].gather._buffers
+    ids = torch.randint(0, vocab, (1, args.prompt_len), generator=gen).to(device)
+    times = {k: [] for k in variants}
+    for k, r in variants.items():  # warm-up
+        run_once(model, r, ids)
+    names = list(variants)
+    for rep in range(args.repeats):
+        for k in (names if rep % 2 == 0 else names[::-1]):
+            times[k].append(run_once(model, variants[k], ids))
+    med = {k: {m: statistics.median(t[m] for t in v) for m in v[0]} for k, v in times.items()}
+    n_dec = args.new_tokens - 1
+    out = {}
+    for k, m in med.items():
+        total = m["prefill_s"] + m["decode_s"]
+        out[k] = {**m, "prefill_tok_s": args.prompt_len / m["prefill_s"], "decode_tok_s": n_dec / m["decode_s"],
+                  "predict_share": m["predict_s"] / total, "gather_share": m["gather_s"] / total, "runs": times[k]}
+    for k in ("shadow", "static"):
+        out[k]["prefill_speedup"] = med["dense"]["prefill_s"] / med[k]["prefill_s"]
+        out[k]["decode_speedup"] = med["dense"]["decode_s"] / med[k]["decode_s"]
+        out[k]["total_speedup"] = (med["dense"]["prefill_s"] + med["dense"]["decode_s"]) / (med[k]["prefill_s"] + med[k]["decode_s"])
+    params = sum(p.numel() for p in model.parameters())
+    pred_params = sum(p.numel() for p in shadow.nets["neurons"].parameters())
+    results["models"][spec] = {"params": params, "predictor_params": pred_params, "variants": out,
+                               "setup_s": time.perf_counter() - t_load}
+    rows = []
+    for k, v in out.items():
+        rows.append([k, v["prefill_tok_s"], v.get("prefill_speedup"), v["decode_tok_s"], v.get("decode_speedup"), v.get("total_speedup"),
+                     f"{1000 * v['predict_s']:.1f} ms ({100 * v['predict_share']:.1f}%)", f"{1000 * v['gather_s']:.1f} ms ({100 * v['gather_share']:.1f}%)"])
+    report.stdout.print(report.table(
+        f"{spec} ({params / 1e6:.0f}M params, predictor {pred_params / 1e6:.1f}M) on {device.type}, {torch.get_num_threads()} thread(s): "
+        f"{int(args.sparsity * 100)}% FFN, prompt {args.prompt_len}, {n_dec} decode steps, median of {args.repeats}",
+        ["variant", "prefill tok/s", "x dense", "decode tok/s", "x dense", "prefill+decode x dense", "predictor (share)", "gather (share)"], rows))
+    del model, variants, shadow
+    results["models"][spec]["load_avg"] = __import__("os").getloadavg()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # after each model: a crash keeps the rest
+    Path(args.out).write_text(json.dumps(to_jsonable(results), indent=2) + "\n")
+
+Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+Path(args.out).write_text(json.dumps(to_jsonable(results), indent=2) + "\n")
+report.stdout.print(f"wrote {args.out}")

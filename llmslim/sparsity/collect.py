@@ -1,0 +1,212 @@
+"""Traces for training and judging predictors: per example, the features a predictor sees and
+the true per-layer scores of every head and FFN neuron.
+
+An *example* is a token sequence with a decision position `decide_at` (the last token of a
+window, or the last context token of a multiple-choice prompt): the mask for the example is
+chosen from the hidden states there.
+
+- `features`      [N, hidden]    layer 0's attention output (after o_proj) at decide_at: the
+                                 ShadowLLM predictor's input
+- `layer_inputs`  [N, L, hidden] each decoder layer's input (residual stream) at decide_at: the
+                                 DejaVu-style per-layer predictors' inputs (stored as float16)
+- `heads[c]`      [N, L, H]      criterion c of every query head (see criteria.py)
+- `neurons[c]`    [N, L, F]      criterion c of every FFN neuron
+
+One forward (+ one backward to the activations when a criterion needs the gradient; no weight
+gradients are formed) per batch of equal-length examples. The loss of an example is its mean
+next-token cross-entropy, summed over the batch, so each example's gradients are its own.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from llmslim.core.arch import adapter_for, text_config
+from llmslim.core.errors import DataError
+from llmslim.sparsity import criteria as C
+
+TRACE_FILE = "traces.pt"
+
+
+@dataclass
+class Example:
+    ids: torch.Tensor  # [T] token ids
+    decide_at: int  # position whose hidden states choose the mask
+    source: str = ""
+
+
+@dataclass
+class Traces:
+    features: torch.Tensor
+    layer_inputs: torch.Tensor
+    heads: dict[str, torch.Tensor]
+    neurons: dict[str, torch.Tensor]
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+    def scores(self, kind: str, criterion: str) -> torch.Tensor:
+        table = self.heads if kind == "heads" else self.neurons
+        if criterion not in table:
+            raise DataError(f"the traces hold no {criterion!r} scores (they have: {', '.join(table)}); re-run collect with --criteria")
+        return table[criterion]
+
+    def save(self, folder: Path) -> Path:
+        path = Path(folder) / TRACE_FILE
+        torch.save({"features": self.features, "layer_inputs": self.layer_inputs, "heads": self.heads,
+                    "neurons": self.neurons, "meta": self.meta}, path)
+        return path
+
+    @classmethod
+    def load(cls, folder: Path | str) -> "Traces":
+        folder = Path(folder)
+        path = folder / TRACE_FILE if folder.is_dir() else folder
+        if not path.is_file():
+            raise DataError(f"no traces at {path} (run `llmslim sparsity collect ... --out DIR` first)")
+        try:
+            d = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - a corrupt or foreign file: one clear line
+            raise DataError(f"{path}: not a traces file ({type(err).__name__})") from None
+        if not isinstance(d, dict) or "features" not in d:
+            raise DataError(f"{path}: not a traces file")
+        return cls(d["features"], d["layer_inputs"], d["heads"], d["neurons"], d.get("meta", {}))
+
+
+def shape(model) -> dict:
+    """Layers, heads, kv heads, head_dim, FFN width and hidden size, via the arch adapter."""
+    adapter = adapter_for(model)
+    config = text_config(model.config)
+    layers = adapter.decoder_layers(model)
+    attn = adapter.attention(layers[0], config)
+    ffn = adapter.ffn(layers[0], config)
+    return {"layers": len(layers), "heads": attn.n_heads, "kv_heads": attn.n_kv_heads, "head_dim": attn.head_dim,
+            "ffn": ffn.width, "hidden": config.hidden_size, "family": adapter.family}
+
+
+def _hidden_arg(args, kwargs):
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def trace_batch(model, ids: torch.Tensor, decide_at: list[int], crits: list[str]) -> dict:
+    """Scores and features of one batch of equal-length examples ([B, T] ids)."""
+    adapter = adapter_for(model)
+    config = text_config(model.config)
+    layers = adapter.decoder_layers(model)
+    attns = [adapter.attention(layer, config) for layer in layers]
+    ffns = [adapter.ffn(layer, config) for layer in layers]
+    need_grad = any(C.NEEDS_GRAD[c] for c in crits)
+    device = next(model.parameters()).device
+    rows = torch.arange(ids.shape[0])
+    at = torch.tensor(decide_at)
+    heads_in: list[torch.Tensor] = [None] * len(layers)
+    ffn_in: list[torch.Tensor] = [None] * len(layers)
+    layer_in: list[torch.Tensor] = [None] * len(layers)
+    feature: list[torch.Tensor] = []
+
+    def keep(store, i):
+        def hook(module, args):
+            x = args[0]
+            if need_grad and x.requires_grad:
+                x.retain_grad()
+            store[i] = x
+        return hook
+
+    handles = []
+    try:
+        for i, (attn, ffn, layer) in enumerate(zip(attns, ffns, layers)):
+            handles.append(attn.o.register_forward_pre_hook(keep(heads_in, i)))
+            handles.append(ffn.output.register_forward_pre_hook(keep(ffn_in, i)))
+            handles.append(layer.register_forward_pre_hook(
+                lambda m, a, k, i=i: layer_in.__setitem__(i, _hidden_arg(a, k)[rows, at].detach().float().cpu()), with_kwargs=True))
+        handles.append(attns[0].o.register_forward_hook(lambda m, a, out: feature.append(out[rows, at].detach().float().cpu())))
+        ids = ids.to(device)
+        with torch.set_grad_enabled(need_grad):
+            embeds = model.get_input_embeddings()(ids).detach()
+            if need_grad:
+                embeds.requires_grad_(True)
+            logits = model(inputs_embeds=embeds, use_cache=False).logits
+            if need_grad:
+                nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="none")
+                loss = nll.view(ids.shape[0], -1).mean(1).sum()
+                loss.backward()
+    finally:
+        for h in handles:
+            h.remove()
+    L, H, hd = len(layers), attns[0].n_heads, attns[0].head_dim
+    B, T = ids.shape
+    out = {"features": feature[0], "layer_inputs": torch.stack(layer_in, 1),
+           "heads": {c: torch.zeros(B, L, H) for c in crits}, "neurons": {c: torch.zeros(B, L, ffns[0].width) for c in crits}}
+    for i in range(L):
+        a_h = heads_in[i].detach().view(B, T, H, hd)
+        g_h = heads_in[i].grad.view(B, T, H, hd) if need_grad and heads_in[i].grad is not None else None
+        a_n = ffn_in[i].detach().view(B, T, -1, 1)
+        g_n = ffn_in[i].grad.view(B, T, -1, 1) if need_grad and ffn_in[i].grad is not None else None
+        for b in range(B):
+            for c in crits:
+                gh = g_h[b] if g_h is not None else (torch.zeros_like(a_h[b]) if C.NEEDS_GRAD[c] else None)
+                gn = g_n[b] if g_n is not None else (torch.zeros_like(a_n[b]) if C.NEEDS_GRAD[c] else None)
+                out["heads"][c][b, i] = C.score(c, a_h[b], gh).cpu()
+                out["neurons"][c][b, i] = C.score(c, a_n[b], gn).cpu()
+    return out
+
+
+def collect(model, examples: list[Example], criteria: list[str], *, batch_size: int = 8, progress=None) -> Traces:
+    """Traces of `examples` (equal-length neighbours share a batch)."""
+    if not examples:
+        raise DataError("no examples to trace")
+    crits = C.parse(criteria)
+    saved = {id(p): p.requires_grad for p in model.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    parts = []
+    t0 = time.perf_counter()
+    try:
+        i = 0
+        while i < len(examples):
+            n = 1
+            while n < batch_size and i + n < len(examples) and examples[i + n].ids.numel() == examples[i].ids.numel():
+                n += 1
+            chunk = examples[i : i + n]
+            parts.append(trace_batch(model, torch.stack([e.ids for e in chunk]), [e.decide_at for e in chunk], crits))
+            i += n
+            if progress:
+                progress(n)
+    finally:
+        for p in model.parameters():
+            p.requires_grad_(saved[id(p)])
+            p.grad = None
+    cat = lambda key: torch.cat([p[key] for p in parts])  # noqa: E731
+    return Traces(
+        features=cat("features"),
+        layer_inputs=cat("layer_inputs").half(),
+        heads={c: torch.cat([p["heads"][c] for p in parts]) for c in crits},
+        neurons={c: torch.cat([p["neurons"][c] for p in parts]) for c in crits},
+        meta={**shape(model), "criteria": crits, "n": len(examples), "collect_s": time.perf_counter() - t0,
+              "sources": sorted({e.source for e in examples}), "tokens": sum(e.ids.numel() for e in examples)},
+    )
+
+
+# ---------------------------------------------------------------- example builders
+def window_examples(tokenizer, text: str, n: int, seqlen: int, seed: int) -> list[Example]:
+    """`n` WikiText-style windows of `seqlen` tokens at seeded offsets; decide at the last token."""
+    from llmslim.core.data import calibration_windows
+
+    windows = calibration_windows(tokenizer, text, n, seqlen, seed)
+    return [Example(w, seqlen - 1, "text") for w in windows]
+
+
+def context_examples(tokenizer, contexts: list[str], source: str, max_len: int = 256) -> list[Example]:
+    """One example per prompt context (the tokenizer's special tokens first, as lm-eval encodes);
+    decide at its last token."""
+    out = []
+    for text in contexts:
+        ids = tokenizer(text, return_tensors="pt").input_ids[0][-max_len:]
+        if ids.numel() >= 2:
+            out.append(Example(ids, ids.numel() - 1, source))
+    return out

@@ -1,0 +1,101 @@
+"""Quality with a mask chosen per input: perplexity and multiple-choice accuracy.
+
+Both use the split "prompt -> mask -> the rest":
+- perplexity: WikiText-2 (second half of the test file) windows of 2*S tokens; the mask is
+  chosen at token S-1 (the end of the first half) and the NLL is scored on the second half;
+- multiple choice (tasks.py): the mask is chosen at the last context token; all choices of an
+  item run as one batch that shares it (their common causal prefix gives every row the same
+  decision); acc = argmax of the summed log-likelihood, acc_norm = of it per character (lm-eval's).
+The oracle's true scores come from a forward + backward on the prompt part only.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+
+from llmslim.sparsity.collect import trace_batch
+from llmslim.sparsity.execute import SparseRunner
+
+
+def oracle_scores(model, ids: torch.Tensor, criterion: str) -> dict:
+    """True scores of one prompt ([T] ids), decided at its last token."""
+    saved = {id(p): p.requires_grad for p in model.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        out = trace_batch(model, ids[None], [ids.numel() - 1], [criterion])
+    finally:
+        for p in model.parameters():
+            p.requires_grad_(saved[id(p)])
+    return {"heads": out["heads"][criterion][0], "neurons": out["neurons"][criterion][0]}
+
+
+def _oracle(runner: SparseRunner, model, prompt: torch.Tensor, criterion: str):
+    if runner.cfg.method != "oracle":
+        return None
+    t0 = time.perf_counter()
+    scores = oracle_scores(model, prompt, criterion)
+    runner.stats["oracle_s"] += time.perf_counter() - t0
+    return scores
+
+
+def ppl_windows(tokenizer, text: str, prompt_len: int, n: int) -> torch.Tensor:
+    """The first `n` non-overlapping windows of 2*prompt_len tokens of `text`."""
+    from llmslim.core.errors import DataError
+
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids[0]
+    size = 2 * prompt_len
+    count = min(n, ids.numel() // size)
+    if count < 1:
+        raise DataError(f"the text has {ids.numel()} tokens, fewer than one window of {size}")
+    return ids[: count * size].view(count, size)
+
+
+@torch.no_grad()
+def perplexity(model, runner: SparseRunner, windows: torch.Tensor, criterion: str, progress=None) -> dict:
+    device = next(model.parameters()).device
+    nll, count = 0.0, 0
+    s = windows.shape[1] // 2
+    for w in windows:
+        scores = _oracle(runner, model, w[:s], criterion)
+        with runner.input(decide_at=s - 1, oracle_scores=scores):
+            logits = model(w[None].to(device), use_cache=False).logits[0]
+        nll += F.cross_entropy(logits[s - 1 : -1].float(), w[s:].to(device), reduction="sum").item()
+        count += w.numel() - s
+        if progress:
+            progress(1)
+    return {"perplexity": math.exp(nll / count), "tokens": count, "windows": int(windows.shape[0])}
+
+
+@torch.no_grad()
+def mc_accuracy(model, tokenizer, runner: SparseRunner, items, criterion: str, progress=None) -> dict:
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    correct = correct_norm = 0
+    for item in items:
+        ctx = tokenizer(item.context, return_tensors="pt").input_ids[0]
+        conts = [tokenizer(c, return_tensors="pt", add_special_tokens=False).input_ids[0] for c in item.choices]
+        width = ctx.numel() + max(c.numel() for c in conts)
+        batch = torch.full((len(conts), width), pad, dtype=torch.long)
+        for r, c in enumerate(conts):
+            batch[r, : ctx.numel()] = ctx
+            batch[r, ctx.numel() : ctx.numel() + c.numel()] = c
+        scores = _oracle(runner, model, ctx, criterion)
+        with runner.input(decide_at=ctx.numel() - 1, oracle_scores=scores):
+            logp = model(batch.to(device), use_cache=False).logits.float().log_softmax(-1)
+        lls = []
+        for r, c in enumerate(conts):
+            pos = torch.arange(ctx.numel() - 1, ctx.numel() - 1 + c.numel(), device=device)
+            lls.append(logp[r, pos, c.to(device)].sum().item())
+        best = max(range(len(lls)), key=lambda i: lls[i])
+        best_norm = max(range(len(lls)), key=lambda i: lls[i] / max(1, len(item.choices[i])))
+        correct += int(best == item.label)
+        correct_norm += int(best_norm == item.label)
+        if progress:
+            progress(1)
+    n = max(1, len(items))
+    return {"acc": correct / n, "acc_norm": correct_norm / n, "n": len(items)}

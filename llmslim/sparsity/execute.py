@@ -1,0 +1,308 @@
+"""Gathered execution: the work of dropped units is skipped, not multiplied by zero.
+
+`Gather.apply(layer, neurons, groups)` swaps smaller weights into the layer's Linear modules
+(heads with core.surgery, the code `llmslim prune` uses to cut a model for good): the kept rows of
+gate/up (fc1 and its bias), the kept columns of down (fc2), and for attention the q/k/v rows and
+o columns of the kept kv groups with all their query heads. Every matmul of the layer is then
+smaller, in the prefill and in every decode step, and the KV cache holds only the kept kv heads.
+`restore` puts the original Parameters back (nothing is copied back; the originals were never
+touched). Only one set of slices lives at a time, so a model runs one input's masks at a time
+(rows of a batch share them).
+
+`masked(...)` is the reference: the same units zeroed by hooks on the dense model (their inputs
+to down_proj / o_proj multiplied by 0), used to check that gathering changes nothing else.
+
+`SparseRunner.input(...)` chooses the masks for one input while its first forward runs:
+
+    static   one mask from the mean of the training traces' normalised scores (no per-input cost)
+    shadow   after layer 0's attention: the ShadowLLM predictor on its output at `decide_at`
+             gives every layer's scores; all layers are gathered at once (layer 0's heads stay
+             dense: they made the feature)
+    dejavu   before each layer: that layer's own predictor on the layer's input at `decide_at`
+    oracle   the input's true scores (a forward + backward on it first; an upper bound)
+
+and keeps them for the calls that follow (decode steps) until the `with` block ends.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from llmslim.core.arch import adapter_for, text_config
+from llmslim.core.errors import BadOptionError
+from llmslim.core.surgery import keep_kv_groups
+from llmslim.sparsity import masks as M
+
+METHODS = ("dense", "static", "shadow", "dejavu", "oracle")
+
+
+class Gather:
+    """Per-layer weight slicing with exact restore.
+
+    FFN slices are written into buffers kept per layer and reused by every input (a fresh
+    allocation per input cost 5-8x more on CPU: page faults), and down_proj is sliced from a
+    transposed copy made once per layer, so kept neurons are contiguous rows there (a column
+    gather of the [hidden, ffn] matrix was 20x slower for SmolLM2's shapes). Memory: the
+    transposed copy (+1/3 of the FFN weights) and the slices ((1 - sparsity) x the FFN weights).
+    `transpose_down=False` skips the copy and gathers columns."""
+
+    def __init__(self, model: nn.Module, transpose_down: bool = True):
+        self.model = model
+        self.adapter = adapter_for(model)
+        self.config = text_config(model.config)
+        self.layers = self.adapter.decoder_layers(model)
+        self.transpose_down = transpose_down
+        self._saved: dict[int, list] = {}
+        self._buffers: dict[tuple, torch.Tensor] = {}
+        self._down_t: dict[int, torch.Tensor] = {}
+        self.seconds = 0.0
+
+    def _snapshot(self, i: int) -> list:
+        layer = self.layers[i]
+        ffn = self.adapter.ffn(layer, self.config)
+        attn = self.adapter.attention(layer, self.config)
+        linears = {id(l): l for l in [b.linear for b in ffn.inputs] + [ffn.output, attn.q.linear, attn.k.linear, attn.v.linear, attn.o]}
+        state = [("linear", l, l.weight, l.bias, l.in_features, l.out_features) for l in linears.values()]
+        for module, names in ((ffn.module, ("intermediate_size",)), (attn.module, ("num_heads", "num_key_value_heads"))):
+            for name in names:
+                if isinstance(getattr(module, name, None), int):
+                    state.append(("attr", module, name, getattr(module, name)))
+        return state
+
+    def _rows(self, key: tuple, src: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """src[index] (rows) written into a reused buffer; a contiguous [k, cols] view."""
+        k, cols = index.numel(), src.shape[1]
+        buf = self._buffers.get(key)
+        if buf is None or buf.numel() < k * cols or buf.dtype != src.dtype:
+            buf = self._buffers[key] = torch.empty(k * cols, dtype=src.dtype, device=src.device)
+        out = buf[: k * cols].view(k, cols)
+        torch.index_select(src, 0, index, out=out)
+        return out
+
+    def _keep_ffn(self, i: int, ffn, keep: torch.Tensor) -> None:
+        keep = keep.to(ffn.output.weight.device)
+        grouped: dict[int, tuple[nn.Linear, list]] = {}
+        for block in ffn.inputs:  # a fused gate_up (phi3) is sliced once with both parts
+            grouped.setdefault(id(block.linear), (block.linear, []))[1].append(keep + block.offset)
+        for n, (lin, parts) in enumerate(grouped.values()):
+            index = torch.cat(parts)
+            lin.weight = nn.Parameter(self._rows((i, "in", n), lin.weight.detach(), index), requires_grad=False)
+            if lin.bias is not None:
+                lin.bias = nn.Parameter(lin.bias.detach().index_select(0, index), requires_grad=False)
+            lin.out_features = index.numel()
+        down = ffn.output
+        if self.transpose_down:
+            if i not in self._down_t:
+                self._down_t[i] = down.weight.detach().t().contiguous()
+            down.weight = nn.Parameter(self._rows((i, "down"), self._down_t[i], keep).t(), requires_grad=False)
+        else:
+            k, rows = keep.numel(), down.weight.shape[0]
+            buf = self._buffers.get((i, "down"))
+            if buf is None or buf.numel() < k * rows:
+                buf = self._buffers[(i, "down")] = torch.empty(k * rows, dtype=down.weight.dtype, device=keep.device)
+            out = buf[: k * rows].view(rows, k)
+            torch.index_select(down.weight.detach(), 1, keep, out=out)
+            down.weight = nn.Parameter(out, requires_grad=False)
+        down.in_features = keep.numel()
+        if hasattr(ffn.module, "intermediate_size"):
+            ffn.module.intermediate_size = keep.numel()
+
+    def apply(self, i: int, neurons: torch.Tensor | None = None, groups: torch.Tensor | None = None) -> None:
+        """Layer i keeps only FFN `neurons` and kv `groups` (None: all of that part)."""
+        t0 = time.perf_counter()
+        self.restore(i)
+        if neurons is None and groups is None:
+            return
+        self._saved[i] = self._snapshot(i)
+        layer = self.layers[i]
+        with torch.no_grad():
+            if neurons is not None:
+                self._keep_ffn(i, self.adapter.ffn(layer, self.config), torch.as_tensor(neurons, dtype=torch.long).sort().values)
+            if groups is not None:
+                attn = self.adapter.attention(layer, self.config)
+                keep_kv_groups(attn, groups)
+                # some forwards read head counts from the (shared) config (phi3 splits its fused
+                # qkv by config.num_attention_heads): give this module its own shallow copy
+                if getattr(attn.module, "config", None) is not None:
+                    own = copy.copy(attn.module.config)
+                    own.num_attention_heads, own.num_key_value_heads = attn.n_heads, attn.n_kv_heads
+                    self._saved[i].append(("attr", attn.module, "config", attn.module.config))
+                    attn.module.config = own
+        self.seconds += time.perf_counter() - t0
+
+    def restore(self, i: int) -> None:
+        for entry in self._saved.pop(i, []):
+            if entry[0] == "linear":
+                _, lin, weight, bias, fin, fout = entry
+                lin.weight = weight
+                if bias is not None:
+                    lin.bias = bias
+                lin.in_features, lin.out_features = fin, fout
+            else:
+                _, module, name, value = entry
+                setattr(module, name, value)
+
+    def restore_all(self) -> None:
+        for i in list(self._saved):
+            self.restore(i)
+
+
+@contextmanager
+def gathered(model: nn.Module, neurons: list, groups: list | None = None, transpose_down: bool = True):
+    """Run the block with layer i keeping `neurons[i]` and kv `groups[i]` (None: dense part)."""
+    g = Gather(model, transpose_down)
+    groups = groups or [None] * len(g.layers)
+    try:
+        for i, (n, k) in enumerate(zip(neurons, groups)):
+            g.apply(i, n, k)
+        yield g
+    finally:
+        g.restore_all()
+
+
+@contextmanager
+def masked(model: nn.Module, neurons: list, groups: list | None = None):
+    """The reference: dropped units zeroed at the inputs of down_proj / o_proj, weights untouched."""
+    adapter = adapter_for(model)
+    config = text_config(model.config)
+    layers = adapter.decoder_layers(model)
+    groups = groups or [None] * len(layers)
+    handles = []
+
+    def scale(mask):
+        def hook(module, args):
+            return (args[0] * mask.to(args[0].dtype).to(args[0].device),) + tuple(args[1:])
+        return hook
+
+    try:
+        for layer, n, k in zip(layers, neurons, groups):
+            ffn = adapter.ffn(layer, config)
+            attn = adapter.attention(layer, config)
+            if n is not None:
+                handles.append(ffn.output.register_forward_pre_hook(scale(M.unit_mask(n, ffn.width))))
+            if k is not None:
+                per = attn.n_heads // attn.n_kv_heads
+                head = M.unit_mask(k, attn.n_kv_heads).repeat_interleave(per).repeat_interleave(attn.head_dim)
+                handles.append(attn.o.register_forward_pre_hook(scale(head)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@dataclass
+class SparsityConfig:
+    method: str = "shadow"
+    ffn_sparsity: float = 0.5
+    head_sparsity: float = 0.0
+    allocation: str = "perlayer"
+    min_keep: float = 0.5  # hybrid: each layer keeps at least this share of its perlayer count
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise BadOptionError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
+        M.check_sparsity(self.ffn_sparsity, "--ffn-sparsity")
+        M.check_sparsity(self.head_sparsity, "--head-sparsity")
+        if self.allocation not in M.ALLOCATIONS:
+            raise BadOptionError(f"unknown allocation {self.allocation!r}; choose from {', '.join(M.ALLOCATIONS)}")
+
+
+def _hidden(args, kwargs):
+    return args[0] if args else kwargs["hidden_states"]
+
+
+class SparseRunner:
+    """Chooses and applies masks per input (see the module docstring).
+
+    static_scores: {"heads": [L, H], "neurons": [L, F]} (for static)
+    shadow:        a ShadowPredictor (predictor.py); dejavu: a DejaVuPredictor
+    """
+
+    def __init__(self, model: nn.Module, cfg: SparsityConfig, *, static_scores: dict | None = None, shadow=None, dejavu=None):
+        self.model, self.cfg = model, cfg
+        self.gather = Gather(model)
+        self.static_scores, self.shadow, self.dejavu = static_scores, shadow, dejavu
+        attn = self.gather.adapter.attention(self.gather.layers[0], self.gather.config)
+        self.n_heads, self.n_kv = attn.n_heads, attn.n_kv_heads
+        need = {"static": static_scores, "shadow": shadow, "dejavu": dejavu}.get(cfg.method, True)
+        if need is None:
+            raise BadOptionError(f"method {cfg.method!r} needs its {'traces' if cfg.method == 'static' else 'predictor'}")
+        self.stats = {"predict_s": 0.0, "oracle_s": 0.0, "inputs": 0}
+        self.last_keep: dict | None = None
+
+    # ------------------------------------------------------------ scores -> keep lists
+    def _keeps(self, heads: torch.Tensor | None, neurons: torch.Tensor | None, skip_heads=()) -> tuple[list, list]:
+        cfg = self.cfg
+        L = len(self.gather.layers)
+        nk = M.select(neurons, cfg.ffn_sparsity, cfg.allocation, cfg.min_keep) if neurons is not None and cfg.ffn_sparsity > 0 else [None] * L
+        hk = (M.head_keep(heads, cfg.head_sparsity, self.n_heads, self.n_kv, cfg.allocation, cfg.min_keep, skip_heads)
+              if heads is not None and cfg.head_sparsity > 0 else [None] * L)
+        return nk, hk
+
+    def _apply_all(self, nk: list, hk: list, layers=None) -> None:
+        for i in layers if layers is not None else range(len(nk)):
+            self.gather.apply(i, nk[i], hk[i])
+        self.last_keep = {"neurons": nk, "groups": hk}
+
+    @contextmanager
+    def input(self, decide_at: int = -1, oracle_scores: dict | None = None):
+        """Masks for one input, chosen during the first forward inside the block, kept for the
+        rest of it (decode steps), restored at its end."""
+        method = self.cfg.method
+        handles = []
+        state = {"decided": False}
+        self.stats["inputs"] += 1
+        try:
+            if method == "static":
+                nk, hk = self._keeps(self.static_scores.get("heads"), self.static_scores.get("neurons"))
+                self._apply_all(nk, hk)
+            elif method == "oracle":
+                if oracle_scores is None:
+                    raise BadOptionError("the oracle method needs the input's true scores")
+                nk, hk = self._keeps(oracle_scores.get("heads"), oracle_scores.get("neurons"))
+                self._apply_all(nk, hk)
+            elif method == "shadow":
+                attn0 = self.gather.adapter.attention(self.gather.layers[0], self.gather.config)
+
+                def after_layer0_attention(module, args, out):
+                    if state["decided"]:
+                        return
+                    t0 = time.perf_counter()
+                    pred = self.shadow.predict(out[0:1, decide_at].detach())
+                    nk, hk = self._keeps(pred.get("heads"), pred.get("neurons"), skip_heads=(0,))
+                    self.stats["predict_s"] += time.perf_counter() - t0
+                    self._apply_all(nk, hk)
+                    state["decided"] = True
+
+                handles.append(attn0.o.register_forward_hook(after_layer0_attention))
+            elif method == "dejavu":
+                keeps = {"neurons": [None] * len(self.gather.layers), "groups": [None] * len(self.gather.layers)}
+                for i, layer in enumerate(self.gather.layers):
+                    def before_layer(module, args, kwargs, i=i):
+                        if i in state:
+                            return
+                        t0 = time.perf_counter()
+                        pred = self.dejavu.predict_layer(i, _hidden(args, kwargs)[0:1, decide_at].detach())
+                        nk = hk = None
+                        if pred.get("neurons") is not None and self.cfg.ffn_sparsity > 0:
+                            nk = M.select(pred["neurons"][None], self.cfg.ffn_sparsity, "perlayer")[0]
+                        if pred.get("heads") is not None and self.cfg.head_sparsity > 0:
+                            hk = M.head_keep(pred["heads"][None], self.cfg.head_sparsity, self.n_heads, self.n_kv, "perlayer")[0]
+                        self.stats["predict_s"] += time.perf_counter() - t0
+                        self.gather.apply(i, nk, hk)
+                        keeps["neurons"][i], keeps["groups"][i] = nk, hk
+                        state[i] = True
+
+                    handles.append(layer.register_forward_pre_hook(before_layer, with_kwargs=True))
+                self.last_keep = keeps
+            yield self
+        finally:
+            for h in handles:
+                h.remove()
+            self.gather.restore_all()

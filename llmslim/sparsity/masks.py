@@ -1,0 +1,98 @@
+"""Scores -> kept units per layer.
+
+Allocation of a sparsity p (the fraction of units to drop) over the layers:
+- `perlayer`  drop the bottom p of each layer (ShadowLLM's "local" masks);
+- `global`    one threshold over all layers on per-layer min-max normalised scores (so layers
+              with large raw scores do not take everything);
+- `hybrid`    global, but every layer keeps at least `min_keep` x its perlayer share.
+
+Heads under GQA: a kv group (k/v slices plus its query heads) is skipped only whole, so head
+scores are summed per group and groups are ranked (for MHA a group is one head).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from llmslim.core.errors import BadOptionError
+
+ALLOCATIONS = ("perlayer", "global", "hybrid")
+
+
+def minmax(scores: torch.Tensor) -> torch.Tensor:
+    """Min-max normalise over the last dim (units of one layer): [..., U] -> [0, 1]."""
+    scores = scores.float()
+    lo = scores.amin(-1, keepdim=True)
+    hi = scores.amax(-1, keepdim=True)
+    return (scores - lo) / (hi - lo).clamp_min(1e-12)
+
+
+def group_heads(scores: torch.Tensor, n_heads: int, n_kv: int) -> torch.Tensor:
+    """[..., H] head scores -> [..., n_kv] kv-group scores (sum of the group's query heads)."""
+    per = n_heads // n_kv
+    return scores.reshape(*scores.shape[:-1], n_kv, per).sum(-1)
+
+
+def n_keep(units: int, sparsity: float) -> int:
+    """Units kept at `sparsity` (at least one)."""
+    return max(1, units - int(math.floor(sparsity * units + 1e-9)))
+
+
+def check_sparsity(sparsity: float, what: str = "sparsity") -> float:
+    if not 0.0 <= sparsity < 1.0:
+        raise BadOptionError(f"{what} must be in [0, 1), got {sparsity}")
+    return sparsity
+
+
+def select(scores: torch.Tensor, sparsity: float, allocation: str = "perlayer", min_keep: float = 0.5,
+           skip_layers: tuple[int, ...] = ()) -> list[torch.Tensor | None]:
+    """[L, U] scores -> per layer the sorted kept unit indices, or None where nothing is dropped.
+
+    `skip_layers` stay dense (ShadowLLM cannot sparsify layer 0's heads: its feature is their output).
+    """
+    check_sparsity(sparsity)
+    if allocation not in ALLOCATIONS:
+        raise BadOptionError(f"unknown allocation {allocation!r}; choose from {', '.join(ALLOCATIONS)}")
+    L, U = scores.shape
+    if sparsity == 0:
+        return [None] * L
+    active = [i for i in range(L) if i not in skip_layers]
+    keep: list[torch.Tensor | None] = [None] * L
+    if allocation == "perlayer":
+        k = n_keep(U, sparsity)
+        for i in active:
+            keep[i] = scores[i].float().topk(k).indices.sort().values
+        return keep
+    norm = minmax(scores[active])
+    budget = n_keep(U * len(active), sparsity)
+    floor = 1 if allocation == "global" else max(1, int(min_keep * n_keep(U, sparsity)))
+    # every layer's best `floor` units first, then the rest by the global threshold
+    order = norm.argsort(dim=1, descending=True)
+    chosen = torch.zeros_like(norm, dtype=torch.bool)
+    chosen.scatter_(1, order[:, :floor], True)
+    left = budget - int(chosen.sum())
+    if left > 0:
+        rest = norm.masked_fill(chosen, -1.0).flatten()
+        chosen.view(-1)[rest.topk(left).indices] = True
+    for row, i in enumerate(active):
+        idx = chosen[row].nonzero().flatten()
+        keep[i] = None if idx.numel() == U else idx
+    return keep
+
+
+def head_keep(scores: torch.Tensor, sparsity: float, n_heads: int, n_kv: int, allocation: str = "perlayer",
+              min_keep: float = 0.5, skip_layers: tuple[int, ...] = ()) -> list[torch.Tensor | None]:
+    """[L, H] head scores -> kept kv groups per layer (GQA-aware; MHA: groups are heads)."""
+    return select(group_heads(scores.float(), n_heads, n_kv), sparsity, allocation, min_keep, skip_layers)
+
+
+def unit_mask(keep: torch.Tensor | None, units: int) -> torch.Tensor:
+    """Kept indices -> a 0/1 float vector."""
+    m = torch.zeros(units)
+    if keep is None:
+        m += 1
+    else:
+        m[keep] = 1
+    return m

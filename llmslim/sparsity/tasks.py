@@ -1,0 +1,77 @@
+"""Multiple-choice items from the shared data files, in lm-eval's prompt formats, so a mask can
+be chosen from each item's context (lm-eval batches context+continuation in one request, which
+leaves no place to pick a per-input mask; we score the log-likelihoods ourselves).
+
+    arc_easy   "Question: {stem}\\nAnswer:" + " {choice}"     eval: ARC-Easy-Test, train: -Dev
+    piqa       "Question: {goal}\\nAnswer:" + " {sol}"        eval: first rows, train: last rows
+    hellaswag  "{ctx}" + " {ending}"                          eval: first rows, train: last rows
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmslim.core.errors import BadOptionError, DataError
+
+TASKS = ("arc_easy", "piqa", "hellaswag")
+
+
+@dataclass
+class MCItem:
+    context: str
+    choices: list[str]
+    label: int
+
+
+def _jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _arc(root: Path, split: str) -> list[MCItem]:
+    rows = _jsonl(root / "arc" / f"ARC-Easy-{'Test' if split == 'eval' else 'Dev'}.jsonl")
+    items = []
+    for r in rows:
+        labels = [c["label"] for c in r["question"]["choices"]]
+        if r["answerKey"] not in labels:
+            continue
+        items.append(MCItem(f"Question: {r['question']['stem']}\nAnswer:", [" " + c["text"] for c in r["question"]["choices"]],
+                            labels.index(r["answerKey"])))
+    return items
+
+
+def _piqa(root: Path, split: str) -> list[MCItem]:
+    from llmslim.eval.local_data import piqa_rows
+
+    rows = piqa_rows(root)
+    rows = rows if split == "eval" else rows[::-1]
+    return [MCItem(f"Question: {r['goal']}\nAnswer:", [" " + r["sol1"], " " + r["sol2"]], int(r["label"])) for r in rows]
+
+
+def _hellaswag(root: Path, split: str) -> list[MCItem]:
+    rows = _jsonl(root / "hellaswag" / "hellaswag_val_full_preprocessed.jsonl")
+    rows = rows if split == "eval" else rows[::-1]
+    return [MCItem(r["ctx"], [" " + e for e in r["endings"]], int(r["label"])) for r in rows]
+
+
+READERS = {"arc_easy": _arc, "piqa": _piqa, "hellaswag": _hellaswag}
+
+
+def parse_tasks(names: str) -> list[str]:
+    items = [n.strip() for n in names.split(",") if n.strip()]
+    for n in items:
+        if n not in READERS:
+            raise BadOptionError(f"unknown task {n!r}; choose from {', '.join(TASKS)}")
+    return items
+
+
+def load_items(task: str, root: Path, split: str = "eval", limit: int | None = None) -> list[MCItem]:
+    """The first `limit` items of the task's eval (or train) split; train and eval never overlap
+    for the sizes used here (the train split reads the file from its end, or ARC's Dev set)."""
+    if task not in READERS:
+        raise BadOptionError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
+    items = READERS[task](Path(root), split)
+    return items[:limit] if limit else items

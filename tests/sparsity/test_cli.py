@@ -1,0 +1,97 @@
+"""`llmslim sparsity collect | train | eval`: bad input is one stderr line and exit 1; a tiny
+model goes through all three steps and writes its files atomically."""
+
+import json
+
+import pytest
+
+from llmslim.cli import main
+
+
+def run(capsys, *argv):
+    code = 0
+    try:
+        main(["sparsity", *argv])
+    except SystemExit as done:
+        code = done.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def one_line_error(result, needle):
+    code, _, err = result
+    assert code == 1
+    assert "Traceback" not in err
+    lines = [l for l in err.strip().splitlines() if l.strip()]
+    assert any(needle in l for l in lines), err
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["collect", "smollm2-135m", "--criteria", "plainac", "--out", "x"], "did you mean plainact"),
+    (["collect", "smollm2-135m"], "collect needs --out"),
+    (["train", "no/such/traces"], "no traces at"),
+    (["eval", "smollm2-135m", "--ffn-sparsity", "0.5,1.5", "-p", "x"], "must be in [0, 1)"),
+    (["eval", "smollm2-135m"], "eval needs --predictors"),
+    (["eval", "smollm2-135m", "--methods", "shadoww", "-p", "x"], "unknown method 'shadoww'"),
+    (["eval", "smollm2-135m", "--tasks", "mmlu", "-p", "x"], "unknown task 'mmlu'"),
+    (["train", "no/such/traces", "--head", "lowrank:0"], "unknown output head"),
+])
+def test_bad_input_is_one_line(capsys, argv, needle):
+    one_line_error(run(capsys, *argv), needle)
+
+
+def test_collect_train_eval_on_a_tiny_model(capsys, tmp_path, tiny_llama_dir, data_dir):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(" ".join(f"w{(i * 7) % 120}" for i in range(3000)))
+    traces = tmp_path / "traces"
+    code, out, err = run(capsys, "collect", str(tiny_llama_dir), "--data", f"{corpus},arc_easy", "--n", "12", "--seqlen", "16",
+                         "--criteria", "plainact,l2norm,fisher", "--out", str(traces), "--json")
+    assert code == 0, err
+    got = json.loads(out)
+    assert got["examples"] == 24 and (traces / "traces.pt").is_file() and (traces / "run.json").is_file()
+    # no overwrite without --force
+    one_line_error(run(capsys, "collect", str(tiny_llama_dir), "--data", str(corpus), "--out", str(traces)), "already exists")
+    one_line_error(run(capsys, "train", str(traces), "--criterion", "snip"), "no 'snip' scores")
+
+    pred = tmp_path / "pred"
+    code, out, err = run(capsys, "train", str(traces), "--epochs", "3", "--out", str(pred), "--json")
+    assert code == 0, err
+    metrics = json.loads(out)["metrics"]
+    assert set(metrics) == {"neurons", "heads"} and set(metrics["neurons"]) == {"static", "shadow", "dejavu"}
+    assert -1.0 <= metrics["neurons"]["shadow"]["spearman"] <= 1.0
+
+    res = tmp_path / "eval"
+    code, out, err = run(capsys, "eval", str(tiny_llama_dir), "-p", str(pred), "--ffn-sparsity", "0.5", "--head-sparsity", "0.5",
+                         "--tasks", "arc_easy", "--limit", "2", "--ppl-windows", "1", "--ppl-prompt-len", "8", "--out", str(res), "--json")
+    assert code == 0, err
+    rows = json.loads(out)["rows"]
+    assert [r["method"] for r in rows] == ["dense", "static", "shadow", "dejavu", "oracle"]
+    assert all(r["ppl"] > 1 for r in rows)
+    assert (res / "sparsity.png").stat().st_size > 0 and (res / "results.json").is_file()
+
+
+@pytest.mark.integration
+def test_smollm2_shadow_gathered_equals_masked(smollm2, data_dir):
+    """On the real model: traces, a predictor, and one prompt run gathered vs masked."""
+    import torch
+
+    from llmslim.sparsity import predictor as P
+    from llmslim.sparsity.collect import collect
+    from llmslim.sparsity.execute import SparseRunner, SparsityConfig, masked
+    from llmslim.sparsity.run import collect_examples
+
+    model, tok = smollm2.model, smollm2.tokenizer
+    examples = collect_examples(tok, ["wikitext2"], 6, 24, seed=0, root=data_dir)
+    traces = collect(model, examples, ["l2norm"], batch_size=6)
+    assert traces.neurons["l2norm"].shape == (6, 30, 1536) and traces.heads["l2norm"].shape == (6, 30, 9)
+    trained = P.train(traces, "l2norm", P.TrainConfig(epochs=2, holdout=0.34))
+    runner = SparseRunner(model, SparsityConfig("shadow", ffn_sparsity=0.5, head_sparsity=0.34), shadow=trained["shadow"])
+    ids = tok("The capital of France is a city that", return_tensors="pt").input_ids
+    with torch.no_grad():
+        with runner.input(decide_at=-1):
+            got = model(ids).logits
+        keep = runner.last_keep
+        assert keep["neurons"][5].numel() == 768 and keep["groups"][0] is None and keep["groups"][5].numel() == 2
+        with masked(model, keep["neurons"], keep["groups"]):
+            ref = model(ids).logits
+    assert torch.allclose(got, ref, atol=1e-4, rtol=1e-4)

@@ -1,0 +1,98 @@
+"""Gathered execution (smaller matmuls) equals the masked computation, prefill and decode."""
+
+import pytest
+import torch
+
+from llmslim.core.arch import adapter_for, text_config
+from llmslim.sparsity.execute import Gather, SparseRunner, SparsityConfig, gathered, masked
+from tests.conftest import tiny_model
+
+
+def random_keeps(model, frac_neurons=0.5, seed=0, heads=True):
+    adapter = adapter_for(model)
+    config = text_config(model.config)
+    gen = torch.Generator().manual_seed(seed)
+    neurons, groups = [], []
+    for layer in adapter.decoder_layers(model):
+        width = adapter.ffn(layer, config).width
+        n_kv = adapter.attention(layer, config).n_kv_heads
+        neurons.append(torch.randperm(width, generator=gen)[: int(width * frac_neurons)].sort().values)
+        groups.append(torch.randperm(n_kv, generator=gen)[: max(1, n_kv // 2)].sort().values if heads else None)
+    return neurons, groups
+
+
+@pytest.mark.parametrize("family,transpose", [("llama", True), ("llama", False), ("qwen3", True), ("gemma2", True), ("phi3", True), ("opt", False)])
+def test_gathered_equals_masked_prefill_and_decode(family, transpose):
+    from transformers import DynamicCache
+
+    model = tiny_model(family)
+    ids = torch.randint(0, 128, (1, 12), generator=torch.Generator().manual_seed(3))
+    nxt = torch.randint(0, 128, (1, 1), generator=torch.Generator().manual_seed(4))
+    neurons, groups = random_keeps(model)
+    dense = model(ids).logits
+    with torch.no_grad():
+        with masked(model, neurons, groups):
+            c1 = DynamicCache(config=model.config)
+            ref = model(ids, past_key_values=c1, use_cache=True).logits
+            ref_step = model(nxt, past_key_values=c1, use_cache=True).logits
+        weights_before = {n: p.data_ptr() for n, p in model.named_parameters()}
+        with gathered(model, neurons, groups, transpose_down=transpose):
+            adapter = adapter_for(model)
+            ffn = adapter.ffn(adapter.decoder_layers(model)[0], text_config(model.config))
+            assert ffn.output.weight.shape[1] == neurons[0].numel()  # the matmul really is smaller
+            c2 = DynamicCache(config=model.config)
+            got = model(ids, past_key_values=c2, use_cache=True).logits
+            got_step = model(nxt, past_key_values=c2, use_cache=True).logits
+    assert torch.allclose(got, ref, atol=1e-5, rtol=1e-4)
+    assert torch.allclose(got_step, ref_step, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(got, dense, atol=1e-3)  # the masks changed something
+    # restored: same Parameters as before, same output as dense
+    assert {n: p.data_ptr() for n, p in model.named_parameters()} == weights_before
+    assert torch.allclose(model(ids).logits, dense, atol=1e-6)
+
+
+def test_runner_decides_once_and_keeps_the_mask_for_decode():
+    from transformers import DynamicCache
+
+    from llmslim.sparsity.predictor import DejaVuNet, DejaVuPredictor, ShadowNet, ShadowPredictor
+
+    model = tiny_model("llama")
+    L, F, H, d = 2, 96, 4, 64
+    torch.manual_seed(0)
+    shadow = ShadowPredictor({"neurons": ShadowNet(d, L, F, 16, None), "heads": ShadowNet(d, L, H, 16, 4)}, torch.zeros(1, d), torch.ones(1, d))
+    dejavu = DejaVuPredictor({"neurons": DejaVuNet(d, L, F, 8), "heads": DejaVuNet(d, L, H, 8)}, torch.zeros(L, d), torch.ones(L, d))
+    ids = torch.randint(0, 128, (1, 10), generator=torch.Generator().manual_seed(5))
+    nxt = torch.randint(0, 128, (1, 1), generator=torch.Generator().manual_seed(6))
+    for method in ("shadow", "dejavu"):
+        cfg = SparsityConfig(method, ffn_sparsity=0.5, head_sparsity=0.5)
+        runner = SparseRunner(model, cfg, shadow=shadow, dejavu=dejavu)
+        with torch.no_grad():
+            with runner.input(decide_at=-1):
+                cache = DynamicCache(config=model.config)
+                a = model(ids, past_key_values=cache, use_cache=True).logits
+                keep = runner.last_keep
+                b = model(nxt, past_key_values=cache, use_cache=True).logits
+                assert runner.last_keep is keep
+            assert all(k is not None and k.numel() == 48 for k in keep["neurons"])
+            if method == "shadow":
+                assert keep["groups"][0] is None and keep["groups"][1].numel() == 1  # layer 0 heads made the feature
+            with masked(model, keep["neurons"], keep["groups"]):
+                cache = DynamicCache(config=model.config)
+                ra = model(ids, past_key_values=cache, use_cache=True).logits
+                rb = model(nxt, past_key_values=cache, use_cache=True).logits
+        assert torch.allclose(a, ra, atol=1e-5) and torch.allclose(b, rb, atol=1e-5), method
+        assert runner.stats["predict_s"] > 0
+
+
+def test_gather_restores_after_an_error():
+    model = tiny_model("llama")
+    neurons, groups = random_keeps(model)
+    before = [p for p in model.parameters()]
+    with pytest.raises(RuntimeError):
+        with gathered(model, neurons, groups):
+            raise RuntimeError("boom")
+    assert all(a is b for a, b in zip(before, model.parameters()))
+    g = Gather(model)
+    g.apply(0, neurons[0], None)
+    g.apply(0, None, None)  # re-applying restores first
+    assert model.model.layers[0].mlp.down_proj.weight.shape[1] == 96
