@@ -38,7 +38,9 @@ def _register() -> None:
     app.command("eval")(eval_command)
     app.command("bench")(bench)
     app.command("prune")(prune)
-    app.add_typer(_planned("shorten", 4, "Fine-tune a chat model to answer shorter at equal quality"), name="shorten")
+    from llmslim.shorten.cli import app as shorten_app
+
+    app.add_typer(shorten_app, name="shorten")
     app.add_typer(_planned("budget", 5, "TALE token-budget-aware reasoning"), name="budget")
     from llmslim.sparsity.cli import app as sparsity_app
 

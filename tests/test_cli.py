@@ -53,7 +53,7 @@ def test_prune_refuses_existing_out(tiny_llama_dir, tmp_path):
 
 
 def test_planned_subcommand_says_so():
-    one_line_error(run("shorten"), "not implemented yet")
+    one_line_error(run("budget"), "not implemented yet")
 
 
 def test_prune_attention_heads_through_the_cli(tiny_llama_dir, tmp_path):

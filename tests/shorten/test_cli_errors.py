@@ -1,0 +1,77 @@
+"""Bad input: one line on stderr, exit 1, before any model is loaded or trained."""
+
+import pytest
+
+from llmslim.cli import main
+
+
+def run_cli(capsys, *args):
+    try:
+        main(["shorten", *map(str, args)])
+        code = 0
+    except SystemExit as done:
+        code = done.code
+    captured = capsys.readouterr()
+    return code, captured.err
+
+
+def one_line(code, err, needle):
+    assert code == 1, err
+    lines = [l for l in err.strip().splitlines() if l.strip()]
+    assert "Traceback" not in err
+    assert any(needle in l for l in lines), err
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--lam", "1.5"], "--lam must be in [0, 1]"),
+    (["--reward-clip", "0"], "--reward-clip must be > 0"),
+    (["--num-generations", "1"], "--num-generations must be >= 2"),
+    (["--steps", "0"], "--steps must be >= 1"),
+])
+def test_rl_bad_options(capsys, tiny_llama_dir, args, needle):
+    one_line(*run_cli(capsys, "rl", tiny_llama_dir, *args), needle)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--lam1", "0.6", "--lam2", "0.5"], "lam1 + lam2 < 1"),
+    (["--top-p", "0"], "--top-p must be in (0, 1]"),
+    (["--head-ratio", "1.5"], "--head-ratio"),
+])
+def test_sft_bad_options(capsys, tiny_llama_dir, args, needle):
+    one_line(*run_cli(capsys, "sft", tiny_llama_dir, *args), needle)
+
+
+def test_existing_output_needs_force(capsys, tiny_llama_dir, tmp_path):
+    (tmp_path / "out").mkdir()
+    one_line(*run_cli(capsys, "rl", tiny_llama_dir, "--out", tmp_path / "out"), "pass --force")
+
+
+def test_resume_without_checkpoints(capsys, tiny_llama_dir, tmp_path):
+    one_line(*run_cli(capsys, "sft", tiny_llama_dir, "--out", tmp_path / "o", "--resume"), "--resume: no checkpoint")
+
+
+def test_missing_prompts_file(capsys, tiny_llama_dir, tmp_path):
+    one_line(*run_cli(capsys, "rl", tiny_llama_dir, "--prompts", tmp_path / "nope.jsonl", "--out", tmp_path / "o"),
+             "data file not found")
+
+
+def test_unknown_train_modules(capsys, tiny_llama_dir, prompts_file, tmp_path):
+    one_line(*run_cli(capsys, "sft", tiny_llama_dir, "--prompts", prompts_file, "--val-size", 2, "--max-new-tokens", 4,
+                      "--keep-unfinished", "--ref-cache", tmp_path / "c", "--train-modules", "nope_proj",
+                      "--out", tmp_path / "o", "--quiet"), "matches no module")
+
+
+def test_no_finished_references(capsys, tiny_llama_dir, prompts_file, tmp_path):
+    # no answer is at most 0 tokens long: nothing to train on, said before any training
+    one_line(*run_cli(capsys, "rl", tiny_llama_dir, "--prompts", prompts_file, "--val-size", 2, "--max-new-tokens", 4,
+                      "--max-ref-tokens", 0, "--ref-cache", tmp_path / "c", "--out", tmp_path / "o", "--quiet"),
+             "--keep-unfinished")
+    assert not (tmp_path / "o").exists()
+
+
+def test_eval_bad_inputs(capsys, tiny_llama_dir, prompts_file, tmp_path):
+    # explicit prompts: the default (MT-Bench in the shared data) may be absent on this machine
+    one_line(*run_cli(capsys, "eval", tmp_path / "missing", "--base", tiny_llama_dir, "--prompts", prompts_file,
+                      "--limit", 2), "no model at")
+    one_line(*run_cli(capsys, "eval", tiny_llama_dir, "--base", tiny_llama_dir, "--prompts", prompts_file,
+                      "--limit", 0), "--limit must be >= 1")
