@@ -18,32 +18,21 @@ app = typer.Typer(
 )
 
 
-def _planned(name: str, issue: int, what: str) -> typer.Typer:
-    sub = typer.Typer(help=f"{what} (planned: issue #{issue}).", no_args_is_help=False)
-
-    @sub.callback(invoke_without_command=True)
-    def _not_yet() -> None:
-        raise LlmslimError(f"'llmslim {name}' is not implemented yet (issue #{issue})")
-
-    return sub
-
-
 def _register() -> None:
     from llmslim.bench.cli import bench
+    from llmslim.budget.cli import budget_app
     from llmslim.eval.cli import eval_command
     from llmslim.info.cli import info
     from llmslim.prune.cli import prune
+    from llmslim.shorten.cli import app as shorten_app
+    from llmslim.sparsity.cli import app as sparsity_app
 
     app.command("info")(info)
     app.command("eval")(eval_command)
     app.command("bench")(bench)
     app.command("prune")(prune)
-    from llmslim.shorten.cli import app as shorten_app
-
     app.add_typer(shorten_app, name="shorten")
-    app.add_typer(_planned("budget", 5, "TALE token-budget-aware reasoning"), name="budget")
-    from llmslim.sparsity.cli import app as sparsity_app
-
+    app.add_typer(budget_app, name="budget")
     app.add_typer(sparsity_app, name="sparsity")
 
 

@@ -52,9 +52,6 @@ def test_prune_refuses_existing_out(tiny_llama_dir, tmp_path):
                        "--nsamples", "1", "--seqlen", "8", "--method", "magnitude"), "--force")
 
 
-def test_planned_subcommand_says_so():
-    one_line_error(run("budget"), "not implemented yet")
-
 
 def test_prune_attention_heads_through_the_cli(tiny_llama_dir, tmp_path):
     import json

@@ -1,0 +1,190 @@
+"""TALE-PT (TALE §3.3): teach the model to be concise *without* a budget in the prompt, from the
+answers `budget search` found.
+
+- `sft`: LoRA (PEFT) on (vanilla CoT prompt -> the searched, shorter correct answer), loss on the
+  answer tokens only. A plain loop: few examples, CPU-friendly, deterministic under a seed.
+- `dpo`: TRL's DPOTrainer with a LoRA adapter: chosen = the searched answer, rejected = the longer
+  vanilla answer, prompt = the vanilla CoT prompt (no budget).
+
+The adapter is merged into the weights and saved as a plain HF folder (`load_model` reads it back;
+`budget run` evaluates it); the unmerged adapter is kept beside it in `adapter/`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from llmslim.budget import prompts as P
+from llmslim.core.errors import BadOptionError, DataError
+from llmslim.core.generate import render_prompt
+
+log = logging.getLogger(__name__)
+ALGOS = ("sft", "dpo")
+
+
+@dataclass
+class TrainConfig:
+    algo: str = "sft"
+    # LoRA: TALE-PT fine-tunes with LoRA; r/alpha/dropout are PEFT's common small-model defaults
+    rank: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    lr: float = 2e-4
+    epochs: int = 2
+    max_steps: int | None = None  # overrides epochs when set
+    batch_size: int = 4
+    max_length: int = 768
+    beta: float = 0.1  # DPO temperature (TRL default)
+    seed: int = 0
+    only_improved: bool = False  # train only on questions whose search found a shorter answer
+
+
+def examples_from_search(records: list[dict], t: P.Templates = P.DEFAULT, only_improved: bool = False) -> list[dict]:
+    """{prompt, chosen, rejected} from `budget search` rows: searched, correct answers only."""
+    out = []
+    for r in records:
+        if not r.get("searched") or r.get("answer") is None or (only_improved and not r.get("improved")):
+            continue
+        if "question" not in r:
+            raise DataError("search records need 'question' (write them with `budget search --out`)")
+        out.append({"prompt": P.cot(r["question"], r.get("kind", "number"), t), "chosen": r["answer"],
+                    "rejected": r.get("vanilla_output") or "", "improved": bool(r.get("improved"))})
+    if not out:
+        raise DataError("no usable search records: none was answered correctly by vanilla CoT")
+    return out
+
+
+def gold_target(solution: str) -> str:
+    """A GSM8K reference solution as a concise TALE-format answer: calculator annotations
+    `<<...>>` dropped, `#### N` -> `Answer: [[N]]`."""
+    import re
+
+    from llmslim.budget.parse import gsm8k_gold
+
+    body = re.sub(r"<<[^>]*>>", "", solution.split("####")[0]).strip()
+    return f"{body}\nAnswer: [[{gsm8k_gold(solution)}]]"
+
+
+def examples_from_gold(records: list[dict], t: P.Templates = P.DEFAULT) -> list[dict]:
+    """{prompt, chosen} from GSM8K-format records ({question, answer '... #### N'}): a stand-in
+    for searched answers where the model itself solves too few training questions (a 135M
+    model). Not TALE-PT's data: the targets come from the dataset, not from the model."""
+    out = [{"prompt": P.cot(r["question"].strip(), "number", t), "chosen": gold_target(r["answer"]), "rejected": "",
+            "improved": False} for r in records if "####" in str(r.get("answer", ""))]
+    if not out:
+        raise DataError("no GSM8K-format records ({question, answer: '... #### N'}) for --targets gold")
+    return out
+
+
+def _lora(model, cfg: TrainConfig):
+    from peft import LoraConfig
+
+    names = {n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    targets = [t for t in cfg.target_modules if t in names]
+    if not targets:
+        raise BadOptionError(f"none of the LoRA target modules {list(cfg.target_modules)} exist in this model")
+    return LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets, task_type="CAUSAL_LM")
+
+
+def _encode(tokenizer, prompt: str, answer: str, max_length: int) -> tuple[list[int], list[int]]:
+    rendered = render_prompt(tokenizer, prompt)
+    chat = bool(getattr(tokenizer, "chat_template", None))
+    p_ids = tokenizer(rendered, add_special_tokens=not chat).input_ids
+    a_ids = tokenizer(answer, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    ids = (p_ids + a_ids)[:max_length]
+    labels = ([-100] * len(p_ids) + a_ids)[:max_length]
+    return ids, labels
+
+
+def sft(model, tokenizer, examples: list[dict], cfg: TrainConfig, progress=None) -> tuple[object, dict]:
+    """LoRA SFT; returns (the PEFT model, {losses, steps})."""
+    from peft import get_peft_model
+
+    torch.manual_seed(cfg.seed)
+    model.train()
+    peft_model = get_peft_model(model, _lora(model, cfg))
+    data = [_encode(tokenizer, e["prompt"], e["chosen"], cfg.max_length) for e in examples]
+    steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
+    total = cfg.max_steps or cfg.epochs * steps_per_epoch
+    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, total // 10)) * max(0.0, 1 - s / total))
+    rng = random.Random(cfg.seed)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(peft_model.parameters()).device
+    losses, step = [], 0
+    while step < total:
+        order = list(range(len(data)))
+        rng.shuffle(order)
+        for start in range(0, len(order), cfg.batch_size):
+            if step >= total:
+                break
+            batch = [data[i] for i in order[start : start + cfg.batch_size]]
+            width = max(len(ids) for ids, _ in batch)
+            ids = torch.tensor([i + [pad] * (width - len(i)) for i, _ in batch], device=device)
+            labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in batch], device=device)
+            mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in batch], device=device)
+            loss = peft_model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(peft_model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+            step += 1
+            if progress:
+                progress(1)
+    peft_model.eval()
+    return peft_model, {"losses": losses, "steps": step}
+
+
+def dpo(model, tokenizer, examples: list[dict], cfg: TrainConfig, workdir: Path, progress=None) -> tuple[object, dict]:
+    """DPO with TRL (LoRA adapter; the reference policy is the adapter switched off)."""
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    pairs = [e for e in examples if e["rejected"] and e["rejected"] != e["chosen"]]
+    if not pairs:
+        raise DataError("DPO needs pairs with a different (vanilla) rejected answer; search found none")
+    rows = [{"prompt": [{"role": "user", "content": e["prompt"]}] if tokenizer.chat_template else e["prompt"],
+             "chosen": [{"role": "assistant", "content": e["chosen"]}] if tokenizer.chat_template else e["chosen"],
+             "rejected": [{"role": "assistant", "content": e["rejected"]}] if tokenizer.chat_template else e["rejected"]}
+            for e in pairs]
+    steps = cfg.max_steps or cfg.epochs * math.ceil(len(rows) / cfg.batch_size)
+    args = DPOConfig(
+        output_dir=str(workdir), per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.lr, max_steps=steps,
+        beta=cfg.beta, max_length=cfg.max_length, logging_steps=1, save_strategy="no", report_to=[], seed=cfg.seed,
+        use_cpu=next(model.parameters()).device.type == "cpu", bf16=False, disable_tqdm=True,
+    )
+    trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                         peft_config=_lora(model, cfg))
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    if progress:
+        progress(steps)
+    trainer.model.eval()
+    return trainer.model, {"losses": losses, "steps": steps, "pairs": len(rows)}
+
+
+def train(model, tokenizer, examples: list[dict], cfg: TrainConfig, workdir: Path, progress=None) -> tuple[object, dict]:
+    if cfg.algo not in ALGOS:
+        raise BadOptionError(f"unknown --algo {cfg.algo!r}; use {' or '.join(ALGOS)}")
+    if cfg.rank < 1 or cfg.lr <= 0 or cfg.batch_size < 1:
+        raise BadOptionError("--rank and --batch-size must be >= 1 and --lr > 0")
+    if cfg.algo == "sft":
+        return sft(model, tokenizer, examples, cfg, progress)
+    return dpo(model, tokenizer, examples, cfg, workdir, progress)
+
+
+def save(peft_model, tokenizer, folder: Path) -> None:
+    """Adapter under folder/adapter, the merged model (plain weights) in folder."""
+    peft_model.save_pretrained(folder / "adapter")
+    merged = peft_model.merge_and_unload()
+    merged.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
