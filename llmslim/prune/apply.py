@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from llmslim.core.arch import adapter_for, text_config
-from llmslim.core.errors import BadOptionError
+from llmslim.core.errors import BadOptionError, UnsupportedArchitectureError
 from llmslim.core.surgery import keep_ffn_neurons
 from llmslim.prune.units import layer_units
 
@@ -90,9 +90,24 @@ def prune_units(model, keep: list[torch.Tensor], target: str = "ffn") -> list[in
     return prune_heads(model, keep)
 
 
+# families whose attention reads `config.head_dim` (so fewer heads keep their width on reload);
+# OPT derives head_dim = hidden_size / num_attention_heads, which removing heads would change
+HEAD_DIM_FAMILIES = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "gemma3_text", "phi3"}
+
+
+def check_head_pruning(model) -> None:
+    family = adapter_for(model).family
+    if family not in HEAD_DIM_FAMILIES:
+        raise UnsupportedArchitectureError(
+            f"--target attn: {family} configs derive head_dim from the head count, so a model with fewer "
+            "heads would not reload; prune its FFN instead"
+        )
+
+
 def prune_heads(model, keep: list[torch.Tensor]) -> list[int]:
     """Keep kv groups `keep[l]` (with their query heads) in layer l; the config gets the new head
     counts and an explicit head_dim, so plain transformers rebuilds the same shapes."""
+    check_head_pruning(model)
     config = text_config(model.config)
     units = layer_units(model, "attn")
     counts = [k.numel() for k in keep]

@@ -21,7 +21,7 @@ from llmslim.core.arch import adapter_for, text_config
 from llmslim.core.errors import BadOptionError, DataError
 from llmslim.prune.aggregate import AGGREGATIONS
 from llmslim.prune.allocate import allocate
-from llmslim.prune.apply import count_params, flap_bias, prune_units
+from llmslim.prune.apply import check_head_pruning, count_params, flap_bias, prune_units
 from llmslim.prune.calibrate import CalibStats
 from llmslim.prune.units import layer_units, weight_groups
 from llmslim.prune.scores import ScoreConfig, get_score
@@ -119,11 +119,13 @@ def neuron_scores(model, stats: CalibStats, method: str, base: ScoreConfig) -> l
 
 def prune_model(model, stats: CalibStats, cfg: PruneConfig) -> dict:
     """Score, allocate and remove neurons in place; return a report of what changed."""
+    target = stats.meta.get("target", "ffn")
+    if target == "attn":
+        check_head_pruning(model)
     params_before = count_params(model)
     t0 = time.perf_counter()
     scores = neuron_scores(model, stats, cfg.method, cfg.scores)
     t_score = time.perf_counter() - t0
-    target = stats.meta.get("target", "ffn")
     if target == "attn" and cfg.allocation != "uniform":
         raise BadOptionError("--target attn supports --allocation uniform only (transformers configs hold one head count)")
     keep = allocate(scores, cfg.ratio, cfg.allocation, cfg.round_to)
