@@ -67,3 +67,7 @@ def test_prune_attention_heads_through_the_cli(tiny_llama_dir, tmp_path):
 
 def test_prune_unknown_target(tiny_llama_dir):
     one_line_error(run("prune", str(tiny_llama_dir), "--target", "embeddings"), "unknown --target")
+
+
+def test_prune_attention_refuses_group_sum_before_loading(tiny_llama_dir):
+    one_line_error(run("prune", str(tiny_llama_dir), "--target", "attn", "--group", "sum"), "--group sum")

@@ -74,6 +74,8 @@ def _validate(job: PruneJob, base: ScoreConfig) -> list[str]:
         raise BadOptionError(f"unknown --target {job.target!r}; use {' or '.join(TARGETS)}")
     if job.target == "attn" and job.allocation != "uniform":
         raise BadOptionError("--target attn supports --allocation uniform only (transformers configs hold one head count)")
+    if job.target == "attn" and job.group == "sum":
+        raise BadOptionError("--group sum needs equal-sized parts (FFN neurons); use concat for attention heads")
     if job.gmm_scope not in ("neuron", "layer"):
         raise BadOptionError(f"unknown --gmm-scope {job.gmm_scope!r}; use neuron or layer")
     methods = _methods(job)
