@@ -15,6 +15,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from llmslim.core.data import read_records
 from llmslim.core.errors import DataError, OutputExistsError
 from llmslim.core.load import cache_dir
 from llmslim.core.outputs import atomic_dir
@@ -103,14 +104,7 @@ def converted_dir(data_dir: Path) -> Path:
 def piqa_rows(data_dir: Path) -> list[dict]:
     questions = data_dir / "piqa" / "valid.jsonl"
     labels_file = data_dir / "piqa" / "valid-labels.lst"
-    with questions.open(encoding="utf-8") as f:
-        rows = []
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise DataError(f"{questions}:{n}: not valid JSON ({err.msg})") from None
+    rows = read_records(questions)
     labels = [line.strip() for line in labels_file.read_text(encoding="utf-8").splitlines() if line.strip()]
     if len(labels) != len(rows):
         raise DataError(f"{labels_file} has {len(labels)} labels for {len(rows)} questions in {questions}")

@@ -98,12 +98,8 @@ def save_stats(path: Path, stats: CalibStats, model) -> None:
 
 
 def load_stats(path: Path, model) -> CalibStats:
-    if not Path(path).is_file():
-        raise DataError(f"scores file not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
-        raise DataError(f"{path} is not an llmslim scores file ({type(err).__name__})") from None
+    payload = data_mod.read_torch_file(path, missing=f"scores file not found: {path}",
+                                       unreadable=f"{path} is not an llmslim scores file")
     fingerprint = payload.pop("fingerprint", None)
     if fingerprint != model_fingerprint(model):
         raise DataError(f"{path} was computed on a different model (fingerprint mismatch)")

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from llmslim.core.arch import adapter_for, text_config
+from llmslim.core.data import read_torch_file
 from llmslim.core.errors import DataError
 from llmslim.sparsity import criteria as C
 
@@ -67,12 +68,8 @@ class Traces:
     def load(cls, folder: Path | str) -> "Traces":
         folder = Path(folder)
         path = folder / TRACE_FILE if folder.is_dir() else folder
-        if not path.is_file():
-            raise DataError(f"no traces at {path} (run `llmslim sparsity collect ... --out DIR` first)")
-        try:
-            d = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - a corrupt or foreign file: one clear line
-            raise DataError(f"{path}: not a traces file ({type(err).__name__})") from None
+        d = read_torch_file(path, missing=f"no traces at {path} (run `llmslim sparsity collect ... --out DIR` first)",
+                            unreadable=f"{path}: not a traces file")
         if not isinstance(d, dict) or "features" not in d:
             raise DataError(f"{path}: not a traces file")
         return cls(d["features"], d["layer_inputs"], d["heads"], d["neurons"], d.get("meta", {}))

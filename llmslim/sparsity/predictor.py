@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from llmslim.core.data import read_torch_file
 from llmslim.core.errors import BadOptionError, DataError
 from llmslim.sparsity.collect import Traces
 from llmslim.sparsity.masks import minmax
@@ -270,12 +271,8 @@ def load(folder) -> dict:
 
     path = Path(folder)
     path = path / PRED_FILE if path.is_dir() else path
-    if not path.is_file():
-        raise DataError(f"no predictors at {path} (run `llmslim sparsity train ... --out DIR` first)")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - a corrupt or foreign file: one clear line
-        raise DataError(f"{path}: not a predictors file ({type(err).__name__})") from None
+    blob = read_torch_file(path, missing=f"no predictors at {path} (run `llmslim sparsity train ... --out DIR` first)",
+                           unreadable=f"{path}: not a predictors file")
     cfg = blob["config"]
     out = {"criterion": blob["criterion"], "config": cfg, "meta": blob["meta"], "static": blob["static"], "shadow": None, "dejavu": None}
     if "shadow" in blob:

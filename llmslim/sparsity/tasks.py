@@ -9,11 +9,11 @@ leaves no place to pick a per-input mask; we score the log-likelihoods ourselves
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmslim.core.errors import BadOptionError, DataError
+from llmslim.core.errors import BadOptionError
+from llmslim.core.data import read_records
 
 TASKS = ("arc_easy", "piqa", "hellaswag")
 
@@ -25,14 +25,8 @@ class MCItem:
     label: int
 
 
-def _jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise DataError(f"data file not found: {path}")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def _arc(root: Path, split: str) -> list[MCItem]:
-    rows = _jsonl(root / "arc" / f"ARC-Easy-{'Test' if split == 'eval' else 'Dev'}.jsonl")
+    rows = read_records(root / "arc" / f"ARC-Easy-{'Test' if split == 'eval' else 'Dev'}.jsonl")
     items = []
     for r in rows:
         labels = [c["label"] for c in r["question"]["choices"]]
@@ -52,7 +46,7 @@ def _piqa(root: Path, split: str) -> list[MCItem]:
 
 
 def _hellaswag(root: Path, split: str) -> list[MCItem]:
-    rows = _jsonl(root / "hellaswag" / "hellaswag_val_full_preprocessed.jsonl")
+    rows = read_records(root / "hellaswag" / "hellaswag_val_full_preprocessed.jsonl")
     rows = rows if split == "eval" else rows[::-1]
     return [MCItem(r["ctx"], [" " + e for e in r["endings"]], int(r["label"])) for r in rows]
 

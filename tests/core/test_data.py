@@ -65,3 +65,17 @@ def test_shared_benchmark_readers(data_dir):
     assert "\r\n" not in text and len(text) > 1_000_000
     assert len(data.mt_bench_first_turns(data_dir)) == 80
     assert len(data.alpaca_prompts(data_dir)) == 200
+
+
+def test_read_torch_file_gives_one_line_errors(tmp_path):
+    import torch
+
+    from llmslim.core.data import read_torch_file
+
+    with pytest.raises(DataError, match="^nothing here$"):
+        read_torch_file(tmp_path / "missing.pt", missing="nothing here", unreadable="bad")
+    (tmp_path / "junk.pt").write_text("not a torch file")
+    with pytest.raises(DataError, match=r"^junk is not ours \(\w+\)$"):
+        read_torch_file(tmp_path / "junk.pt", missing="nothing here", unreadable="junk is not ours")
+    torch.save({"a": torch.ones(2)}, tmp_path / "ok.pt")
+    assert torch.equal(read_torch_file(tmp_path / "ok.pt", missing="", unreadable="")["a"], torch.ones(2))
