@@ -2,6 +2,9 @@
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/budget_gsm8k.py              # the size in docs/budget.md
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/budget_gsm8k.py --n-test 2 --n-train 4 --max-new-tokens 16  # smoke
+    # the same GGUF served by llama.cpp's OpenAI-compatible server (see docs/budget.md), parts 1-2
+    # and both searches through the HTTP backend; TALE-PT's before/after stays local (same engine):
+    .venv/bin/python benchmarks/budget_gsm8k.py --api-base http://127.0.0.1:8011/v1 --n-test 200 ...
 
 1. test split: vanilla CoT vs direct vs TALE-EP (zero-shot estimate) vs a fixed budget of 50 vs
    the searched-optimal budgets (halving search on the same questions: the paper's oracle row);
@@ -21,7 +24,7 @@ from pathlib import Path
 import torch
 
 from llmslim.budget import run as R
-from llmslim.budget.backends import LocalBackend
+from llmslim.budget.backends import HTTPBackend, LocalBackend
 from llmslim.budget.counting import Counter
 from llmslim.budget.questions import default_gsm8k, load_questions
 from llmslim.budget.train import TrainConfig, examples_from_search, train
@@ -37,10 +40,15 @@ p.add_argument("--max-new-tokens", type=int, default=192)
 p.add_argument("--batch-size", type=int, default=24)
 p.add_argument("--budgets", default="8,50,128")
 p.add_argument("--train-steps", type=int, default=12)
+p.add_argument("--api-base", default=None, help="an OpenAI-compatible endpoint serving the same model (default: local HF)")
+p.add_argument("--api-model", default="smollm2-135m")
+p.add_argument("--concurrency", type=int, default=1)
+p.add_argument("--n-pt-test", type=int, default=None, help="test questions for TALE-PT before/after (default: --n-test)")
+p.add_argument("--threads", type=int, default=1, help="torch threads for the local model (1 on a shared machine)")
 p.add_argument("--out", default="benchmarks/results")
 args = p.parse_args()
 
-torch.set_num_threads(1)
+torch.set_num_threads(args.threads)
 seed_everything(0)
 RESULTS = Path(args.out)
 RESULTS.mkdir(parents=True, exist_ok=True)
@@ -49,12 +57,16 @@ timings: dict[str, float] = {}
 
 # ---------------------------------------------------------------- setup
 loaded = load_model("smollm2-135m", device="cpu", dtype="float32")  # fp32: 3x faster than bf16 on this CPU
-backend = LocalBackend(loaded.model, loaded.tokenizer, name="smollm2-135m", batch_size=args.batch_size)
+local = LocalBackend(loaded.model, loaded.tokenizer, name="smollm2-135m", batch_size=args.batch_size)
+backend = local
+if args.api_base:  # no key needed on loopback; greedy (temperature 0) like the local backend
+    backend = HTTPBackend(args.api_base, args.api_model, api_key_env="", concurrency=args.concurrency, timeout=900, retries=2)
+engine = f"HTTP {args.api_base} ({args.api_model})" if args.api_base else "local HF fp32"
 counter = Counter(loaded.tokenizer)
 s = R.Settings(max_new_tokens=args.max_new_tokens, estimate_max_tokens=32)
 test = load_questions(default_gsm8k("test"), limit=args.n_test)
 train_qs = load_questions(default_gsm8k("train"), limit=args.n_train)
-report.stderr.print(f"gpt-4 counter: {counter.gpt4_source}; test {len(test)}, train {len(train_qs)} questions")
+report.stderr.print(f"gpt-4 counter: {counter.gpt4_source}; test {len(test)}, train {len(train_qs)} questions; engine {engine}")
 log_rows: list[dict] = []
 
 
@@ -107,7 +119,7 @@ R.plot_elasticity(elastic, RESULTS / "budget_gsm8k_elasticity.png", f"SmolLM2-13
 
 # checkpoint parts 1-2 (the final write below replaces it)
 atomic_write_text(RESULTS / "budget_gsm8k.json", json.dumps(to_jsonable(
-    {"args": vars(args), "partial": True, "modes": rows_by_mode, "elasticity": elastic, "search_test": search_summary, "timings": timings}), indent=2) + "\n")
+    {"args": vars(args), "engine": engine, "partial": True, "modes": rows_by_mode, "elasticity": elastic, "search_test": search_summary, "timings": timings}), indent=2) + "\n")
 
 # ---------------------------------------------------------------- 3. TALE-PT
 train_search, train_rows = timed("search-train", lambda: R.search_budgets(backend, counter, train_qs, s, method="halving", max_steps=6))
@@ -124,29 +136,38 @@ if examples:
     student = copy.deepcopy(loaded.model).float()
     tuned, info = timed("train", lambda: train(student, loaded.tokenizer, examples, cfg, RESULTS))
     merged = tuned.merge_and_unload().eval()
+    # before and after through the same local engine on the same questions
+    pt_test = test[: args.n_pt_test or len(test)]
+    if backend is local and len(pt_test) == len(test):
+        before = rows_by_mode["vanilla"]
+    else:
+        before, rows = timed("vanilla-before-PT", lambda: R.run_mode(local, counter, pt_test, "vanilla", s))
+        for r in rows:
+            r["mode"] = "vanilla before TALE-PT (local)"
+        log_rows += rows
     after, rows = timed("vanilla-after-PT", lambda: R.run_mode(
-        LocalBackend(merged, loaded.tokenizer, batch_size=args.batch_size), counter, test, "vanilla", s))
+        LocalBackend(merged, loaded.tokenizer, batch_size=args.batch_size), counter, pt_test, "vanilla", s))
     for r in rows:
         r["mode"] = "vanilla after TALE-PT"
     log_rows += rows
     pt.update({"examples": len(examples), "improved_examples": sum(e["improved"] for e in examples), "steps": info["steps"],
-               "losses": info["losses"], "before": rows_by_mode["vanilla"], "after": after})
+               "losses": info["losses"], "engine": "local HF fp32", "before": before, "after": after})
 
 # ---------------------------------------------------------------- report
 timings["total_s"] = time.perf_counter() - t_start
 table_rows = [[m, r["n"], r["accuracy"], r["mean_out_tokens"], r.get("mean_gpt4_tokens"), r.get("mean_budget"), r.get("truncated")]
               for m, r in rows_by_mode.items()]
 if "after" in pt:
-    a = pt["after"]
-    table_rows.append(["vanilla after TALE-PT", a["n"], a["accuracy"], a["mean_out_tokens"], a.get("mean_gpt4_tokens"), None, a["truncated"]])
-report.stdout.print(report.table(f"TALE on SmolLM2-135M-Instruct, GSM8K test[:{len(test)}], max_new_tokens {args.max_new_tokens}",
+    for label, a in [("TALE-PT before (local)", pt["before"]), ("vanilla after TALE-PT (local)", pt["after"])]:
+        table_rows.append([label, a["n"], a["accuracy"], a["mean_out_tokens"], a.get("mean_gpt4_tokens"), None, a["truncated"]])
+report.stdout.print(report.table(f"TALE on SmolLM2-135M-Instruct ({engine}), GSM8K test[:{len(test)}], max_new_tokens {args.max_new_tokens}",
                                  ["mode", "n", "accuracy", "mean out tokens", "mean gpt-4 tokens", "mean budget", "truncated"], table_rows))
 report.stdout.print(report.table("token elasticity", ["budget", "mean out tokens", "accuracy"],
                                  [["vanilla" if r["budget"] is None else r["budget"], r["mean_out_tokens"], r["accuracy"]] for r in elastic]))
 report.stdout.print(f"search on test: {search_summary}")
 report.stdout.print(f"TALE-PT: {({k: v for k, v in pt.items() if k not in ('before', 'after', 'losses')})}")
 report.stdout.print(f"total {timings['total_s']:.0f}s")
-result = {"args": vars(args), "gpt4_counter": counter.gpt4_source, "modes": rows_by_mode, "elasticity": elastic,
+result = {"args": vars(args), "engine": engine, "gpt4_counter": counter.gpt4_source, "modes": rows_by_mode, "elasticity": elastic,
           "search_test": search_summary, "tale_pt": pt, "timings": timings}
 atomic_write_text(RESULTS / "budget_gsm8k.json", json.dumps(to_jsonable(result), indent=2) + "\n")
 atomic_write_text(RESULTS / "budget_gsm8k_log.jsonl", "".join(json.dumps(to_jsonable(r)) + "\n" for r in log_rows))

@@ -125,6 +125,9 @@ class HTTPBackend:
             except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as err:
                 reason = getattr(err, "reason", err)
                 last = f"cannot reach {self.url}: {reason}"
+                if isinstance(reason, TimeoutError) or "timed out" in str(reason):
+                    # a busy local server with many requests in flight answers slower than an API
+                    last = f"{self.url} did not answer within --timeout {self.timeout:g}s"
             except json.JSONDecodeError:
                 last = f"{self.url} answered with something that is not JSON"
             if attempt < self.retries:

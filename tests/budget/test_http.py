@@ -108,6 +108,6 @@ def test_timeout_is_enforced(server, monkeypatch):
         port = s.getsockname()[1]
         http = HTTPBackend(f"http://127.0.0.1:{port}/v1", "x", retries=0, timeout=0.5)
         t0 = time.time()
-        with pytest.raises(HTTPError):
+        with pytest.raises(HTTPError, match=r"did not answer within --timeout 0.5s \(after 1 attempts\)"):
             http.complete(["hi"], 4)
         assert time.time() - t0 < 5
