@@ -45,6 +45,7 @@ parser.add_argument("--scores", default="benchmarks/results/smollm2_scores.pt", 
 parser.add_argument("--out", default="benchmarks/results/prune_table.json")
 parser.add_argument("--seed", type=int, default=0)
 parser.add_argument("--threads", type=int, default=None, help="torch threads (1 on a busy machine)")
+parser.add_argument("--resume", action="store_true", help="keep the rows of OUT.partial and run only the missing ones")
 args = parser.parse_args()
 if args.threads:
     torch.set_num_threads(args.threads)
@@ -88,9 +89,13 @@ def score_config(spec: str) -> tuple[str, ScoreConfig]:
     return method, cfg
 
 
-rows = []
+partial = Path(args.out + ".partial")
+rows = json.loads(partial.read_text()) if args.resume and partial.is_file() else []
+done = {(r["ratio"], r["method"]) for r in rows}
 for ratio in [float(r) for r in args.ratios.split(",")]:
     for spec in args.methods.split(","):
+        if (ratio, spec) in done:
+            continue
         t0 = time.perf_counter()
         method, cfg = score_config(spec)
         pruned = copy.deepcopy(model)
@@ -98,7 +103,7 @@ for ratio in [float(r) for r in args.ratios.split(",")]:
         method = spec
         rows.append({"ratio": ratio, "method": method, "params": rep["params_after"], **evaluate(pruned)})
         print(rows[-1], f"{time.perf_counter() - t0:.0f}s", flush=True)
-        Path(args.out + ".partial").write_text(json.dumps(rows, indent=2) + "\n")  # a cut-short run keeps its rows
+        partial.write_text(json.dumps(rows, indent=2) + "\n")  # a cut-short run keeps its rows (--resume)
         del pruned
 # dense last: the pruned rows are what a cut-short run most needs
 t0 = time.perf_counter()
