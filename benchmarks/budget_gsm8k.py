@@ -1,10 +1,11 @@
 """TALE on SmolLM2-135M-Instruct and GSM8K (issue #5 proof), top to bottom.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/budget_gsm8k.py              # the size in docs/budget.md
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/budget_gsm8k.py              # all local, 24 questions
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/budget_gsm8k.py --n-test 2 --n-train 4 --max-new-tokens 16  # smoke
-    # the same GGUF served by llama.cpp's OpenAI-compatible server (see docs/budget.md), parts 1-2
-    # and both searches through the HTTP backend; TALE-PT's before/after stays local (same engine):
-    .venv/bin/python benchmarks/budget_gsm8k.py --api-base http://127.0.0.1:8011/v1 --n-test 200 ...
+    # docs/budget.md's 200-question run: the same GGUF served by llama.cpp's llama-server, parts 1-2
+    # and both searches through the HTTP backend; TALE-PT's before/after stays local (one engine):
+    .venv/bin/python benchmarks/budget_gsm8k.py --api-base http://127.0.0.1:8012/v1 --concurrency 16 \
+        --n-test 200 --n-train 400 --n-pt-test 100 --max-new-tokens 192 --batch-size 48 --threads 2
 
 1. test split: vanilla CoT vs direct vs TALE-EP (zero-shot estimate) vs a fixed budget of 50 vs
    the searched-optimal budgets (halving search on the same questions: the paper's oracle row);
