@@ -23,6 +23,22 @@ def check_writable(target: Path | str, force: bool) -> Path:
     return target
 
 
+def check_creatable(target: Path | str) -> Path:
+    """Fail before any work is done if `target` could not be created: probe the nearest
+    existing folder above it with a temporary folder, removed at once."""
+    target = Path(target).absolute()
+    parent = target.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise LlmslimError(f"cannot write {target}: {parent} is not a folder")
+    try:
+        Path(tempfile.mkdtemp(prefix=".llmslim-probe-", dir=parent)).rmdir()
+    except OSError as e:
+        raise LlmslimError(f"cannot write {target}: {parent} is not writable ({e.strerror})") from None
+    return target
+
+
 @contextmanager
 def atomic_dir(target: Path | str, force: bool = False):
     """Yield a temp folder beside `target`; on success it replaces `target` in one rename.

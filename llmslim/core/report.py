@@ -55,9 +55,71 @@ def fmt(value) -> str:
     return str(value)
 
 
+class PlainProgress:
+    """rich.Progress's add_task/advance/update for a log file: one plain line when a phase
+    starts, then at most one every `every_s` seconds (done/total, elapsed, ETA), and one
+    when it completes. Used where stderr is not a terminal."""
+
+    def __init__(self, stream=None, every_s: float = 30.0, clock=None):
+        import time
+
+        self.stream = stream or sys.stderr
+        self.every_s = every_s
+        self.clock = clock or time.monotonic
+        self.tasks: dict[int, dict] = {}
+
+    def add_task(self, description: str, total: float | None = None, **_) -> int:
+        task_id = len(self.tasks)
+        now = self.clock()
+        self.tasks[task_id] = dict(description=description, total=total, completed=0, start=now, last=now)
+        self._line(f"{description}: started" + (f" (0/{total:g})" if total else ""))
+        return task_id
+
+    def advance(self, task_id: int, advance: float = 1) -> None:
+        self.update(task_id, advance=advance)
+
+    def update(self, task_id: int, *, advance: float = 0, completed: float | None = None, total: float | None = None,
+               description: str | None = None, **_) -> None:
+        t = self.tasks[task_id]
+        if total is not None:
+            t["total"] = total
+        if description is not None:
+            t["description"] = description
+        t["completed"] = completed if completed is not None else t["completed"] + advance
+        now = self.clock()
+        done = t["total"] is not None and t["completed"] >= t["total"]
+        if done or now - t["last"] >= self.every_s:
+            t["last"] = now
+            self._line(self._status(t, now, done))
+
+    def _status(self, t: dict, now: float, done: bool) -> str:
+        elapsed = now - t["start"]
+        head = f"{t['description']}: {t['completed']:g}" + (f"/{t['total']:g}" if t["total"] else "")
+        if done:
+            return f"{head} done in {elapsed:.0f} s"
+        eta = ""
+        if t["total"] and t["completed"] > 0:
+            eta = f", ETA {elapsed * (t['total'] - t['completed']) / t['completed']:.0f} s"
+        return f"{head}, {elapsed:.0f} s elapsed{eta}"
+
+    def _line(self, text: str) -> None:
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
 @contextmanager
 def progress(enabled: bool = True):
-    """A rich progress bar on stderr; `task = bar.add_task(desc, total=n)`, `bar.advance(task)`."""
+    """Progress on stderr: a rich bar on a terminal, plain periodic lines in a log file.
+    `task = bar.add_task(desc, total=n)`, `bar.advance(task)`."""
+    if enabled and not stderr.is_terminal:
+        yield PlainProgress()
+        return
     bar = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(), TimeRemainingColumn(), console=stderr, disable=not enabled, transient=False,

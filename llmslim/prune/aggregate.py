@@ -93,6 +93,25 @@ def gmm_scope_clip(scores: Tensor, scope: str, seed: int) -> Tensor:
     raise BadOptionError(f"unknown GMM scope {scope!r}; use {' or '.join(SCOPES)}")
 
 
+def regroup(groups: Tensor, mode: str, sizes: list[int]) -> Tensor:
+    """A unit's weight group as scored: "concat" keeps [gate | up | down] side by side, "sum"
+    adds the parts elementwise (gate + up + down, hidden-sized: the AFR reference code)."""
+    if mode == "concat":
+        return groups
+    if mode == "sum":
+        if len(set(sizes)) != 1:
+            raise BadOptionError("--group sum needs equal-sized parts (FFN neurons); use concat for attention heads")
+        return groups.reshape(groups.shape[0], len(sizes), -1).sum(1)
+    raise BadOptionError(f"unknown weight grouping {mode!r}; use concat or sum")
+
+
+def zscore_all(per_layer: list[Tensor]) -> list[Tensor]:
+    """Standardise over every value of every layer (one mean, one std for the model)."""
+    flat = torch.cat([t.reshape(-1).double() for t in per_layer])
+    mean, std = flat.mean(), flat.std()
+    return [((t.double() - mean) / std).float() for t in per_layer]
+
+
 def _at_least_float32(scores: Tensor) -> Tensor:
     # fp16/bf16 means over thousands of values lose digits; float64 stays float64
     return scores.to(torch.promote_types(scores.dtype, torch.float32))

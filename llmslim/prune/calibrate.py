@@ -1,9 +1,15 @@
 """One calibration pass that collects everything every pruning score needs.
 
-Per FFN weight, two signed first-order scores accumulated over the calibration windows:
+Per FFN weight and window, two signed first-order scores:
   SNIP   S = θ ⊙ ∂L/∂θ, L the next-token cross-entropy of the window;
   ReFer  S = θ ⊙ ∂F/∂θ, F = Σ over the FFN projections of the mean singular value of their
          output feature matrix (the AFR reference code hooks gate/up/down outputs).
+Two ways to accumulate them over windows (both can run in one pass):
+  per-window  (`per_window`, prune/accumulate.py): each window's scores are aggregated per
+              neuron at once and the per-neuron results summed over windows, as the AFR
+              reference code does; only per-neuron sums persist;
+  signed-sum  (`per_weight`): the signed per-weight scores are summed over windows and
+              aggregated once afterwards (the batch gradient, as LLM-Pruner scores).
 Per FFN neuron, activation statistics of the intermediate activation (the input of down_proj
 or fc2): mean and mean square, for Wanda-sp and FLAP.
 
@@ -30,13 +36,14 @@ class CalibStats:
     """Everything scores need, per layer; `snip`/`refer` hold per-weight scores grouped by
     neuron: row j = [gate row j, up row j, down column j] (fc1 row j, fc2 column j for OPT)."""
 
-    snip: list[torch.Tensor]
+    snip: list[torch.Tensor]  # signed sums over windows, per weight (empty unless asked for)
     refer: list[torch.Tensor]
     act_mean: list[torch.Tensor]
     act_sq: list[torch.Tensor]
     tokens: int
     windows: int
     meta: dict = field(default_factory=dict)
+    neuron: dict = field(default_factory=dict)  # "kind:aggregation" -> per-layer per-window sums
     cache: dict = field(default_factory=dict, repr=False)  # derived scores, never saved
 
     def act_var(self, layer: int) -> torch.Tensor:
@@ -45,7 +52,7 @@ class CalibStats:
         return var.clamp_min(0)
 
     def to_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("snip", "refer", "act_mean", "act_sq", "tokens", "windows", "meta")}
+        return {k: getattr(self, k) for k in ("snip", "refer", "act_mean", "act_sq", "tokens", "windows", "meta", "neuron")}
 
 
 def _mean_singular_value(y: torch.Tensor, mode: str) -> torch.Tensor:
@@ -67,23 +74,31 @@ def collect(
     target: str = "ffn",
     batch_size: int = 1,
     progress=None,
+    per_window=None,
+    per_weight: tuple[str, ...] = ("snip", "refer"),
 ) -> CalibStats:
     """Run forward (+ backward for SNIP / ReFer) over the calibration windows [n, seqlen].
 
     `target` "ffn" scores FFN neurons, "attn" kv groups (see prune/units.py); only the target's
-    weights get gradients, and ReFer's features are the target's projection outputs."""
+    weights get gradients, and ReFer's features are the target's projection outputs.
+    `per_window` (an accumulate.PerWindow) folds each batch's grouped scores into per-neuron
+    sums; `per_weight` names the scores whose signed per-weight sums over windows are kept."""
     config = text_config(model.config)
     units = layer_units(model, target)
     device = next(model.parameters()).device
     need_grad = refer or snip
 
     linears = {id(lin): lin for u in units for lin in u.linears()}
-    acc = {name: {k: torch.zeros_like(lin.weight, dtype=torch.float32) for k, lin in linears.items()} for name in ("snip", "refer")} if need_grad else {}
+    kept = [name for name in ("snip", "refer") if name in per_weight and need_grad and (snip if name == "snip" else refer)]
+    acc = {name: {k: torch.zeros_like(lin.weight, dtype=torch.float32) for k, lin in linears.items()} for name in kept}
+    window = {"snip": {}, "refer": {}}  # this batch's per-weight scores, for per_window
     # activation statistics per input channel of the output projection (FFN: one per neuron)
     act_sum = [torch.zeros(u.output.in_features, dtype=torch.float64, device=device) for u in units]
     act_sq = [torch.zeros(u.output.in_features, dtype=torch.float64, device=device) for u in units]
     state = {"target": None, "features": [], "tokens": 0}
 
+    if per_window is not None and per_window.part_sizes is None:
+        per_window.part_sizes = units[0].part_sizes(config.hidden_size)
     saved_flags = {id(p): p.requires_grad for p in model.parameters()}
     for p in model.parameters():
         p.requires_grad_(False)
@@ -96,7 +111,11 @@ def collect(
                 def fold(p, key=key):
                     target = state["target"]
                     if target is not None:
-                        acc[target][key].add_((p.detach() * p.grad).float())
+                        score = (p.detach() * p.grad).float()
+                        if target in acc:
+                            acc[target][key].add_(score)
+                        if per_window is not None:
+                            window[target][key] = score
                     p.grad = None
 
                 handles.append(lin.weight.register_post_accumulate_grad_hook(fold))
@@ -127,6 +146,9 @@ def collect(
                     state["target"] = "snip"
                     out.loss.backward()
             state["target"], state["features"] = None, []
+            if per_window is not None and need_grad:
+                per_window.fold({name: [u.group(w) for u in units] for name, w in window.items() if w})
+                window = {"snip": {}, "refer": {}}
             state["tokens"] += ids.numel()
             if progress:
                 progress(ids.shape[0])
@@ -139,10 +161,10 @@ def collect(
             p.grad = None
 
     n = state["tokens"]
-    group = lambda name: [u.group(acc[name]).cpu() for u in units]  # noqa: E731
+    group = lambda name: [u.group(acc[name]).cpu() for u in units] if name in acc else []  # noqa: E731
     return CalibStats(
-        snip=group("snip") if snip else [],
-        refer=group("refer") if refer else [],
+        snip=group("snip"),
+        refer=group("refer"),
         act_mean=[(s / n).float().cpu() for s in act_sum],
         act_sq=[(s / n).float().cpu() for s in act_sq],
         tokens=n,
@@ -152,5 +174,8 @@ def collect(
             "target": target, "hidden": config.hidden_size,
             "part_sizes": units[0].part_sizes(config.hidden_size),
             "channels_per_unit": units[0].channels_per_unit,
+            "accumulate": [name for name, on in (("per-window", per_window is not None), ("signed-sum", bool(acc))) if on],
+            **({"per_window": per_window.settings()} if per_window is not None else {}),
         },
+        neuron={k: [t.cpu() for t in v] for k, v in per_window.sums.items()} if per_window is not None else {},
     )

@@ -8,7 +8,6 @@ from typing import Annotated, Optional
 import typer
 
 from llmslim.core import report
-from llmslim.core.errors import BadOptionError
 from llmslim.core.options import DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, ModelArg, OutOpt, QuietOpt, SeedOpt
 from llmslim.prune.pipeline import PruneJob, run_job
 
@@ -26,6 +25,8 @@ def prune(
     gmm_scope: Annotated[str, typer.Option(help="GMM clipping per 'neuron' (paper) or per 'layer' (reference code).", rich_help_panel=METHOD)] = "neuron",
     afr_recipe: Annotated[str, typer.Option(help="'paper': z-score per weight then aggregate; 'reference': AFR-St code (aggregate, square SNIP, z-score).", rich_help_panel=METHOD)] = "paper",
     group: Annotated[str, typer.Option(help="A neuron's weights: 'concat' gate|up|down, or 'sum' them elementwise (reference code).", rich_help_panel=METHOD)] = "concat",
+    accumulate: Annotated[str, typer.Option(help="'per-window': aggregate each window's scores per neuron, sum over windows (AFR reference code); 'signed-sum': sum signed per-weight scores over windows, aggregate once.", rich_help_panel=METHOD)] = "per-window",
+    gmm_refit: Annotated[str, typer.Option(help="Per-window GMM: fit on 'every' window, or fit 'once' on the first and reuse the mixture.", rich_help_panel=METHOD)] = "every",
     feature_mode: Annotated[str, typer.Option(help="ReFer feature matrix: 'flat' (reference code: batch x all) or 'tokens' (tokens x features per window; slower).", rich_help_panel=METHOD)] = "flat",
     allocation: Annotated[str, typer.Option(help="'uniform' ratio per layer, or one 'global' threshold.", rich_help_panel=METHOD)] = "uniform",
     round_to: Annotated[int, typer.Option(help="Round kept widths to a multiple of N (8, 64, 128).", rich_help_panel=METHOD)] = 1,
@@ -50,13 +51,9 @@ def prune(
 ) -> None:
     """Remove FFN neurons (or attention kv groups) by AFR or a baseline; save a smaller model transformers loads."""
     report.setup_logging(quiet or json)
-    if nsamples < 1 or seqlen < 2:
-        raise BadOptionError("--nsamples must be >= 1 and --seqlen >= 2")
-    if eval_limit is not None and eval_limit < 1:
-        raise BadOptionError(f"--eval-limit must be >= 1, got {eval_limit}")
     job = PruneJob(
         model=model, ratio=ratio, target=target, method=method, aggregate=aggregate, gmm_scope=gmm_scope, afr_recipe=afr_recipe,
-        group=group, feature_mode=feature_mode, allocation=allocation, round_to=round_to, compare=compare,
+        group=group, accumulate=accumulate, gmm_refit=gmm_refit, feature_mode=feature_mode, allocation=allocation, round_to=round_to, compare=compare,
         calib=calib, nsamples=nsamples, seqlen=seqlen, save_scores=save_scores, scores=scores,
         eval_tasks=eval_tasks, eval_limit=eval_limit, ppl=ppl, ppl_seqlen=ppl_seqlen, ppl_limit=ppl_limit,
         out=out, force=force, seed=seed, device=device, dtype=dtype,

@@ -12,10 +12,12 @@ from llmslim.core.data import data_dir
 from llmslim.core.device import peak_memory_mb, seed_everything
 from llmslim.core.errors import BadOptionError
 from llmslim.core.load import load_model
-from llmslim.core.outputs import atomic_dir, atomic_write_text, check_writable, to_jsonable, write_manifest
+from llmslim.core.outputs import atomic_dir, atomic_write_text, check_creatable, check_writable, to_jsonable, write_manifest
 from llmslim.prune import calibrate
+from llmslim.prune.accumulate import ACCUMULATIONS, GMM_REFITS
+from llmslim.prune.aggregate import AGGREGATIONS
 from llmslim.prune.allocate import ALLOCATIONS
-from llmslim.prune.run import PruneConfig, calibration_windows, load_stats, needs, parse_method, prune_model, save_stats, wikitext2_halves
+from llmslim.prune.run import PruneConfig, calibration_windows, collect_for, load_stats, parse_method, prune_model, save_stats, wikitext2_halves
 from llmslim.prune.scores import ScoreConfig, clipped, gmm_inputs
 from llmslim.prune.units import TARGETS
 
@@ -34,6 +36,8 @@ class PruneJob:
     gmm_scope: str = "neuron"
     afr_recipe: str = "paper"
     group: str = "concat"
+    accumulate: str = "per-window"
+    gmm_refit: str = "every"
     feature_mode: str = "flat"
     allocation: str = "uniform"
     round_to: int = 1
@@ -64,6 +68,37 @@ def _methods(job: PruneJob) -> list[str]:
 
 
 def _validate(job: PruneJob, base: ScoreConfig) -> list[str]:
+    """Every check that needs no model: runs before anything is loaded."""
+    if job.nsamples < 1 or job.seqlen < 2:
+        raise BadOptionError("--nsamples must be >= 1 and --seqlen >= 2")
+    if job.eval_limit is not None and job.eval_limit < 1:
+        raise BadOptionError(f"--eval-limit must be >= 1, got {job.eval_limit}")
+    if job.ppl_seqlen < 2 or (job.ppl_limit is not None and job.ppl_limit < 1):
+        raise BadOptionError("--ppl-seqlen must be >= 2 and --ppl-limit >= 1")
+    if job.round_to < 1:
+        raise BadOptionError(f"--round-to must be >= 1, got {job.round_to}")
+    if job.aggregate not in AGGREGATIONS:
+        raise BadOptionError(f"unknown --aggregate {job.aggregate!r}; use {', '.join(AGGREGATIONS)}")
+    if job.afr_recipe not in ("paper", "reference"):
+        raise BadOptionError(f"unknown --afr-recipe {job.afr_recipe!r}; use paper or reference")
+    if job.group not in ("concat", "sum"):
+        raise BadOptionError(f"unknown --group {job.group!r}; use concat or sum")
+    if job.accumulate not in ACCUMULATIONS:
+        raise BadOptionError(f"unknown --accumulate {job.accumulate!r}; use {' or '.join(ACCUMULATIONS)}")
+    if job.gmm_refit not in GMM_REFITS:
+        raise BadOptionError(f"unknown --gmm-refit {job.gmm_refit!r}; use {' or '.join(GMM_REFITS)}")
+    if job.scores is not None and not Path(job.scores).is_file():
+        raise BadOptionError(f"scores file not found: {job.scores}")
+    if job.calib not in ("auto", "self", "wikitext2") and job.scores is None and not Path(job.calib).is_file():
+        raise BadOptionError(f"--calib: no such file {job.calib} (use auto, self, wikitext2 or a text file)")
+    if job.calib == "wikitext2" and not (data_dir() / "wikitext2" / "wiki.test.raw").is_file():
+        raise BadOptionError(f"--calib wikitext2: {data_dir() / 'wikitext2' / 'wiki.test.raw'} not found (set LLMSLIM_DATA)")
+    if job.ppl and not (data_dir() / "wikitext2" / "wiki.test.raw").is_file():
+        raise BadOptionError(f"--ppl needs {data_dir() / 'wikitext2' / 'wiki.test.raw'} (set LLMSLIM_DATA)")
+    if job.eval_tasks:
+        from llmslim.eval.harness import check_data, resolve_tasks
+
+        check_data(resolve_tasks(job.eval_tasks))
     if not 0.0 < job.ratio < 1.0:
         raise BadOptionError(f"--ratio must be between 0 and 1 (exclusive), got {job.ratio}")
     if job.allocation not in ALLOCATIONS:
@@ -81,7 +116,27 @@ def _validate(job: PruneJob, base: ScoreConfig) -> list[str]:
     methods = _methods(job)
     for m in methods:
         parse_method(m, base)
+    if job.out is not None:
+        check_writable(job.out, job.force)
+        check_creatable(job.out)
+    if job.save_scores is not None:
+        check_creatable(job.save_scores)
     return methods
+
+
+def _check_units(model, job: PruneJob) -> None:
+    """Checks that need the model's shape (after loading, before calibration)."""
+    from llmslim.prune.units import layer_units
+
+    units = layer_units(model, job.target)[0]
+    n = units.count
+    kept = int(round(n * (1 - job.ratio)))
+    if kept >= n:
+        raise BadOptionError(f"--ratio {job.ratio} removes nothing: a layer has {n} "
+                             f"{'kv groups' if job.target == 'attn' else 'neurons'} (keeps {kept})")
+    if kept < 1:
+        raise BadOptionError(f"--ratio {job.ratio} removes every one of a layer's {n} "
+                             f"{'kv groups' if job.target == 'attn' else 'neurons'}; use a smaller ratio")
 
 
 def _evaluate(model, tokenizer, job: PruneJob, ppl_text: str | None, bar) -> dict:
@@ -102,10 +157,9 @@ def _evaluate(model, tokenizer, job: PruneJob, ppl_text: str | None, bar) -> dic
 
 
 def run_job(job: PruneJob, bar=None) -> dict:
-    base = ScoreConfig(aggregate=job.aggregate, gmm_scope=job.gmm_scope, afr_recipe=job.afr_recipe, group=job.group, seed=job.seed)
+    base = ScoreConfig(aggregate=job.aggregate, gmm_scope=job.gmm_scope, afr_recipe=job.afr_recipe, group=job.group,
+                       seed=job.seed, accumulate=job.accumulate)
     methods = _validate(job, base)
-    if job.out is not None:
-        check_writable(job.out, job.force)
     seed_everything(job.seed)
     timings: dict[str, float] = {}
 
@@ -113,6 +167,7 @@ def run_job(job: PruneJob, bar=None) -> dict:
     loaded = load_model(job.model, device=job.device, dtype=job.dtype, purpose="gradients")
     model, tokenizer = loaded.model, loaded.tokenizer
     timings["load_s"] = time.perf_counter() - t0
+    _check_units(model, job)
 
     calib = job.calib
     if calib == "auto":
@@ -125,12 +180,11 @@ def run_job(job: PruneJob, bar=None) -> dict:
             raise BadOptionError(f"{job.scores} holds {stats.meta.get('target', 'ffn')} scores, not --target {job.target}")
     else:
         windows, calib_desc = calibration_windows(model, tokenizer, calib, job.nsamples, job.seqlen, job.seed)
-        need = needs(methods)
-        task = bar.add_task("calibrating (forward+backward)", total=windows.shape[0]) if bar else None
-        stats = calibrate.collect(
-            model, windows, refer=need["refer"], snip=need["snip"], feature_mode=job.feature_mode, target=job.target,
-            progress=(lambda n: bar.advance(task, n)) if bar else None,
-        )
+        clips = job.accumulate == "per-window" and any("gmm" in parse_method(m, base)[1].aggregate for m in methods)
+        task = bar.add_task("calibrating (forward+backward" + (", GMM per window)" if clips else ")"),
+                            total=windows.shape[0]) if bar else None
+        stats = collect_for(model, windows, methods, base, gmm_refit=job.gmm_refit, feature_mode=job.feature_mode,
+                            target=job.target, progress=(lambda n: bar.advance(task, n)) if bar else None)
         if job.save_scores:
             save_stats(job.save_scores, stats, model)
     timings["calibrate_s"] = time.perf_counter() - t0
@@ -174,6 +228,7 @@ def run_job(job: PruneJob, bar=None) -> dict:
         "ratio": job.ratio,
         "target": job.target,
         "allocation": job.allocation,
+        "accumulate": job.accumulate,
         "calibration": {"source": calib_desc, "nsamples": stats.windows, "tokens": stats.tokens, **stats.meta},
         "params_before": dense["params"],
         "params_after": primary[1]["params_after"],

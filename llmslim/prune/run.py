@@ -1,7 +1,7 @@
 """The prune pipeline as plain functions: calibrate -> score -> allocate -> apply.
 
-`prune.run`-style use from Python:
-    stats = calibrate.collect(model, windows)
+From Python:
+    stats = collect_for(model, windows, ["afr", "flap"])
     report = prune_model(model, stats, PruneConfig(ratio=0.5))
 `method` names a score from scores.SCORES, optionally with an aggregation: "afr:mean-abs".
 """
@@ -22,7 +22,8 @@ from llmslim.core.errors import BadOptionError, DataError
 from llmslim.prune.aggregate import AGGREGATIONS
 from llmslim.prune.allocate import allocate
 from llmslim.prune.apply import check_head_pruning, count_params, flap_bias, prune_units
-from llmslim.prune.calibrate import CalibStats
+from llmslim.prune.accumulate import PerWindow, window_keys
+from llmslim.prune.calibrate import CalibStats, collect
 from llmslim.prune.units import layer_units, weight_groups
 from llmslim.prune.scores import ScoreConfig, get_score
 
@@ -56,6 +57,27 @@ def parse_method(method: str, base: ScoreConfig) -> tuple[str, ScoreConfig]:
 def needs(methods: list[str]) -> dict:
     names = {m.partition(":")[0] for m in methods}
     return {"snip": bool(names & GRADIENT_SCORES - {"refer"}), "refer": bool(names & REFER_SCORES)}
+
+
+def collect_for(model, windows: torch.Tensor, methods: list[str], base: ScoreConfig | None = None,
+                gmm_refit: str = "every", **kwargs) -> CalibStats:
+    """One calibration pass that gathers what `methods` need under `base` (its accumulation
+    order, grouping, GMM scope): per-window per-neuron sums, and signed per-weight sums where
+    the signed-sum order or LLM-Pruner (a batch gradient) needs them. kwargs go to collect."""
+    base = base or ScoreConfig()
+    parsed = [(m, *parse_method(m, base)) for m in methods]
+    need = needs(methods)
+    per_window = None
+    if base.accumulate == "per-window":
+        keys = window_keys([(name, cfg.aggregate, cfg.afr_recipe) for _, name, cfg in parsed])
+        if keys:
+            per_window = PerWindow(keys, group=base.group, gmm_scope=base.gmm_scope, gmm_refit=gmm_refit, seed=base.seed)
+    if base.accumulate == "signed-sum":
+        per_weight = ("snip", "refer")
+    else:
+        per_weight = ("snip",) if any(name.startswith("llm-pruner") for _, name, _ in parsed) else ()
+    return collect(model, windows, refer=need["refer"], snip=need["snip"], per_window=per_window,
+                   per_weight=per_weight, **kwargs)
 
 
 # ------------------------------------------------------------------ calibration data

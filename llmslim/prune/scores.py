@@ -17,7 +17,8 @@ from typing import Callable
 import torch
 
 from llmslim.core.errors import BadOptionError
-from llmslim.prune.aggregate import aggregate, gmm_scope_clip
+from llmslim.prune.aggregate import aggregate, gmm_scope_clip, regroup, zscore_all
+from llmslim.prune.accumulate import AFTER_CLIP
 from llmslim.prune.calibrate import CalibStats
 
 
@@ -33,6 +34,9 @@ class ScoreConfig:
     # "concat" (all of a neuron's weights) or "sum" (gate+up+down elementwise, the reference code)
     group: str = "concat"
     seed: int = 0
+    # "per-window" (reference code): aggregate each window's scores per neuron, sum over
+    # windows; "signed-sum": sum the signed per-weight scores over windows, aggregate once
+    accumulate: str = "per-window"
 
 
 ScoreFn = Callable[[CalibStats, list, ScoreConfig], list[torch.Tensor]]
@@ -62,20 +66,9 @@ def part_sizes(stats: CalibStats) -> list[int]:
     return [stats.meta["hidden"]] * stats.meta.get("parts", 3)  # scores files from before attn
 
 
-def _regroup(groups: torch.Tensor, mode: str, sizes: list[int]) -> torch.Tensor:
-    if mode == "concat":
-        return groups
-    if mode == "sum":
-        if len(set(sizes)) != 1:
-            raise BadOptionError("--group sum needs equal-sized parts (FFN neurons); use concat for attention heads")
-        return groups.reshape(groups.shape[0], len(sizes), -1).sum(1)
-    raise BadOptionError(f"unknown weight grouping {mode!r}; use concat or sum")
-
-
 # The GMM fit is the slow step (seconds per layer); `gmm` and `abs+gmm` clip the same values
 # and differ only after clipping, so clipped scores are kept in `stats.cache` and reused across
 # aggregations and pruning ratios.
-AFTER_CLIP = {"gmm": "mean-abs", "abs+gmm": "abs"}
 
 
 def clipped(stats: CalibStats, which: str, per_layer: list[torch.Tensor], cfg: ScoreConfig, progress=None) -> list[torch.Tensor]:
@@ -85,31 +78,51 @@ def clipped(stats: CalibStats, which: str, per_layer: list[torch.Tensor], cfg: S
         sizes = part_sizes(stats)
         out = []
         for i, s in enumerate(per_layer):
-            out.append(gmm_scope_clip(_regroup(s.float(), cfg.group, sizes), cfg.gmm_scope, cfg.seed + i))
+            out.append(gmm_scope_clip(regroup(s.float(), cfg.group, sizes), cfg.gmm_scope, cfg.seed + i))
             if progress:
                 progress(1)
         stats.cache[key] = out
     return stats.cache[key]
 
 
-def _agg(stats: CalibStats, which: str, per_layer: list[torch.Tensor], cfg: ScoreConfig) -> list[torch.Tensor]:
+def _agg(stats: CalibStats, which: str, per_layer, cfg: ScoreConfig) -> list[torch.Tensor]:
+    """Per-neuron scores of `which` ("afr", "snip", "refer") under cfg; `per_layer` is a
+    callable giving the signed per-weight sums (signed-sum order only)."""
+    if cfg.accumulate == "per-window":
+        return _per_window(stats, f"{which}:{cfg.aggregate}", cfg)
+    if cfg.accumulate != "signed-sum":
+        raise BadOptionError(f"unknown --accumulate {cfg.accumulate!r}; use per-window or signed-sum")
+    per_layer = per_layer()
     if cfg.aggregate in AFTER_CLIP:
         return [aggregate(AFTER_CLIP[cfg.aggregate], c) for c in clipped(stats, which, per_layer, cfg)]
-    return [aggregate(cfg.aggregate, _regroup(s.float(), cfg.group, part_sizes(stats))) for s in per_layer]
+    return [aggregate(cfg.aggregate, regroup(s.float(), cfg.group, part_sizes(stats))) for s in per_layer]
+
+
+def _per_window(stats: CalibStats, key: str, cfg: ScoreConfig) -> list[torch.Tensor]:
+    if key not in stats.neuron:
+        have = ", ".join(sorted(stats.neuron)) or "none"
+        raise BadOptionError(f"these calibration stats have no per-window {key} scores (have: {have}); "
+                             "recalibrate with this method, or use --accumulate signed-sum")
+    settings = stats.meta.get("per_window", {})
+    for name in ("group", "gmm_scope"):
+        if name in settings and settings[name] != getattr(cfg, name):
+            raise BadOptionError(f"these per-window scores were accumulated with --{name.replace('_', '-')} "
+                                 f"{settings[name]}, not {getattr(cfg, name)}; recalibrate")
+    return [t.float() for t in stats.neuron[key]]
 
 
 def afr_weight_scores(stats: CalibStats) -> list[torch.Tensor]:
     """z(ReFer) + z(SNIP) per weight, each standardised over the whole model (the paper)."""
     if "afr" not in stats.cache:
         refer, snip = _need(stats, "refer", "afr"), _need(stats, "snip", "afr")
-        stats.cache["afr"] = [a + b for a, b in zip(_zscore_all(refer), _zscore_all(snip))]
+        stats.cache["afr"] = [a + b for a, b in zip(zscore_all(refer), zscore_all(snip))]
     return stats.cache["afr"]
 
 
 def gmm_inputs(stats: CalibStats, name: str, cfg: ScoreConfig) -> dict[str, list[torch.Tensor]]:
     """The per-weight scores a GMM-aggregated method clips (empty when it clips nothing), so a
     caller can clip them up front with a progress bar."""
-    if cfg.aggregate not in AFTER_CLIP:
+    if cfg.aggregate not in AFTER_CLIP or cfg.accumulate != "signed-sum":
         return {}
     if name == "afr":
         if cfg.afr_recipe == "paper":
@@ -118,13 +131,6 @@ def gmm_inputs(stats: CalibStats, name: str, cfg: ScoreConfig) -> dict[str, list
     if name in ("snip", "refer"):
         return {name: _need(stats, name, name)}
     return {}
-
-
-def _zscore_all(per_layer: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Standardise over every value of every layer (one mean, one std for the model)."""
-    flat = torch.cat([t.reshape(-1).double() for t in per_layer])
-    mean, std = flat.mean(), flat.std()
-    return [((t.double() - mean) / std).float() for t in per_layer]
 
 
 def _need(stats: CalibStats, field: str, score: str) -> list[torch.Tensor]:
@@ -137,13 +143,12 @@ def _need(stats: CalibStats, field: str, score: str) -> list[torch.Tensor]:
 @register_score("afr")
 def afr(stats, weights, cfg):
     """AFR = z(ReFer) + z(SNIP), aggregated per neuron (recipe: see ScoreConfig.afr_recipe)."""
-    refer, snip = _need(stats, "refer", "afr"), _need(stats, "snip", "afr")
     if cfg.afr_recipe == "paper":
-        return _agg(stats, "afr", afr_weight_scores(stats), cfg)
+        return _agg(stats, "afr", lambda: afr_weight_scores(stats), cfg)
     if cfg.afr_recipe == "reference":
-        r = _agg(stats, "refer", refer, cfg)
-        s = [v * v for v in _agg(stats, "snip", snip, cfg)]
-        zr, zs = _zscore_all(r), _zscore_all(s)
+        r = _agg(stats, "refer", lambda: _need(stats, "refer", "afr"), cfg)
+        s = [v * v for v in _agg(stats, "snip", lambda: _need(stats, "snip", "afr"), cfg)]
+        zr, zs = zscore_all(r), zscore_all(s)
         return [a + b for a, b in zip(zr, zs)]
     raise BadOptionError(f"unknown AFR recipe {cfg.afr_recipe!r}; use paper or reference")
 
@@ -151,13 +156,13 @@ def afr(stats, weights, cfg):
 @register_score("snip")
 def snip_only(stats, weights, cfg):
     """SNIP alone: θ ⊙ ∂L/∂θ per weight, same aggregation as AFR."""
-    return _agg(stats, "snip", _need(stats, "snip", "snip"), cfg)
+    return _agg(stats, "snip", lambda: _need(stats, "snip", "snip"), cfg)
 
 
 @register_score("refer")
 def refer_only(stats, weights, cfg):
     """ReFer alone: θ ⊙ ∂F/∂θ per weight (F = summed mean singular values), same aggregation."""
-    return _agg(stats, "refer", _need(stats, "refer", "refer"), cfg)
+    return _agg(stats, "refer", lambda: _need(stats, "refer", "refer"), cfg)
 
 
 @register_score("magnitude")

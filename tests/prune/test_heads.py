@@ -6,17 +6,18 @@ import torch
 from llmslim.core.errors import BadOptionError, UnsupportedArchitectureError
 from llmslim.prune.apply import prune_heads
 from llmslim.prune.calibrate import collect
-from llmslim.prune.run import PruneConfig, prune_model
+from llmslim.prune.run import PruneConfig, collect_for, prune_model
 from llmslim.prune.units import layer_units, weight_groups
 from tests.conftest import FAMILIES, tiny_model
 
 WINDOWS = torch.randint(0, 128, (3, 24), generator=torch.Generator().manual_seed(0))
+METHODS = ["afr", "afr:mean-abs", "snip", "magnitude", "wanda-sp", "flap", "llm-pruner-vector", "llm-pruner-element"]
 HD = 16  # tiny models: hidden 64, 4 query heads, 2 kv heads -> head_dim 16, 2 query heads per group
 
 
 @pytest.fixture(scope="module")
 def attn_stats():
-    return collect(tiny_model("llama"), WINDOWS, target="attn")
+    return collect_for(tiny_model("llama"), WINDOWS, METHODS, target="attn")
 
 
 def test_head_group_layout_matches_hand_slicing():
@@ -58,7 +59,7 @@ def test_removing_silent_kv_groups_keeps_outputs(family):
         torch.testing.assert_close(model(WINDOWS).logits, before, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["afr", "afr:mean-abs", "snip", "magnitude", "wanda-sp", "flap", "llm-pruner-vector", "llm-pruner-element"])
+@pytest.mark.parametrize("method", METHODS)
 def test_every_method_prunes_heads_and_reloads(tmp_path, attn_stats, method):
     from transformers import AutoModelForCausalLM
 

@@ -7,20 +7,21 @@ import torch
 
 from llmslim.core.arch import adapter_for, text_config
 from llmslim.prune.calibrate import collect
-from llmslim.prune.run import PruneConfig, load_stats, neuron_scores, prune_model, save_stats
+from llmslim.prune.run import PruneConfig, collect_for, load_stats, neuron_scores, prune_model, save_stats
 from llmslim.prune.scores import ScoreConfig
 from tests.conftest import tiny_model
 
 WINDOWS = torch.randint(0, 128, (3, 24), generator=torch.Generator().manual_seed(0))
+METHODS = ["afr", "afr:mean-abs", "afr:trim", "snip", "refer", "magnitude", "wanda-sp", "flap", "llm-pruner-vector"]
 
 
 @pytest.fixture(scope="module")
 def stats_and_model():
     model = tiny_model("llama")
-    return collect(model, WINDOWS), model
+    return collect_for(model, WINDOWS, METHODS), model
 
 
-@pytest.mark.parametrize("method", ["afr", "afr:mean-abs", "afr:trim", "snip", "refer", "magnitude", "wanda-sp", "flap", "llm-pruner-vector"])
+@pytest.mark.parametrize("method", METHODS)
 def test_every_method_prunes_and_runs(stats_and_model, method):
     stats, base = stats_and_model
     model = tiny_model("llama")

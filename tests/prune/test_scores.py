@@ -48,8 +48,8 @@ def test_flap_fluctuation_times_column_energy_standardised():
 
 def test_snip_mean_abs_vs_abs():
     st = stats(snip=S)
-    mean_abs = get_score("snip")(st, W, ScoreConfig(aggregate="mean-abs"))[0]
-    signed = get_score("snip")(st, W, ScoreConfig(aggregate="abs"))[0]
+    mean_abs = get_score("snip")(st, W, ScoreConfig(aggregate="mean-abs", accumulate="signed-sum"))[0]
+    signed = get_score("snip")(st, W, ScoreConfig(aggregate="abs", accumulate="signed-sum"))[0]
     torch.testing.assert_close(mean_abs, torch.tensor([2.0, 0.1]))
     torch.testing.assert_close(signed, torch.tensor([0.0, 0.1]))  # signs cancel in neuron 0
 
@@ -57,7 +57,7 @@ def test_snip_mean_abs_vs_abs():
 def test_afr_paper_recipe_zscores_each_then_sums():
     refer = [torch.tensor([[2.0, 2.0, 2.0, 2.0, 2.0, 2.0], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])]
     st = stats(snip=S, refer=refer)
-    out = get_score("afr")(st, W, ScoreConfig(aggregate="abs", afr_recipe="paper"))[0]
+    out = get_score("afr")(st, W, ScoreConfig(aggregate="abs", afr_recipe="paper", accumulate="signed-sum"))[0]
     flat_r, flat_s = refer[0].flatten(), S[0].flatten()
     zr = (refer[0] - flat_r.mean()) / flat_r.std()
     zs = (S[0] - flat_s.mean()) / flat_s.std()
@@ -67,7 +67,7 @@ def test_afr_paper_recipe_zscores_each_then_sums():
 def test_afr_reference_recipe_squares_snip():
     refer = [torch.tensor([[2.0] * 6, [1.0] * 6])]
     st = stats(snip=S, refer=refer)
-    out = get_score("afr")(st, W, ScoreConfig(aggregate="abs", afr_recipe="reference"))[0]
+    out = get_score("afr")(st, W, ScoreConfig(aggregate="abs", afr_recipe="reference", accumulate="signed-sum"))[0]
     r = torch.tensor([2.0, 1.0])
     s = torch.tensor([0.0, 0.1]) ** 2
     torch.testing.assert_close(out, (r - r.mean()) / r.std() + (s - s.mean()) / s.std())
@@ -75,7 +75,7 @@ def test_afr_reference_recipe_squares_snip():
 
 def test_group_sum_adds_parts_elementwise():
     st = stats(snip=S)
-    out = get_score("snip")(st, W, ScoreConfig(aggregate="mean-abs", group="sum"))[0]
+    out = get_score("snip")(st, W, ScoreConfig(aggregate="mean-abs", group="sum", accumulate="signed-sum"))[0]
     # neuron 0: gate+up+down = [1+2+3, -1-2-3] -> mean |.| = 6
     torch.testing.assert_close(out, torch.tensor([6.0, 0.3]))
 
@@ -87,4 +87,6 @@ def test_unknown_score_suggests():
 
 def test_missing_gradients_is_clear():
     with pytest.raises(BadOptionError, match="needs SNIP"):
-        get_score("snip")(stats(), W, ScoreConfig())
+        get_score("snip")(stats(), W, ScoreConfig(accumulate="signed-sum"))
+    with pytest.raises(BadOptionError, match="no per-window snip:abs"):
+        get_score("snip")(stats(), W, ScoreConfig(aggregate="abs"))

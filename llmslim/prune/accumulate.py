@@ -1,0 +1,123 @@
+"""Per-window accumulation: each calibration window's scores become per-neuron importances at
+once, and those are summed over windows.
+
+The AFR reference code (RyotaKoba/AFR-St, lib/prune.py, `Structured_AFR` and
+`structured_snip`) does this: per window, the per-weight scores θ·∇ of a layer are grouped by
+neuron, cleaned (trimmed, or GMM-clipped in its commented-out variant), reduced by a signed
+mean and |·|, and added to a per-neuron buffer; a neuron scores Σ_windows |mean θ∇|. The other
+order (`--accumulate signed-sum`) sums the signed θ·∇ over windows first and aggregates once,
+|Σ_windows mean θ∇|: for a pretrained model each window's term is roughly zero-mean, so that
+sum is one noisy draw while the per-window sum averages magnitudes (docs/prune.md measures
+both).
+
+Per window and per requested (kind, aggregation):
+- kind "afr" (the paper's recipe): ReFer and SNIP are z-scored over every scored weight of
+  the model *in this window*, added, grouped by neuron, then aggregated;
+- kind "snip" / "refer": the raw scores, grouped and aggregated (the reference recipe of AFR
+  combines these two sums at the end: scores.py).
+GMM clipping is fitted per window (`gmm_refit="every"`, what the reference's per-window
+cleaning implies) or fitted on the first window and reused for the rest (`"once"`: the
+mixture is kept in standardised units and each later window's values are clipped under it,
+no EM; prune/gmm.py `gmm_apply`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from llmslim.core.errors import BadOptionError
+from llmslim.prune.aggregate import AGGREGATIONS, SCOPES, aggregate, regroup, zscore_all
+from llmslim.prune.gmm import gmm_apply, gmm_clip
+
+ACCUMULATIONS = ("per-window", "signed-sum")
+GMM_REFITS = ("every", "once")
+KINDS = ("afr", "snip", "refer")
+# aggregations that clip first, and what they apply to the clipped values
+AFTER_CLIP = {"gmm": "mean-abs", "abs+gmm": "abs"}
+
+
+@dataclass
+class PerWindow:
+    """Per-neuron sums over windows for each requested "kind:aggregation" key."""
+
+    keys: list[str]
+    group: str = "concat"
+    gmm_scope: str = "neuron"
+    gmm_refit: str = "every"
+    seed: int = 0
+    part_sizes: list[int] | None = None  # set by the caller: values per weight matrix in a group
+    sums: dict[str, list[Tensor]] = field(default_factory=dict)
+    windows: int = 0
+    _mixtures: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        for key in self.keys:
+            kind, _, agg = key.partition(":")
+            if kind not in KINDS or agg not in AGGREGATIONS:
+                raise BadOptionError(f"per-window key {key!r}: want kind:aggregation with kind in {', '.join(KINDS)}")
+        if self.gmm_scope not in SCOPES:
+            raise BadOptionError(f"unknown --gmm-scope {self.gmm_scope!r}; use {' or '.join(SCOPES)}")
+        if self.gmm_refit not in GMM_REFITS:
+            raise BadOptionError(f"unknown --gmm-refit {self.gmm_refit!r}; use {' or '.join(GMM_REFITS)}")
+
+    def settings(self) -> dict:
+        return {"group": self.group, "gmm_scope": self.gmm_scope, "gmm_refit": self.gmm_refit, "seed": self.seed,
+                "windows": self.windows}
+
+    def needs(self) -> set[str]:
+        """The raw scores ("snip", "refer") the keys need."""
+        kinds = {k.partition(":")[0] for k in self.keys}
+        return ({"snip", "refer"} if "afr" in kinds else set()) | (kinds - {"afr"})
+
+    def fold(self, window: dict[str, list[Tensor]]) -> None:
+        """Add one window: `window` maps "snip" / "refer" to per-layer grouped scores [units, values]."""
+        for kind in dict.fromkeys(k.partition(":")[0] for k in self.keys):
+            aggs = [k.partition(":")[2] for k in self.keys if k.partition(":")[0] == kind]
+            for layer, values in enumerate(self._values(kind, window)):
+                values = regroup(values.float(), self.group, self.part_sizes)
+                clipped = None
+                for agg in aggs:
+                    if agg in AFTER_CLIP:
+                        if clipped is None:
+                            clipped = self._clip(kind, layer, values)
+                        out = aggregate(AFTER_CLIP[agg], clipped)
+                    else:
+                        out = aggregate(agg, values)
+                    buf = self.sums.setdefault(f"{kind}:{agg}", [])
+                    if len(buf) <= layer:
+                        buf.append(torch.zeros_like(out))
+                    buf[layer] += out
+        self.windows += 1
+
+    def _values(self, kind: str, window: dict[str, list[Tensor]]) -> list[Tensor]:
+        if kind != "afr":
+            return window[kind]
+        # the paper's recipe, per window: z-score each over the model's weights, then add
+        return [r + s for r, s in zip(zscore_all(window["refer"]), zscore_all(window["snip"]))]
+
+    def _clip(self, kind: str, layer: int, values: Tensor) -> Tensor:
+        rows = values if self.gmm_scope == "neuron" else values.reshape(1, -1)
+        key = (kind, layer)
+        if self.gmm_refit == "once" and key in self._mixtures:
+            out = gmm_apply(rows, self._mixtures[key])
+        else:
+            out, info = gmm_clip(rows, seed=self.seed + layer, return_info=True)
+            if self.gmm_refit == "once":
+                self._mixtures[key] = info.mixture
+        return out.reshape(values.shape)
+
+
+def window_keys(methods: list[tuple[str, str, str]]) -> list[str]:
+    """The per-window buffers that (score name, aggregation, AFR recipe) triples need."""
+    keys = []
+    for name, agg, recipe in methods:
+        if name == "afr" and recipe == "paper":
+            keys.append(f"afr:{agg}")
+        elif name == "afr":
+            keys += [f"refer:{agg}", f"snip:{agg}"]
+        elif name in ("snip", "refer"):
+            keys.append(f"{name}:{agg}")
+    return list(dict.fromkeys(keys))
