@@ -1,18 +1,24 @@
-"""Batched torch GMM clipping vs sklearn, one GaussianMixture fit per K per vector.
+"""GMM clipping: the fast torch fit and the exact (sklearn-reproducing) torch fit vs sklearn,
+one GaussianMixture fit per K per vector, on the same rows in one process.
 
-    .venv/bin/python benchmarks/gmm_speed.py                          # 1536 synthetic neurons x 1728
-    .venv/bin/python benchmarks/gmm_speed.py --scores scores.pt --limit 64
-    .venv/bin/python benchmarks/gmm_speed.py --n 256 --limit 32 --threads 2
+    # real rows: one calibration window of SmolLM2's AFR scores (per-weight, 46,080 neurons)
+    .venv/bin/llmslim prune smollm2-135m --nsamples 1 --seqlen 512 --calib wikitext2 \
+        --accumulate signed-sum --method afr:abs --save-scores runs/window1.pt
+    .venv/bin/python benchmarks/gmm_speed.py --scores runs/window1.pt --threads 2
+    .venv/bin/python benchmarks/gmm_speed.py                    # 1536 synthetic neurons x 1728
 
-The torch side clips all N vectors in one gmm_clip call (on --device). sklearn fits every
-vector on its own, so it runs on --limit of them (spread evenly over the N) and its total
-for N is extrapolated as N x its mean time per vector; the output says so. K agreement and
-bound gaps are over those --limit vectors. The same is then done for layer scope: one row
-of all N x m values, fitted on a 2**16-value subsample, the same positions on both sides.
+The fast fit clips all N vectors in one gmm_clip call (on --device) and is timed on all of
+them. The exact fit runs on --exact-limit of them, sklearn on --limit (spread evenly over the
+N); their totals for N are extrapolated from the mean time per vector, and the output says
+so. Agreement (same K; both clip bounds equal to 1e-6 row std) is measured over the --limit
+vectors: fast vs sklearn, exact vs sklearn, and sklearn with seed+1 vs sklearn - the last
+is how much sklearn agrees with itself, the bar the fast fit has to clear. Then layer scope:
+one row of all N x m values, fitted on a 2**16-value subsample on both sides.
 
---scores: a torch .pt holding a tensor [rows, values] or a dict / list of them (rows of the
-first width found are used). Default data: heavy-tailed synthetic rows shaped like
-per-neuron weight x gradient scores (tests/prune/test_gmm.py uses the same recipe).
+--scores: an llmslim scores file with per-weight "snip" and "refer" (then the rows are the
+paper's per-window AFR scores, z(ReFer) + z(SNIP)), or a .pt tensor [rows, values] or a dict
+/ list of them (rows of the first width found). Default data: heavy-tailed synthetic rows
+shaped like per-neuron weight x gradient scores (tests/prune/test_gmm.py's recipe).
 Both sides get --threads CPU threads (default 1: the numbers are per core, and extra
 threads on a shared machine mostly wait on each other).
 Writes benchmarks/results/gmm_speed.json.
@@ -35,7 +41,8 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--n", type=int, default=1536, help="neuron vectors (synthetic)")
 parser.add_argument("--m", type=int, default=1728, help="values per vector (synthetic)")
 parser.add_argument("--scores", default=None, help=".pt of real score vectors instead of synthetic")
-parser.add_argument("--limit", type=int, default=96, help="vectors timed with sklearn")
+parser.add_argument("--limit", type=int, default=96, help="vectors fitted by sklearn (twice: seed, seed+1)")
+parser.add_argument("--exact-limit", type=int, default=3072, help="vectors timed with the exact torch fit")
 parser.add_argument("--threads", type=int, default=1)
 parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 parser.add_argument("--seed", type=int, default=0)
@@ -68,6 +75,10 @@ def heavy_tailed_rows(n: int, m: int, seed: int) -> np.ndarray:
 
 def load_scores(path: str) -> torch.Tensor:
     obj = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(obj, dict) and obj.get("snip") and obj.get("refer"):
+        from llmslim.prune.aggregate import zscore_all
+
+        return torch.cat([r + s for r, s in zip(zscore_all(obj["refer"]), zscore_all(obj["snip"]))])
     items = [obj] if isinstance(obj, torch.Tensor) else list(obj.values() if isinstance(obj, dict) else obj)
     rows = [t.reshape(-1, t.shape[-1]).float() for t in items if isinstance(t, torch.Tensor) and t.dim() >= 1]
     return torch.cat([r for r in rows if r.shape[1] == rows[0].shape[1]])
@@ -103,31 +114,44 @@ print(f"{n} vectors x {m} values ({source}); torch on {args.device}, sklearn on 
       f"{args.threads} thread(s)")
 
 # --- neuron scope: one mixture per vector ---------------------------------------------------
+def agreement(k_a, lo_a, up_a, ref, std):
+    gap = np.maximum(np.abs(np.asarray(lo_a) - np.array([r["lower"] for r in ref])),
+                     np.abs(np.asarray(up_a) - np.array([r["upper"] for r in ref]))) / std
+    return dict(same_k=float((np.asarray(k_a) == np.array([r["k"] for r in ref])).mean()),
+                bounds_equal=float((gap <= 1e-6).mean()), median_bound_gap_std=float(np.median(gap)),
+                max_bound_gap_std=float(gap.max()))
+
+
+exact_pick = np.unique(np.linspace(0, n - 1, min(args.exact_limit, n)).round().astype(int))
 with threadpool_limits(args.threads):
     gmm_clip(X_dev[:8], seed=args.seed)  # warm-up (and sklearn's imports, below)
     sklearn_gmm_clip(X[0].numpy(), seed=args.seed)
-    (_, info), t_torch = timed(lambda: gmm_clip(X_dev, seed=args.seed, return_info=True))
+    (_, info), t_fast = timed(lambda: gmm_clip(X_dev, seed=args.seed, return_info=True, fit="fast"))
+    (_, einfo), t_exact_part = timed(lambda: gmm_clip(X_dev[exact_pick], seed=args.seed, return_info=True, fit="exact"))
+    (_, einfo_pick), _ = timed(lambda: gmm_clip(X_dev[pick], seed=args.seed, return_info=True, fit="exact"))
     t0 = time.perf_counter()
     ref = [sklearn_gmm_clip(X[i].numpy(), seed=args.seed, return_info=True)[1] for i in pick]
     t_sk_part = time.perf_counter() - t0
+    ref_other = [sklearn_gmm_clip(X[i].numpy(), seed=args.seed + 1, return_info=True)[1] for i in pick]
 
-t_sk_vec = t_sk_part / len(pick)
-t_sk_all = t_sk_vec * n
 std = X[pick].double().std(1).numpy()
-k_torch, k_sk = info.k.cpu().numpy()[pick], np.array([r["k"] for r in ref])
-gaps = np.maximum(
-    gap_in_std(info.lower.cpu().numpy()[pick], np.array([r["lower"] for r in ref]), std),
-    gap_in_std(info.upper.cpu().numpy()[pick], np.array([r["upper"] for r in ref]), std),
-)
+t_sk_all = t_sk_part / len(pick) * n
+t_exact_all = t_exact_part / len(exact_pick) * n
+cpu = lambda t: t.cpu().numpy()  # noqa: E731
+fast_vs_sk = agreement(cpu(info.k)[pick], cpu(info.lower)[pick], cpu(info.upper)[pick], ref, std)
+exact_vs_sk = agreement(cpu(einfo_pick.k), cpu(einfo_pick.lower), cpu(einfo_pick.upper), ref, std)
+sk_vs_sk = agreement([r["k"] for r in ref_other], [r["lower"] for r in ref_other], [r["upper"] for r in ref_other], ref, std)
 clipped = (info.n_low + info.n_high).cpu().numpy() / m
 neuron = dict(
-    torch_s=t_torch, torch_per_vector_ms=1e3 * t_torch / n,
-    sklearn_measured_vectors=len(pick), sklearn_measured_s=t_sk_part, sklearn_per_vector_ms=1e3 * t_sk_vec,
-    sklearn_extrapolated_s=t_sk_all, speedup=t_sk_all / t_torch,
-    k_agreement=float((k_torch == k_sk).mean()), bounds_equal=float((gaps <= 1e-6).mean()),
-    max_bound_gap_std=float(gaps.max()),
-    k_hist_torch=np.bincount(info.k.cpu().numpy(), minlength=6)[1:].tolist(),
-    k_hist_sklearn_subset=np.bincount(k_sk, minlength=6)[1:].tolist(),
+    fast_s=t_fast, fast_rows_per_s=n / t_fast,
+    exact_measured_vectors=len(exact_pick), exact_measured_s=t_exact_part, exact_extrapolated_s=t_exact_all,
+    exact_rows_per_s=n / t_exact_all,
+    sklearn_measured_vectors=len(pick), sklearn_measured_s=t_sk_part, sklearn_extrapolated_s=t_sk_all,
+    sklearn_rows_per_s=n / t_sk_all,
+    speedup_fast_vs_sklearn=t_sk_all / t_fast, speedup_fast_vs_exact=t_exact_all / t_fast,
+    fast_vs_sklearn=fast_vs_sk, exact_vs_sklearn=exact_vs_sk, sklearn_other_seed_vs_sklearn=sk_vs_sk,
+    k_hist_fast=np.bincount(cpu(info.k), minlength=6)[1:].tolist(),
+    k_hist_sklearn_subset=np.bincount([r["k"] for r in ref], minlength=6)[1:].tolist(),
     clipped_frac_mean=float(clipped.mean()), clipped_frac_max=float(clipped.max()),
 )
 
@@ -148,31 +172,32 @@ if not args.no_layer:
 
 # --- report ----------------------------------------------------------------------------------
 print()
-sk_cell = f"{t_sk_all:.1f} extrapolated ({1e3 * t_sk_vec:.0f} ms x {n})"
-table = [
-    ("scope", "torch (s)", "sklearn (s)", "speed-up", "same K", "bounds equal", "max bound gap"),
-    ("neuron", f"{t_torch:.2f}", sk_cell, f"{neuron['speedup']:.1f}x", f"{neuron['k_agreement']:.1%}",
-     f"{neuron['bounds_equal']:.1%}", f"{neuron['max_bound_gap_std']:.2g} std"),
-]
-if layer:
-    table.append(("layer", f"{layer['torch_s']:.2f}", f"{layer['sklearn_s']:.1f} measured", f"{layer['speedup']:.1f}x",
-                  "yes" if layer["k_torch"] == layer["k_sklearn"] else "no", "", f"{layer['max_bound_gap_std']:.2g} std"))
-widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-for j, row in enumerate(table):
+rows = [("fit", "time for all rows (s)", "rows/s", "same K as sklearn", "bounds equal", "median gap (std)")]
+for name, t, measured, agree in (
+    ("fast (default)", t_fast, "measured", fast_vs_sk),
+    ("exact torch", t_exact_all, f"from {len(exact_pick)}", exact_vs_sk),
+    (f"sklearn seed {args.seed + 1}", t_sk_all, f"from {len(pick)}", sk_vs_sk),
+):
+    rows.append((name, f"{t:.1f} ({measured})", f"{n / t:.0f}", f"{agree['same_k']:.1%}", f"{agree['bounds_equal']:.1%}",
+                 f"{agree['median_bound_gap_std']:.2g}"))
+widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+for j, row in enumerate(rows):
     print("| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |")
     if j == 0:
         print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-print()
-print(f"sklearn timed on {len(pick)} of {n} vectors ({t_sk_part:.1f} s); its {n}-vector time is that mean x {n}, "
-      f"not measured. K agreement and bound gaps are over those {len(pick)} vectors.")
-print(f"K chosen by torch over all {n}: {dict(zip(range(1, 6), neuron['k_hist_torch']))}; "
+print(f"\nfast vs sklearn: {t_sk_all / t_fast:.1f}x, fast vs exact: {t_exact_all / t_fast:.1f}x "
+      f"(sklearn's time is per-row mean x {n}; agreement over {len(pick)} rows against sklearn seed {args.seed})")
+print(f"K chosen by the fast fit over all {n}: {dict(zip(range(1, 6), neuron['k_hist_fast']))}; "
       f"values clipped per vector: mean {neuron['clipped_frac_mean']:.2%}, max {neuron['clipped_frac_max']:.2%}")
+if layer:
+    print(f"layer scope ({layer['values']} values): torch {layer['torch_s']:.2f} s, sklearn {layer['sklearn_s']:.1f} s, "
+          f"same K: {layer['k_torch'] == layer['k_sklearn']}, bound gap {layer['max_bound_gap_std']:.2g} std")
 
 Path(args.out).parent.mkdir(parents=True, exist_ok=True)
 result = dict(
     n=n, m=m, source=source, device=args.device, threads=args.threads, seed=args.seed,
     torch_version=torch.__version__, neuron=neuron, layer=layer,
-    note="sklearn_extrapolated_s = sklearn_per_vector_ms x n, measured on sklearn_measured_vectors vectors",
+    note="*_extrapolated_s = mean time per vector x n, measured on *_measured_vectors vectors",
 )
 Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
 print(f"wrote {args.out}")

@@ -1,8 +1,14 @@
 """AFR Table 2/3 analogue on SmolLM2-135M-Instruct: every AFR aggregation and every baseline,
-pruned from the same calibration scores, no recovery training.
+in both accumulation orders, pruned from one calibration pass, no recovery training.
 
     .venv/bin/python benchmarks/prune_table.py                       # paper setting (slow on CPU)
-    .venv/bin/python benchmarks/prune_table.py --nsamples 32 --seqlen 512 --limit 1000 --ppl-limit 40
+    .venv/bin/python benchmarks/prune_table.py --nsamples 32 --seqlen 512 --tasks "" --ppl-limit 16 \
+        --methods "$(python benchmarks/prune_table.py --print-orders)"
+
+Method specs: "afr:abs" (per-window accumulation, the default), "afr:abs@signed-sum" (the
+other order), "@reference" / "@sum" pick --afr-recipe / --group (the AFR-St code is
+"afr:trim@reference@sum"). One calibration pass collects every per-window buffer the specs
+need (one per grouping) and, where a spec asks for it, the signed per-weight sums.
 
 Calibration: windows from the first half of WikiText-2 raw test; perplexity on its second half
 (so calibration and evaluation text never overlap). Zero-shot accuracy through lm-eval on the
@@ -25,10 +31,17 @@ from llmslim.core.data import calibration_windows
 from llmslim.core.device import peak_memory_mb, seed_everything
 from llmslim.core.load import load_model
 from llmslim.eval.run import perplexity, run_tasks
+from llmslim.prune.accumulate import PerWindow, window_keys
 from llmslim.prune.calibrate import collect
 from llmslim.prune.pipeline import ALL_METHODS
-from llmslim.prune.run import PruneConfig, load_stats, prune_model, save_stats, wikitext2_halves
+from llmslim.prune.run import PruneConfig, load_stats, needs, parse_method, prune_model, save_stats, wikitext2_halves
 from llmslim.prune.scores import ScoreConfig
+
+# every AFR aggregation and SNIP in both orders, the reference code's recipe, the baselines
+BOTH_ORDERS = [f"{m}{order}" for m in ("afr:abs+gmm", "afr:abs", "afr:gmm", "afr:mean-abs", "afr:trim",
+                                          "snip:abs", "snip:mean-abs") for order in ("", "@signed-sum")] + [
+    "afr:trim@reference@sum", "afr:abs@reference", "flap", "wanda-sp", "llm-pruner-element",
+    "llm-pruner-vector", "magnitude"]
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--model", default="smollm2-135m")
@@ -41,14 +54,30 @@ parser.add_argument("--tasks", default="arc_easy,arc_challenge,piqa,hellaswag")
 parser.add_argument("--limit", type=int, default=None, help="items per task (default: full sets)")
 parser.add_argument("--ppl-seqlen", type=int, default=1024)
 parser.add_argument("--ppl-limit", type=int, default=None)
-parser.add_argument("--scores", default="benchmarks/results/smollm2_scores.pt", help="cache of calibration scores")
+parser.add_argument("--scores", default="runs/prune_table_scores.pt", help="cache of calibration scores (delete it when --methods change)")
+parser.add_argument("--gmm-refit", default="every", choices=["every", "once"])
+parser.add_argument("--print-orders", action="store_true", help="print the both-orders method list and exit")
 parser.add_argument("--out", default="benchmarks/results/prune_table.json")
 parser.add_argument("--seed", type=int, default=0)
 parser.add_argument("--threads", type=int, default=None, help="torch threads (1 on a busy machine)")
 parser.add_argument("--resume", action="store_true", help="keep the rows of OUT.partial and run only the missing ones")
 args = parser.parse_args()
+if args.print_orders:
+    print(",".join(BOTH_ORDERS))
+    raise SystemExit
 if args.threads:
     torch.set_num_threads(args.threads)
+
+def score_config(spec: str) -> tuple[str, ScoreConfig]:
+    """"afr:abs@reference@sum" -> ("afr:abs", ScoreConfig(afr_recipe="reference", group="sum"))."""
+    method, *options = spec.split("@")
+    cfg = ScoreConfig(seed=args.seed)
+    for opt in options:
+        field = ("afr_recipe" if opt in ("paper", "reference") else
+                 "accumulate" if opt in ("per-window", "signed-sum") else "group")
+        cfg = replace(cfg, **{field: opt})
+    return method, cfg
+
 
 seed_everything(args.seed)
 loaded = load_model(args.model, device="cpu", dtype="float32", purpose="gradients")
@@ -62,7 +91,24 @@ if scores_path.is_file():
     print(f"reusing scores from {scores_path} ({stats.windows} x {stats.meta['seqlen']} tokens)")
 else:
     windows = calibration_windows(tok, calib_text, args.nsamples, args.seqlen, args.seed)
-    stats = collect(model, windows, progress=lambda n: print(".", end="", flush=True))
+    specs = [score_config(spec) for spec in args.methods.split(",")]
+    folders = []
+    for group in ("concat", "sum"):
+        triples = [(name, c.aggregate, c.afr_recipe) for name, c in
+                   ((parse_method(m, c)[0], parse_method(m, c)[1]) for m, c in specs)
+                   if c.accumulate == "per-window" and c.group == group]
+        if window_keys(triples):
+            folders.append(PerWindow(window_keys(triples), group=group, gmm_refit=args.gmm_refit, seed=args.seed))
+    signed = any(c.accumulate == "signed-sum" for _, c in specs) or any(m.startswith("llm-pruner") for m, _ in specs)
+    need = needs([m for m, _ in specs])
+    t_start = time.perf_counter()
+
+    def tick(n, state={"done": 0}):
+        state["done"] += n
+        print(f"calibration window {state['done']}/{args.nsamples}, {time.perf_counter() - t_start:.0f}s", flush=True)
+
+    stats = collect(model, windows, refer=need["refer"], snip=need["snip"], progress=tick, per_window=folders,
+                    per_weight=("snip", "refer") if signed else ())
     save_stats(scores_path, stats, model)
     print(f"\ncalibrated on {args.nsamples} x {args.seqlen} tokens in {time.perf_counter() - t0:.0f}s")
 calib_s = time.perf_counter() - t0
@@ -80,13 +126,6 @@ def evaluate(m) -> dict:
     return row
 
 
-def score_config(spec: str) -> tuple[str, ScoreConfig]:
-    """"afr:abs@reference@sum" -> ("afr:abs", ScoreConfig(afr_recipe="reference", group="sum"))."""
-    method, *options = spec.split("@")
-    cfg = ScoreConfig(seed=args.seed)
-    for opt in options:
-        cfg = replace(cfg, **{"afr_recipe" if opt in ("paper", "reference") else "group": opt})
-    return method, cfg
 
 
 partial = Path(args.out + ".partial")
@@ -120,5 +159,5 @@ table = "\n".join(lines)
 print(table)
 Path(args.out).parent.mkdir(parents=True, exist_ok=True)
 Path(args.out).write_text(json.dumps({
-    "args": vars(args), "calibration_s": calib_s, "peak_memory_mb": peak_memory_mb(), "rows": rows, "table": table,
+    "args": vars(args), "calibration_s": calib_s, "calibration": {"windows": stats.windows, **stats.meta}, "peak_memory_mb": peak_memory_mb(), "rows": rows, "table": table,
 }, indent=2) + "\n")

@@ -134,18 +134,25 @@ def _speed(result: dict, key: str) -> str:
     return f"{_num(result[key])} ±{50 * (hi - lo) / result[key]:.0f}%"
 
 
-def _ratio(value) -> str:
-    return "-" if value is None else f"{value:.3f}×"
+def _versus(against_over_model, key: str) -> str:
+    """MODEL against --against in words: speeds as "1.25× faster" / "1.03× slower" (MODEL's
+    speed over the other's), sizes and memory as MODEL's share of the other's ("0.882×")."""
+    v = against_over_model
+    if v is None or v == 0:
+        return "-"
+    if key.startswith(("prefill_tok_s", "decode_tok_s")):
+        return f"{1 / v:.2f}× faster" if v <= 1 else f"{v:.2f}× slower"
+    return f"{1 / v:.3f}×"
 
 
 def render(results: dict) -> None:
     models = results["models"]
     base = models[0]
     ratio = results["ratios"].get(models[1]["name"]) if len(models) > 1 else None
-    columns = ["", "model"] + (["against", "against / model"] if ratio else [])
+    columns = ["", "model"] + (["against", "model vs against"] if ratio else [])
 
     def row(label, values, key):
-        return [label] + values + ([_ratio(ratio.get(key))] if ratio else [])
+        return [label] + values + ([_versus(ratio.get(key), key)] if ratio else [])
 
     rows = [
         row("parameters", [f"{m['params'] / 1e6:,.1f}M" for m in models], "params"),

@@ -86,7 +86,7 @@ class PerWindow:
                         out = aggregate(AFTER_CLIP[agg], clipped)
                     else:
                         out = aggregate(agg, values)
-                    buf = self.sums.setdefault(f"{kind}:{agg}", [])
+                    buf = self.sums.setdefault(buffer_key(f"{kind}:{agg}", self.group), [])
                     if len(buf) <= layer:
                         buf.append(torch.zeros_like(out))
                     buf[layer] += out
@@ -108,6 +108,11 @@ class PerWindow:
             if self.gmm_refit == "once":
                 self._mixtures[key] = info.mixture
         return out.reshape(values.shape)
+
+
+def buffer_key(key: str, group: str) -> str:
+    """Where a "kind:aggregation" sum is stored: "@sum" marks the reference code's grouping."""
+    return key if group == "concat" else f"{key}@{group}"
 
 
 def window_keys(methods: list[tuple[str, str, str]]) -> list[str]:

@@ -107,9 +107,13 @@ def regroup(groups: Tensor, mode: str, sizes: list[int]) -> Tensor:
 
 def zscore_all(per_layer: list[Tensor]) -> list[Tensor]:
     """Standardise over every value of every layer (one mean, one std for the model)."""
-    flat = torch.cat([t.reshape(-1).double() for t in per_layer])
-    mean, std = flat.mean(), flat.std()
-    return [((t.double() - mean) / std).float() for t in per_layer]
+    # float64 sums, no float64 copy of the model's scores (it runs once per window)
+    n = sum(t.numel() for t in per_layer)
+    total = sum(t.sum(dtype=torch.float64) for t in per_layer)
+    mean = total / n
+    sq = sum(((t - mean.to(t.dtype)) ** 2).sum(dtype=torch.float64) for t in per_layer)
+    std = (sq / (n - 1)).sqrt()
+    return [((t.float() - mean.float()) / std.float()) for t in per_layer]
 
 
 def _at_least_float32(scores: Tensor) -> Tensor:

@@ -29,6 +29,11 @@ from llmslim.core.arch import text_config
 from llmslim.prune.units import layer_units
 
 FEATURE_MODES = ("flat", "tokens")
+# "next-token": the window's mean next-token cross-entropy (what SNIP's L means);
+# "reference": the AFR-St code's loss - its targets are the inputs, unshifted, with every
+# position but the last ignored (SparseGPT's data loader), so L is the cross-entropy of the
+# last position's logits against the last input token itself
+SNIP_LOSSES = ("next-token", "reference")
 
 
 @dataclass
@@ -76,13 +81,14 @@ def collect(
     progress=None,
     per_window=None,
     per_weight: tuple[str, ...] = ("snip", "refer"),
+    snip_loss: str = "next-token",
 ) -> CalibStats:
     """Run forward (+ backward for SNIP / ReFer) over the calibration windows [n, seqlen].
 
     `target` "ffn" scores FFN neurons, "attn" kv groups (see prune/units.py); only the target's
     weights get gradients, and ReFer's features are the target's projection outputs.
-    `per_window` (an accumulate.PerWindow) folds each batch's grouped scores into per-neuron
-    sums; `per_weight` names the scores whose signed per-weight sums over windows are kept."""
+    `per_window` (an accumulate.PerWindow, or a list of them: e.g. one per grouping) folds
+    each batch's grouped scores into per-neuron sums; `per_weight` names the scores whose signed per-weight sums over windows are kept."""
     config = text_config(model.config)
     units = layer_units(model, target)
     device = next(model.parameters()).device
@@ -97,8 +103,10 @@ def collect(
     act_sq = [torch.zeros(u.output.in_features, dtype=torch.float64, device=device) for u in units]
     state = {"target": None, "features": [], "tokens": 0}
 
-    if per_window is not None and per_window.part_sizes is None:
-        per_window.part_sizes = units[0].part_sizes(config.hidden_size)
+    folders = [] if per_window is None else per_window if isinstance(per_window, list) else [per_window]
+    for folder in folders:
+        if folder.part_sizes is None:
+            folder.part_sizes = units[0].part_sizes(config.hidden_size)
     saved_flags = {id(p): p.requires_grad for p in model.parameters()}
     for p in model.parameters():
         p.requires_grad_(False)
@@ -114,7 +122,7 @@ def collect(
                         score = (p.detach() * p.grad).float()
                         if target in acc:
                             acc[target][key].add_(score)
-                        if per_window is not None:
+                        if folders:
                             window[target][key] = score
                     p.grad = None
 
@@ -137,7 +145,9 @@ def collect(
             ids = windows[start : start + batch_size].to(device)
             state["features"] = []
             with torch.set_grad_enabled(need_grad):
-                out = model(input_ids=ids, labels=ids if snip else None, use_cache=False)
+                out = model(input_ids=ids, labels=ids if snip and snip_loss == "next-token" else None, use_cache=False)
+                if snip and snip_loss == "reference":
+                    out.loss = torch.nn.functional.cross_entropy(out.logits[:, -1].float(), ids[:, -1])
                 if refer:
                     feature_sum = torch.stack(state["features"]).sum()
                     state["target"] = "refer"
@@ -146,8 +156,10 @@ def collect(
                     state["target"] = "snip"
                     out.loss.backward()
             state["target"], state["features"] = None, []
-            if per_window is not None and need_grad:
-                per_window.fold({name: [u.group(w) for u in units] for name, w in window.items() if w})
+            if folders and need_grad:
+                grouped = {name: [u.group(w) for u in units] for name, w in window.items() if w}
+                for folder in folders:
+                    folder.fold(grouped)
                 window = {"snip": {}, "refer": {}}
             state["tokens"] += ids.numel()
             if progress:
@@ -170,12 +182,12 @@ def collect(
         tokens=n,
         windows=windows.shape[0],
         meta={
-            "feature_mode": feature_mode, "seqlen": windows.shape[1], "collect_s": elapsed,
+            "feature_mode": feature_mode, "snip_loss": snip_loss, "seqlen": windows.shape[1], "collect_s": elapsed,
             "target": target, "hidden": config.hidden_size,
             "part_sizes": units[0].part_sizes(config.hidden_size),
             "channels_per_unit": units[0].channels_per_unit,
-            "accumulate": [name for name, on in (("per-window", per_window is not None), ("signed-sum", bool(acc))) if on],
-            **({"per_window": per_window.settings()} if per_window is not None else {}),
+            "accumulate": [name for name, on in (("per-window", bool(folders)), ("signed-sum", bool(acc))) if on],
+            **({"per_window": folders[0].settings()} if folders else {}),
         },
-        neuron={k: [t.cpu() for t in v] for k, v in per_window.sums.items()} if per_window is not None else {},
+        neuron={k: [t.cpu() for t in v] for f in folders for k, v in f.sums.items()},
     )

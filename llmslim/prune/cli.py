@@ -28,6 +28,7 @@ def prune(
     accumulate: Annotated[str, typer.Option(help="'per-window': aggregate each window's scores per neuron, sum over windows (AFR reference code); 'signed-sum': sum signed per-weight scores over windows, aggregate once.", rich_help_panel=METHOD)] = "per-window",
     gmm_refit: Annotated[str, typer.Option(help="Per-window GMM: fit on 'every' window, or fit 'once' on the first and reuse the mixture.", rich_help_panel=METHOD)] = "every",
     feature_mode: Annotated[str, typer.Option(help="ReFer feature matrix: 'flat' (reference code: batch x all) or 'tokens' (tokens x features per window; slower).", rich_help_panel=METHOD)] = "flat",
+    snip_loss: Annotated[str, typer.Option(help="SNIP's loss: 'next-token' cross-entropy, or 'reference' (AFR-St code: the last position's logits against the last input token, unshifted).", rich_help_panel=CALIB)] = "next-token",
     allocation: Annotated[str, typer.Option(help="'uniform' ratio per layer, or one 'global' threshold.", rich_help_panel=METHOD)] = "uniform",
     round_to: Annotated[int, typer.Option(help="Round kept widths to a multiple of N (8, 64, 128).", rich_help_panel=METHOD)] = 1,
     compare: Annotated[Optional[str], typer.Option(help="Also prune with these methods (comma list, or 'all') on the same scores and report them side by side.", rich_help_panel=METHOD)] = None,
@@ -53,7 +54,7 @@ def prune(
     report.setup_logging(quiet or json)
     job = PruneJob(
         model=model, ratio=ratio, target=target, method=method, aggregate=aggregate, gmm_scope=gmm_scope, afr_recipe=afr_recipe,
-        group=group, accumulate=accumulate, gmm_refit=gmm_refit, feature_mode=feature_mode, allocation=allocation, round_to=round_to, compare=compare,
+        group=group, accumulate=accumulate, gmm_refit=gmm_refit, feature_mode=feature_mode, snip_loss=snip_loss, allocation=allocation, round_to=round_to, compare=compare,
         calib=calib, nsamples=nsamples, seqlen=seqlen, save_scores=save_scores, scores=scores,
         eval_tasks=eval_tasks, eval_limit=eval_limit, ppl=ppl, ppl_seqlen=ppl_seqlen, ppl_limit=ppl_limit,
         out=out, force=force, seed=seed, device=device, dtype=dtype,

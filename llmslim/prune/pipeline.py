@@ -39,6 +39,7 @@ class PruneJob:
     accumulate: str = "per-window"
     gmm_refit: str = "every"
     feature_mode: str = "flat"
+    snip_loss: str = "next-token"
     allocation: str = "uniform"
     round_to: int = 1
     compare: str | None = None
@@ -103,6 +104,8 @@ def _validate(job: PruneJob, base: ScoreConfig) -> list[str]:
         raise BadOptionError(f"--ratio must be between 0 and 1 (exclusive), got {job.ratio}")
     if job.allocation not in ALLOCATIONS:
         raise BadOptionError(f"unknown --allocation {job.allocation!r}; use {' or '.join(ALLOCATIONS)}")
+    if job.snip_loss not in calibrate.SNIP_LOSSES:
+        raise BadOptionError(f"unknown --snip-loss {job.snip_loss!r}; use {' or '.join(calibrate.SNIP_LOSSES)}")
     if job.feature_mode not in calibrate.FEATURE_MODES:
         raise BadOptionError(f"unknown --feature-mode {job.feature_mode!r}; use {' or '.join(calibrate.FEATURE_MODES)}")
     if job.target not in TARGETS:
@@ -184,7 +187,7 @@ def run_job(job: PruneJob, bar=None) -> dict:
         task = bar.add_task("calibrating (forward+backward" + (", GMM per window)" if clips else ")"),
                             total=windows.shape[0]) if bar else None
         stats = collect_for(model, windows, methods, base, gmm_refit=job.gmm_refit, feature_mode=job.feature_mode,
-                            target=job.target, progress=(lambda n: bar.advance(task, n)) if bar else None)
+                            snip_loss=job.snip_loss, target=job.target, progress=(lambda n: bar.advance(task, n)) if bar else None)
         if job.save_scores:
             save_stats(job.save_scores, stats, model)
     timings["calibrate_s"] = time.perf_counter() - t0

@@ -71,7 +71,8 @@ def collect_for(model, windows: torch.Tensor, methods: list[str], base: ScoreCon
     if base.accumulate == "per-window":
         keys = window_keys([(name, cfg.aggregate, cfg.afr_recipe) for _, name, cfg in parsed])
         if keys:
-            per_window = PerWindow(keys, group=base.group, gmm_scope=base.gmm_scope, gmm_refit=gmm_refit, seed=base.seed)
+            per_window = PerWindow(keys, group=base.group, gmm_scope=base.gmm_scope, gmm_refit=gmm_refit,
+                                   seed=base.seed)
     if base.accumulate == "signed-sum":
         per_weight = ("snip", "refer")
     else:

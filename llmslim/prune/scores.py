@@ -18,7 +18,7 @@ import torch
 
 from llmslim.core.errors import BadOptionError
 from llmslim.prune.aggregate import aggregate, gmm_scope_clip, regroup, zscore_all
-from llmslim.prune.accumulate import AFTER_CLIP
+from llmslim.prune.accumulate import AFTER_CLIP, buffer_key
 from llmslim.prune.calibrate import CalibStats
 
 
@@ -99,12 +99,13 @@ def _agg(stats: CalibStats, which: str, per_layer, cfg: ScoreConfig) -> list[tor
 
 
 def _per_window(stats: CalibStats, key: str, cfg: ScoreConfig) -> list[torch.Tensor]:
+    key = buffer_key(key, cfg.group)
     if key not in stats.neuron:
         have = ", ".join(sorted(stats.neuron)) or "none"
         raise BadOptionError(f"these calibration stats have no per-window {key} scores (have: {have}); "
                              "recalibrate with this method, or use --accumulate signed-sum")
     settings = stats.meta.get("per_window", {})
-    for name in ("group", "gmm_scope"):
+    for name in ("gmm_scope",):
         if name in settings and settings[name] != getattr(cfg, name):
             raise BadOptionError(f"these per-window scores were accumulated with --{name.replace('_', '-')} "
                                  f"{settings[name]}, not {getattr(cfg, name)}; recalibrate")

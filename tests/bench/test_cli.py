@@ -43,7 +43,7 @@ def test_subprocess_json_with_against_and_split(tmp_path):
 def test_table(capsys):
     code, out, err = bench(capsys, "random:tiny", "--against", "random:tiny?num_hidden_layers=1", "-b", "1", "-q", *FAST)
     assert code == 0, err
-    for text in ("decode tok/s, b=1", "against / model", "parameters", "peak memory, b=1"):
+    for text in ("decode tok/s, b=1", "model vs against", "parameters", "peak memory, b=1"):
         assert text in out
 
 
@@ -74,3 +74,13 @@ def test_refuses_existing_out(capsys, tmp_path):
     (tmp_path / "o").mkdir()
     code, out, err = bench(capsys, "random:tiny", "--out", str(tmp_path / "o"), *FAST)
     assert code == 1 and "--force" in err
+
+
+def test_versus_reads_as_speed_up_and_share():
+    from llmslim.bench.cli import _versus
+
+    # ratios are against / model: model decodes 12.5 tok/s, against 10 -> 0.8
+    assert _versus(0.8, "decode_tok_s@1") == "1.25× faster"
+    assert _versus(1.25, "prefill_tok_s@4") == "1.25× slower"
+    assert _versus(1.134, "params") == "0.882×"  # model is 0.882 of against's size
+    assert _versus(None, "params") == "-"

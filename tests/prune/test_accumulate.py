@@ -65,7 +65,7 @@ def test_trim_and_group_sum_per_window_follow_the_reference_code():
     for w in wins:
         summed = w.reshape(3, 3, 100).sum(1).sort(1).values[:, 2:-2]  # int(0.02 * 100) = 2
         expected = expected + summed.mean(1).abs()
-    torch.testing.assert_close(acc.sums["snip:trim"][0], expected)
+    torch.testing.assert_close(acc.sums["snip:trim@sum"][0], expected)
 
 
 def test_afr_per_window_zscores_each_window_on_its_own():
@@ -116,3 +116,20 @@ def test_collect_for_keeps_only_per_neuron_buffers_by_default():
     both = collect_for(model, windows[:1], ["snip:mean-abs"], ScoreConfig(accumulate="signed-sum"))
     one = collect_for(model, windows[:1], ["snip:mean-abs"])
     torch.testing.assert_close(one.neuron["snip:mean-abs"][0], both.snip[0].abs().mean(1))
+
+
+def test_reference_snip_loss_is_the_last_position_against_its_own_token():
+    from llmslim.prune.calibrate import collect
+    from llmslim.prune.units import layer_units
+
+    model = tiny_model("llama")
+    ids = torch.randint(0, 128, (1, 12), generator=torch.Generator().manual_seed(3))
+    stats = collect(model, ids, refer=False, per_weight=("snip",), snip_loss="reference")
+    down = model.model.layers[0].mlp.down_proj.weight
+    loss = torch.nn.functional.cross_entropy(model(input_ids=ids).logits[:, -1].float(), ids[:, -1])
+    (grad,) = torch.autograd.grad(loss, down)
+    expected = (down * grad).detach().T  # down column j is neuron j's last part
+    hidden = model.config.hidden_size
+    torch.testing.assert_close(stats.snip[0][:, -hidden:], expected)
+    assert stats.meta["snip_loss"] == "reference"
+    assert len(layer_units(model, "ffn")) == 2
