@@ -102,8 +102,9 @@ def _per_window(stats: CalibStats, key: str, cfg: ScoreConfig) -> list[torch.Ten
     key = buffer_key(key, cfg.group)
     if key not in stats.neuron:
         have = ", ".join(sorted(stats.neuron)) or "none"
+        hint = " or pass --accumulate signed-sum (these stats hold signed sums)" if stats.snip or stats.refer else ""
         raise BadOptionError(f"these calibration stats have no per-window {key} scores (have: {have}); "
-                             "recalibrate with this method, or use --accumulate signed-sum")
+                             f"recalibrate with this method{hint}")
     settings = stats.meta.get("per_window", {})
     for name in ("gmm_scope",):
         if name in settings and settings[name] != getattr(cfg, name):
