@@ -26,6 +26,7 @@ from llmslim.prune.gmm import gmm_clip
 
 TRIM_FRAC = 0.02  # AFR-St reference code: sort each neuron's scores, drop 2% at each end
 SCOPES = ("neuron", "layer")
+GROUPINGS = ("concat", "sum")  # a unit's weights side by side, or its parts added (reference code)
 
 Aggregation = Callable[..., Tensor]  # (scores [n, m], *, scope: str, seed: int) -> [n]
 AGGREGATIONS: dict[str, Aggregation] = {}
@@ -102,7 +103,7 @@ def regroup(groups: Tensor, mode: str, sizes: list[int]) -> Tensor:
         if len(set(sizes)) != 1:
             raise BadOptionError("--group sum needs equal-sized parts (FFN neurons); use concat for attention heads")
         return groups.reshape(groups.shape[0], len(sizes), -1).sum(1)
-    raise BadOptionError(f"unknown weight grouping {mode!r}; use concat or sum")
+    raise BadOptionError(f"unknown weight grouping {mode!r}; use {' or '.join(GROUPINGS)}")
 
 
 def zscore_all(per_layer: list[Tensor]) -> list[Tensor]:

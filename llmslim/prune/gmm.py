@@ -167,8 +167,7 @@ def gmm_clip(
     n, m = values.shape
     device = values.device if values.device.type != "mps" else torch.device("cpu")  # no float64 on MPS
     if fit == "fast":
-        mixture, bic = gmm_fit(values, max_components, seed, standardize=standardize,
-                               max_fit_values=max_fit_values, tol=tol, reg_covar=reg_covar, max_iter=max_iter)
+        mixture, bic = _fit_mixtures(values, max_components, seed, standardize, max_fit_values, tol, reg_covar, max_iter)
         out, (lower, upper, n_low, n_high) = _apply(values, mixture, low_density_frac)
         if not return_info:
             return out
@@ -220,7 +219,11 @@ def gmm_fit(
     max_iter: int = MAX_ITER,
 ) -> tuple[Mixture, Tensor]:
     """The fast fit of each row's mixture (K by BIC), without clipping: (mixture, bic [n, K])."""
-    _check(values, LOW_DENSITY_FRAC)
+    _check(values)
+    return _fit_mixtures(values, max_components, seed, standardize, max_fit_values, tol, reg_covar, max_iter)
+
+
+def _fit_mixtures(values, max_components, seed, standardize, max_fit_values, tol, reg_covar, max_iter):
     n, m = values.shape
     device = values.device
     fit_idx = _fit_indices(m, max_fit_values, seed)
@@ -256,7 +259,7 @@ def gmm_apply(values: Tensor, mixture: Mixture, low_density_frac: float = LOW_DE
     return _apply(values, mixture, low_density_frac)[0]
 
 
-def _check(values: Tensor, low_density_frac: float) -> None:
+def _check(values: Tensor, low_density_frac: float = LOW_DENSITY_FRAC) -> None:
     if values.dim() != 2:
         raise ValueError(f"gmm_clip wants a [rows, values] tensor, got shape {tuple(values.shape)}")
     if not values.is_floating_point():
@@ -278,10 +281,7 @@ def _apply(values: Tensor, mixture: Mixture, frac: float):
         sl = slice(start, min(start + rows, n))
         x = values[sl].detach()  # bounds are values of the row, in its dtype
         xf = x.float()
-        mean, std = xf.mean(1, keepdim=True), xf.std(1, correction=0, keepdim=True)
-        if not mixture.standardize:
-            mean, std = torch.zeros_like(mean), torch.ones_like(std)
-        std = torch.where(std > 0, std, torch.ones_like(std))
+        mean, std = _moments(xf) if mixture.standardize else (0.0, 1.0)
         params = mixture.w[sl], mixture.mu[sl], mixture.var[sl]
         log_dens = _log_density((xf - mean) / std, *params)
         tau = _quantile(log_dens, frac)
@@ -408,9 +408,15 @@ def sklearn_gmm_clip(
 # --- the rule ----------------------------------------------------------------------------
 
 
-def _standardize(x: Tensor) -> Tensor:
+def _moments(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Each row's mean and (population) std, [n, 1]; a zero std becomes 1."""
     std = x.std(dim=1, correction=0, keepdim=True)
-    return (x - x.mean(dim=1, keepdim=True)) / torch.where(std > 0, std, torch.ones_like(std))
+    return x.mean(dim=1, keepdim=True), torch.where(std > 0, std, torch.ones_like(std))
+
+
+def _standardize(x: Tensor) -> Tensor:
+    mean, std = _moments(x)
+    return (x - mean) / std
 
 
 def _fit_indices(m: int, max_fit_values: int, seed: int) -> Tensor | None:

@@ -15,10 +15,11 @@ from llmslim.core.load import load_model
 from llmslim.core.outputs import atomic_dir, atomic_write_text, check_creatable, check_writable, to_jsonable, write_manifest
 from llmslim.prune import calibrate
 from llmslim.prune.accumulate import ACCUMULATIONS, GMM_REFITS
-from llmslim.prune.aggregate import AGGREGATIONS
+from llmslim.prune.aggregate import AGGREGATIONS, GROUPINGS, SCOPES
 from llmslim.prune.allocate import ALLOCATIONS
-from llmslim.prune.run import PruneConfig, calibration_windows, collect_for, load_stats, parse_method, prune_model, save_stats, wikitext2_halves
-from llmslim.prune.scores import ScoreConfig, clipped, gmm_inputs
+from llmslim.prune.run import (PruneConfig, calibration_windows, check_fingerprint, collect_for, parse_method, prune_model,
+                               read_stats, save_stats, wikitext2_halves)
+from llmslim.prune.scores import AFR_RECIPES, ScoreConfig, clipped, gmm_inputs
 from llmslim.prune.units import TARGETS
 
 # every aggregation of AFR, then every baseline: the paper's comparison table
@@ -80,10 +81,10 @@ def _validate(job: PruneJob, base: ScoreConfig) -> list[str]:
         raise BadOptionError(f"--round-to must be >= 1, got {job.round_to}")
     if job.aggregate not in AGGREGATIONS:
         raise BadOptionError(f"unknown --aggregate {job.aggregate!r}; use {', '.join(AGGREGATIONS)}")
-    if job.afr_recipe not in ("paper", "reference"):
-        raise BadOptionError(f"unknown --afr-recipe {job.afr_recipe!r}; use paper or reference")
-    if job.group not in ("concat", "sum"):
-        raise BadOptionError(f"unknown --group {job.group!r}; use concat or sum")
+    if job.afr_recipe not in AFR_RECIPES:
+        raise BadOptionError(f"unknown --afr-recipe {job.afr_recipe!r}; use {' or '.join(AFR_RECIPES)}")
+    if job.group not in GROUPINGS:
+        raise BadOptionError(f"unknown --group {job.group!r}; use {' or '.join(GROUPINGS)}")
     if job.accumulate not in ACCUMULATIONS:
         raise BadOptionError(f"unknown --accumulate {job.accumulate!r}; use {' or '.join(ACCUMULATIONS)}")
     if job.gmm_refit not in GMM_REFITS:
@@ -114,8 +115,8 @@ def _validate(job: PruneJob, base: ScoreConfig) -> list[str]:
         raise BadOptionError("--target attn supports --allocation uniform only (transformers configs hold one head count)")
     if job.target == "attn" and job.group == "sum":
         raise BadOptionError("--group sum needs equal-sized parts (FFN neurons); use concat for attention heads")
-    if job.gmm_scope not in ("neuron", "layer"):
-        raise BadOptionError(f"unknown --gmm-scope {job.gmm_scope!r}; use neuron or layer")
+    if job.gmm_scope not in SCOPES:
+        raise BadOptionError(f"unknown --gmm-scope {job.gmm_scope!r}; use {' or '.join(SCOPES)}")
     methods = _methods(job)
     for m in methods:
         parse_method(m, base)
@@ -163,6 +164,9 @@ def run_job(job: PruneJob, bar=None) -> dict:
     base = ScoreConfig(aggregate=job.aggregate, gmm_scope=job.gmm_scope, afr_recipe=job.afr_recipe, group=job.group,
                        seed=job.seed, accumulate=job.accumulate)
     methods = _validate(job, base)
+    saved = read_stats(job.scores) if job.scores else None  # a bad file fails before loading
+    if saved and saved[0].meta.get("target", "ffn") != job.target:
+        raise BadOptionError(f"{job.scores} holds {saved[0].meta.get('target', 'ffn')} scores, not --target {job.target}")
     seed_everything(job.seed)
     timings: dict[str, float] = {}
 
@@ -176,11 +180,10 @@ def run_job(job: PruneJob, bar=None) -> dict:
     if calib == "auto":
         calib = "wikitext2" if (data_dir() / "wikitext2" / "wiki.test.raw").is_file() else "self"
     t0 = time.perf_counter()
-    if job.scores:
-        stats = load_stats(job.scores, model)
+    if saved:
+        stats, fingerprint = saved
+        check_fingerprint(job.scores, fingerprint, model)
         calib_desc = f"scores from {job.scores}"
-        if stats.meta.get("target", "ffn") != job.target:
-            raise BadOptionError(f"{job.scores} holds {stats.meta.get('target', 'ffn')} scores, not --target {job.target}")
     else:
         windows, calib_desc = calibration_windows(model, tokenizer, calib, job.nsamples, job.seqlen, job.seed)
         clips = job.accumulate == "per-window" and any("gmm" in parse_method(m, base)[1].aggregate for m in methods)

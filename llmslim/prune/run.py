@@ -120,13 +120,29 @@ def save_stats(path: Path, stats: CalibStats, model) -> None:
     atomic_write_bytes(path, lambda f: torch.save(payload, f))
 
 
-def load_stats(path: Path, model) -> CalibStats:
+def read_stats(path: Path) -> tuple[CalibStats, str | None]:
+    """The scores file and the fingerprint of the model it was computed on (no model needed,
+    so a bad file fails before one is loaded)."""
     payload = data_mod.read_torch_file(path, missing=f"scores file not found: {path}",
                                        unreadable=f"{path} is not an llmslim scores file")
+    if not isinstance(payload, dict):
+        raise DataError(f"{path} is not an llmslim scores file (holds a {type(payload).__name__})")
     fingerprint = payload.pop("fingerprint", None)
+    try:
+        return CalibStats(**payload), fingerprint
+    except TypeError as e:
+        raise DataError(f"{path} is not an llmslim scores file ({e})") from None
+
+
+def check_fingerprint(path: Path, fingerprint: str | None, model) -> None:
     if fingerprint != model_fingerprint(model):
         raise DataError(f"{path} was computed on a different model (fingerprint mismatch)")
-    return CalibStats(**payload)
+
+
+def load_stats(path: Path, model) -> CalibStats:
+    stats, fingerprint = read_stats(path)
+    check_fingerprint(path, fingerprint, model)
+    return stats
 
 
 # ------------------------------------------------------------------ scoring and pruning

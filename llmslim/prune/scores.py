@@ -22,6 +22,9 @@ from llmslim.prune.accumulate import AFTER_CLIP, buffer_key
 from llmslim.prune.calibrate import CalibStats
 
 
+AFR_RECIPES = ("paper", "reference")
+
+
 @dataclass
 class ScoreConfig:
     # AFR paper: sign-preserving mean then |.|, after GMM outlier clipping (the proposal)
@@ -66,11 +69,9 @@ def part_sizes(stats: CalibStats) -> list[int]:
     return [stats.meta["hidden"]] * stats.meta.get("parts", 3)  # scores files from before attn
 
 
-# The GMM fit is the slow step (seconds per layer); `gmm` and `abs+gmm` clip the same values
-# and differ only after clipping, so clipped scores are kept in `stats.cache` and reused across
+# Signed-sum order: the GMM fit is the slow step; `gmm` and `abs+gmm` clip the same values and
+# differ only after clipping, so clipped scores are kept in `stats.cache` and reused across
 # aggregations and pruning ratios.
-
-
 def clipped(stats: CalibStats, which: str, per_layer: list[torch.Tensor], cfg: ScoreConfig, progress=None) -> list[torch.Tensor]:
     """GMM-clipped per-weight scores of every layer, computed once per stats and settings."""
     key = ("clipped", which, cfg.group, cfg.gmm_scope, cfg.seed)
@@ -105,11 +106,10 @@ def _per_window(stats: CalibStats, key: str, cfg: ScoreConfig) -> list[torch.Ten
         hint = " or pass --accumulate signed-sum (these stats hold signed sums)" if stats.snip or stats.refer else ""
         raise BadOptionError(f"these calibration stats have no per-window {key} scores (have: {have}); "
                              f"recalibrate with this method{hint}")
-    settings = stats.meta.get("per_window", {})
-    for name in ("gmm_scope",):
-        if name in settings and settings[name] != getattr(cfg, name):
-            raise BadOptionError(f"these per-window scores were accumulated with --{name.replace('_', '-')} "
-                                 f"{settings[name]}, not {getattr(cfg, name)}; recalibrate")
+    scope = stats.meta.get("per_window", {}).get("gmm_scope", cfg.gmm_scope)
+    if scope != cfg.gmm_scope:
+        raise BadOptionError(f"these per-window scores were accumulated with --gmm-scope {scope}, "
+                             f"not {cfg.gmm_scope}; recalibrate")
     return [t.float() for t in stats.neuron[key]]
 
 
@@ -152,7 +152,7 @@ def afr(stats, weights, cfg):
         s = [v * v for v in _agg(stats, "snip", lambda: _need(stats, "snip", "afr"), cfg)]
         zr, zs = zscore_all(r), zscore_all(s)
         return [a + b for a, b in zip(zr, zs)]
-    raise BadOptionError(f"unknown AFR recipe {cfg.afr_recipe!r}; use paper or reference")
+    raise BadOptionError(f"unknown AFR recipe {cfg.afr_recipe!r}; use {' or '.join(AFR_RECIPES)}")
 
 
 @register_score("snip")

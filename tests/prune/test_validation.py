@@ -46,6 +46,21 @@ def test_bad_option_fails_before_loading(no_loading, options, needle):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("content, needle", [
+    (b"garbage", "is not an llmslim scores file"),
+    (None, "is not an llmslim scores file (holds a Tensor)"),
+    ({"snip": []}, "is not an llmslim scores file"),
+])
+def test_malformed_scores_file_fails_before_loading(no_loading, tmp_path, content, needle):
+    path = tmp_path / "scores.pt"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        torch.save(torch.zeros(3) if content is None else content, path)
+    with pytest.raises(LlmslimError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        run_job(PruneJob(scores=path))
+
+
 def test_existing_out_needs_force_before_loading(no_loading, tmp_path):
     with pytest.raises(LlmslimError, match="--force"):
         run_job(PruneJob(out=tmp_path))
