@@ -9,6 +9,8 @@ import typer
 
 from llmslim.core.errors import LlmslimError
 
+INTERNAL_ERROR = 2  # exit code of an unexpected exception; 1 is bad input
+
 app = typer.Typer(
     name="llmslim",
     help="Make large language models cheaper to run: prune, shorten, budget, sparsity, eval, bench.",
@@ -54,7 +56,8 @@ _register()
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: bad input ends in one line on stderr and exit code 1."""
+    """Console entry point: bad input (LlmslimError) ends in one line on stderr and exit code 1;
+    anything else is an internal error: a short message, exit code 2."""
     import click
 
     debug = os.environ.get("LLMSLIM_DEBUG") == "1" or "--debug" in (argv or sys.argv)
@@ -76,9 +79,12 @@ def main(argv: list[str] | None = None) -> None:
             raise
         sys.stderr.write(f"error: {err}\n")
         sys.exit(1)
-    except Exception as err:  # noqa: BLE001 - the last line of defence: one line, not a traceback
+    except Exception as err:  # noqa: BLE001 - not bad input: a bug of ours or of a library
         if debug:
             raise
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        sys.stderr.write(f"error: {type(err).__name__}: {first} (run with --debug for the traceback)\n")
-        sys.exit(1)
+        sys.stderr.write(
+            f"internal error: {type(err).__name__}: {first}\n"
+            "this is a bug in llmslim or a library, not in your input; run again with --debug for the traceback\n"
+        )
+        sys.exit(INTERNAL_ERROR)

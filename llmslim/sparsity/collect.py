@@ -99,8 +99,8 @@ def trace_batch(model, ids: torch.Tensor, decide_at: list[int], crits: list[str]
     ffns = [adapter.ffn(layer, config) for layer in layers]
     need_grad = any(C.NEEDS_GRAD[c] for c in crits)
     device = next(model.parameters()).device
-    rows = torch.arange(ids.shape[0])
-    at = torch.tensor(decide_at)
+    rows = torch.arange(ids.shape[0], device=device)
+    at = torch.tensor(decide_at, device=device)
     heads_in: list[torch.Tensor] = [None] * len(layers)
     ffn_in: list[torch.Tensor] = [None] * len(layers)
     layer_in: list[torch.Tensor] = [None] * len(layers)

@@ -227,7 +227,10 @@ class SparseRunner:
     def __init__(self, model: nn.Module, cfg: SparsityConfig, *, static_scores: dict | None = None, shadow=None, dejavu=None):
         self.model, self.cfg = model, cfg
         self.gather = Gather(model)
-        self.static_scores, self.shadow, self.dejavu = static_scores, shadow, dejavu
+        device = next(model.parameters()).device
+        self.static_scores = static_scores
+        self.shadow = shadow.to(device) if shadow is not None else None  # predictions stay on the model's device
+        self.dejavu = dejavu.to(device) if dejavu is not None else None
         attn = self.gather.adapter.attention(self.gather.layers[0], self.gather.config)
         self.n_heads, self.n_kv = attn.n_heads, attn.n_kv_heads
         need = {"static": static_scores, "shadow": shadow, "dejavu": dejavu}.get(cfg.method, True)

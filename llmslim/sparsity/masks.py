@@ -90,7 +90,7 @@ def head_keep(scores: torch.Tensor, sparsity: float, n_heads: int, n_kv: int, al
 
 def unit_mask(keep: torch.Tensor | None, units: int) -> torch.Tensor:
     """Kept indices -> a 0/1 float vector."""
-    m = torch.zeros(units)
+    m = torch.zeros(units, device=keep.device if keep is not None else None)
     if keep is None:
         m += 1
     else:

@@ -171,9 +171,13 @@ class ShadowPredictor:
     def __init__(self, nets: dict[str, ShadowNet], mean: torch.Tensor, std: torch.Tensor):
         self.nets, self.mean, self.std = nets, mean, std
 
+    def to(self, device) -> "ShadowPredictor":
+        """Move to the model's device: a prediction then needs no copy to the host."""
+        return ShadowPredictor({k: net.to(device) for k, net in self.nets.items()}, self.mean.to(device), self.std.to(device))
+
     @torch.no_grad()
     def predict(self, feature: torch.Tensor) -> dict:
-        x = (feature.float().cpu() - self.mean) / self.std
+        x = (feature.to(self.mean.device, torch.float32) - self.mean) / self.std
         return {k: net(x)[0] for k, net in self.nets.items()}
 
 
@@ -181,9 +185,12 @@ class DejaVuPredictor:
     def __init__(self, nets: dict[str, DejaVuNet], mean: torch.Tensor, std: torch.Tensor):
         self.nets, self.mean, self.std = nets, mean, std  # mean/std: [L, d]
 
+    def to(self, device) -> "DejaVuPredictor":
+        return DejaVuPredictor({k: net.to(device) for k, net in self.nets.items()}, self.mean.to(device), self.std.to(device))
+
     @torch.no_grad()
     def predict_layer(self, i: int, x: torch.Tensor) -> dict:
-        x = (x.float().cpu() - self.mean[i]) / self.std[i]
+        x = (x.to(self.mean.device, torch.float32) - self.mean[i]) / self.std[i]
         return {k: net.layer(i, x)[0] for k, net in self.nets.items()}
 
 

@@ -69,7 +69,14 @@ def test_dpo_through_trl(tiny_llama_dir, tmp_path):
     assert info["pairs"] == 2  # only the improved question has a different (rejected) vanilla answer
     assert info["steps"] == 2 and info["losses"] and all(l == l for l in info["losses"])
     save(model, loaded.tokenizer, tmp_path / "dpo")
-    assert load_model(str(tmp_path / "dpo"), device="cpu", dtype="float32").model is not None
+    # the saved folder is the trained model, merged: same logits as in memory, not the base's
+    saved = load_model(str(tmp_path / "dpo"), device="cpu", dtype="float32").model
+    base = load_model(str(tiny_llama_dir), device="cpu", dtype="float32").model
+    ids = loaded.tokenizer("Answer: [[18]]", return_tensors="pt").input_ids
+    with torch.no_grad():
+        trained_logits = (model.merge_and_unload() if hasattr(model, "merge_and_unload") else model)(ids).logits
+        assert torch.allclose(saved(ids).logits, trained_logits, atol=1e-4)
+        assert not torch.allclose(saved(ids).logits, base(ids).logits, atol=1e-4)
 
 
 def test_gold_targets_are_tale_format():

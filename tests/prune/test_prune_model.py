@@ -9,7 +9,7 @@ from llmslim.core.arch import adapter_for, text_config
 from llmslim.prune.calibrate import collect
 from llmslim.prune.run import PruneConfig, collect_for, load_stats, neuron_scores, prune_model, save_stats
 from llmslim.prune.scores import ScoreConfig
-from tests.conftest import tiny_model
+from tests.conftest import DEVICES, tiny_model
 
 WINDOWS = torch.randint(0, 128, (3, 24), generator=torch.Generator().manual_seed(0))
 METHODS = ["afr", "afr:mean-abs", "afr:trim", "snip", "refer", "magnitude", "wanda-sp", "flap", "llm-pruner-vector"]
@@ -56,7 +56,8 @@ def test_flap_bias_saved_and_reloaded(tmp_path, stats_and_model):
         torch.testing.assert_close(reloaded(WINDOWS).logits, model(WINDOWS).logits)
 
 
-def test_global_widths_reload_through_llmslim(tmp_path, stats_and_model, tiny_llama_dir):
+@pytest.mark.parametrize("device", DEVICES)
+def test_global_widths_reload_through_llmslim(tmp_path, stats_and_model, tiny_llama_dir, device):
     from llmslim.core.load import load_model
 
     stats, _ = stats_and_model
@@ -68,9 +69,10 @@ def test_global_widths_reload_through_llmslim(tmp_path, stats_and_model, tiny_ll
         if f.name.startswith(("tokenizer", "special_tokens")):
             (tmp_path / f.name).write_bytes(f.read_bytes())
     assert json.loads((tmp_path / "config.json").read_text())["llmslim_ffn_widths"] == rep["widths"]
-    loaded = load_model(str(tmp_path), device="cpu", dtype="float32")
+    loaded = load_model(str(tmp_path), device=device, dtype="float32")
+    assert {p.device.type for p in loaded.model.parameters()} == {device}  # per-layer widths on the asked device
     with torch.no_grad():
-        torch.testing.assert_close(loaded.model(WINDOWS).logits, model(WINDOWS).logits)
+        torch.testing.assert_close(loaded.model(WINDOWS.to(device)).logits.cpu(), model(WINDOWS).logits, atol=1e-4, rtol=1e-4)
 
 
 def test_cached_scores_give_identical_pruning(tmp_path, stats_and_model):

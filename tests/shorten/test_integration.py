@@ -10,10 +10,11 @@ from llmslim.shorten.rl import RLConfig, train_rl
 pytestmark = pytest.mark.integration
 
 
-def test_smollm2_one_grpo_step_learns_something(smollm2, data_dir, tmp_path):
+def test_smollm2_one_grpo_step_learns_something(smollm2_copy, data_dir, tmp_path):
     from llmslim.core.data import alpaca_prompts
 
     prompts = [alpaca_prompts(data_dir)[i] for i in (5, 11, 14)]  # short natural answers (< 20 tokens)
+    smollm2 = smollm2_copy  # trained below: never the session's shared model
     model, tok = smollm2.model, smollm2.tokenizer
     refs = select_refs(get_references(model, tok, prompts, model_id=smollm2.path, cache_root=tmp_path,
                                       max_new_tokens=32), max_ref_tokens=None, keep_unfinished=False)

@@ -5,7 +5,7 @@ import torch
 
 from llmslim.core.arch import adapter_for, text_config
 from llmslim.sparsity.execute import Gather, SparseRunner, SparsityConfig, gathered, masked
-from tests.conftest import tiny_model
+from tests.conftest import DEVICES, tiny_model
 
 
 def random_keeps(model, frac_neurons=0.5, seed=0, heads=True):
@@ -51,18 +51,19 @@ def test_gathered_equals_masked_prefill_and_decode(family, transpose):
     assert torch.allclose(model(ids).logits, dense, atol=1e-6)
 
 
-def test_runner_decides_once_and_keeps_the_mask_for_decode():
+@pytest.mark.parametrize("device", DEVICES)
+def test_runner_decides_once_and_keeps_the_mask_for_decode(device):
     from transformers import DynamicCache
 
     from llmslim.sparsity.predictor import DejaVuNet, DejaVuPredictor, ShadowNet, ShadowPredictor
 
-    model = tiny_model("llama")
+    model = tiny_model("llama").to(device)
     L, F, H, d = 2, 96, 4, 64
     torch.manual_seed(0)
     shadow = ShadowPredictor({"neurons": ShadowNet(d, L, F, 16, None), "heads": ShadowNet(d, L, H, 16, 4)}, torch.zeros(1, d), torch.ones(1, d))
     dejavu = DejaVuPredictor({"neurons": DejaVuNet(d, L, F, 8), "heads": DejaVuNet(d, L, H, 8)}, torch.zeros(L, d), torch.ones(L, d))
-    ids = torch.randint(0, 128, (1, 10), generator=torch.Generator().manual_seed(5))
-    nxt = torch.randint(0, 128, (1, 1), generator=torch.Generator().manual_seed(6))
+    ids = torch.randint(0, 128, (1, 10), generator=torch.Generator().manual_seed(5)).to(device)
+    nxt = torch.randint(0, 128, (1, 1), generator=torch.Generator().manual_seed(6)).to(device)
     for method in ("shadow", "dejavu"):
         cfg = SparsityConfig(method, ffn_sparsity=0.5, head_sparsity=0.5)
         runner = SparseRunner(model, cfg, shadow=shadow, dejavu=dejavu)
@@ -82,6 +83,9 @@ def test_runner_decides_once_and_keeps_the_mask_for_decode():
                 rb = model(nxt, past_key_values=cache, use_cache=True).logits
         assert torch.allclose(a, ra, atol=1e-5) and torch.allclose(b, rb, atol=1e-5), method
         assert runner.stats["predict_s"] > 0
+        predictor = runner.shadow if method == "shadow" else runner.dejavu  # moved to the model's device
+        assert {p.device.type for net in predictor.nets.values() for p in net.parameters()} == {device}
+        assert {k.device.type for k in keep["neurons"]} == {device}
 
 
 def test_gather_restores_after_an_error():
