@@ -1,4 +1,8 @@
-"""Shared CLI options: same option, same name, same help, in every subcommand."""
+"""Shared CLI options: one name, one help and one default per meaning, in every command.
+
+A command declares `seed: SeedOpt = SEED`; tests/test_cli_options.py checks every command's
+--help against these, and docs/cli.md is generated from the --help texts.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,31 @@ from typing import Annotated, Optional
 
 import typer
 
+from llmslim.core.load import DEFAULT_MODEL
+
 COMMON = "Common options"
+EVAL = "Evaluation"
+
+MODEL = DEFAULT_MODEL
+SEED = 0
+DEVICE = "auto"
+DTYPE = "auto"
 
 ModelArg = Annotated[str, typer.Argument(help="Alias (smollm2-135m, gemma3-270m), local HF folder, .gguf file or hub id.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (logs go to stderr).", rich_help_panel=COMMON)]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or log lines.", rich_help_panel=COMMON)]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed: the same seed gives the same run.", rich_help_panel=COMMON)]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cuda, mps or cpu.", rich_help_panel=COMMON)]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda, then mps, then cpu), cuda, mps or cpu.", rich_help_panel=COMMON)]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16 or float16.", rich_help_panel=COMMON)]
-OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (written atomically, with run.json).", rich_help_panel=COMMON)]
+OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (written atomically, with results.json and run.json).", rich_help_panel=COMMON)]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite --out if it exists.", rich_help_panel=COMMON)]
+
+# evaluation on the shared benchmark files (lm-eval's names)
+TasksOpt = Annotated[Optional[str], typer.Option("--tasks", "-t", help="Benchmarks, comma list (arc_easy, arc_challenge, piqa, winogrande, boolq, hellaswag, lambada, mmlu...).", rich_help_panel=EVAL)]
+LimitOpt = Annotated[Optional[int], typer.Option("--limit", "-l", help="Items per task (the first N); default: all.", rich_help_panel=EVAL)]
+PplSeqlenOpt = Annotated[int, typer.Option("--ppl-seqlen", help="Perplexity window in tokens (capped at the model's context).", rich_help_panel=EVAL)]
+PplLimitOpt = Annotated[Optional[int], typer.Option("--ppl-limit", help="Perplexity windows (the first N); default: all.", rich_help_panel=EVAL)]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", "-b", help="Sequences per forward pass (or per optimizer step when training).")]
+MaxNewTokensOpt = Annotated[int, typer.Option("--max-new-tokens", help="Token limit per generated answer.")]
+MaxStepsOpt = Annotated[Optional[int], typer.Option("--max-steps", help="Optimizer steps (overrides --epochs where a command has it).")]
+LoraROpt = Annotated[int, typer.Option("--lora-r", help="LoRA rank r (alpha = 2r).")]

@@ -1,45 +1,55 @@
-"""`llmslim eval MODEL`: options -> EvalConfig -> evaluate() -> table / JSON / --out folder."""
+"""`llmslim eval MODEL`: options -> EvalJob -> core/job.run_command(EVAL_COMMAND) -> table or JSON."""
 
 from __future__ import annotations
 
 import json
-import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from llmslim.core import report
-from llmslim.core.load import load_model
-from llmslim.core.options import DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, ModelArg, OutOpt, QuietOpt, SeedOpt
-from llmslim.core.outputs import atomic_dir, atomic_write_text, check_writable, to_jsonable, write_manifest
-from llmslim.eval.harness import MAIN_TASKS
+from llmslim.core.job import Command, Context, run_command
+from llmslim.core.options import (DEVICE, DTYPE, MODEL, SEED, BatchSizeOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, LimitOpt,
+                                  MaxNewTokensOpt, ModelArg, OutOpt, PplLimitOpt, PplSeqlenOpt, QuietOpt, SeedOpt, TasksOpt)
+from llmslim.core.outputs import to_jsonable
 from llmslim.eval.run import CORPORA, PROMPT_SETS, EvalConfig, evaluate, prepare
 
-TASKS = "Benchmarks (lm-eval)"
 PPL = "Perplexity"
 GEN = "Generation"
 
 
+@dataclass
+class EvalJob(EvalConfig):
+    """What `evaluate` needs, and which model with which common options."""
+
+    model: str = MODEL
+    out: Path | None = None
+    force: bool = False
+    device: str = DEVICE
+    dtype: str = DTYPE
+
+
 def eval_command(
-    model: ModelArg = "smollm2-135m",
-    tasks: Annotated[Optional[str], typer.Option("--tasks", "-t", help=f"Comma list of: {', '.join(MAIN_TASKS)} (also mmlu_<category>, mmlu_<subject>).", rich_help_panel=TASKS)] = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", "-l", help="Documents per task (the first N); default: all.", rich_help_panel=TASKS)] = None,
-    num_fewshot: Annotated[Optional[int], typer.Option("--num-fewshot", help="Few-shot examples; default: each task's own (0).", rich_help_panel=TASKS)] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Requests, windows or prompts per forward pass.", rich_help_panel=TASKS)] = 8,
-    data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Benchmark data folder (default: $LLMSLIM_DATA, else ../shared/data).", rich_help_panel=TASKS)] = None,
+    model: ModelArg = MODEL,
+    tasks: TasksOpt = None,
+    limit: LimitOpt = None,
+    num_fewshot: Annotated[Optional[int], typer.Option("--num-fewshot", help="Few-shot examples; default: each task's own (0).")] = None,
+    batch_size: BatchSizeOpt = 8,
+    data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Benchmark data folder (default: $LLMSLIM_DATA, else ../shared/data).")] = None,
     ppl_file: Annotated[Optional[str], typer.Option("--ppl-file", help=f"Text corpus for perplexity: a file or {', '.join(CORPORA)}.", rich_help_panel=PPL)] = None,
-    seqlen: Annotated[int, typer.Option("--seqlen", help="Perplexity window in tokens (capped at the model's context).", rich_help_panel=PPL)] = 2048,
+    ppl_seqlen: PplSeqlenOpt = 2048,
     stride: Annotated[Optional[int], typer.Option("--stride", help="Sliding windows every N tokens; default: non-overlapping.", rich_help_panel=PPL)] = None,
-    ppl_limit: Annotated[Optional[int], typer.Option("--ppl-limit", help="Perplexity windows (the first N); default: the whole corpus.", rich_help_panel=PPL)] = None,
+    ppl_limit: PplLimitOpt = None,
     gen_file: Annotated[Optional[str], typer.Option("--gen-file", help=f"Prompts file for answer-length stats, or {', '.join(PROMPT_SETS)}.", rich_help_panel=GEN)] = None,
     gen_limit: Annotated[Optional[int], typer.Option("--gen-limit", help="Prompts (the first N); default: all.", rich_help_panel=GEN)] = None,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Token limit per answer.", rich_help_panel=GEN)] = 256,
+    max_new_tokens: MaxNewTokensOpt = 256,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
-    seed: SeedOpt = 1234,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
+    seed: SeedOpt = SEED,
+    device: DeviceOpt = DEVICE,
+    dtype: DtypeOpt = DTYPE,
     out: OutOpt = None,
     force: ForceOpt = False,
 ) -> None:
@@ -47,39 +57,36 @@ def eval_command(
 
     With no --tasks, --ppl-file or --gen-file: WikiText-2 perplexity.
     """
-    report.setup_logging(quiet or json_out)
-    cfg = EvalConfig(
+    job = EvalJob(
         tasks=tasks.split(",") if tasks is not None else [], limit=limit, num_fewshot=num_fewshot,
-        batch_size=batch_size, ppl_file=ppl_file, seqlen=seqlen, stride=stride, ppl_limit=ppl_limit,
+        batch_size=batch_size, ppl_file=ppl_file, ppl_seqlen=ppl_seqlen, stride=stride, ppl_limit=ppl_limit,
         gen_file=gen_file, gen_limit=gen_limit, max_new_tokens=max_new_tokens,
         data_dir=str(data_dir) if data_dir else None, seed=seed,
+        model=model, out=out, force=force, device=device, dtype=dtype,
     )
-    plan = prepare(cfg)  # bad options and files fail here, before the model loads
-    if out is not None:
-        check_writable(out, force)
-    t0 = time.perf_counter()
-    loaded = load_model(model, device=device, dtype=dtype, purpose="inference")
-    result = evaluate(loaded.model, loaded.tokenizer, plan, show_progress=not quiet)
-    result["config"].update({
-        "model": loaded.name, "model_path": loaded.path, "device": str(loaded.device),
-        "dtype": str(loaded.dtype).replace("torch.", ""),
-    })
-    result["timings"] = {"load_s": loaded.timings.get("load_s"), **result["timings"], "total_s": time.perf_counter() - t0}
-    samples = result.pop("samples", {})
+    run_command(EVAL_COMMAND, job, json_out=json_out, quiet=quiet)
 
-    if out is not None:
-        with atomic_dir(out, force=force) as tmp:
-            atomic_write_text(tmp / "results.json", json.dumps(to_jsonable(result), indent=2) + "\n")
-            if samples.get("generation"):
-                lines = [json.dumps(to_jsonable(s), ensure_ascii=False) for s in samples["generation"]]
-                atomic_write_text(tmp / "generations.jsonl", "\n".join(lines) + "\n")
-            write_manifest(tmp, command="eval", args=result["config"], seed=seed, timings=result["timings"], results=summary(result))
-    if json_out:
-        report.print_json(result)
-        return
+
+def validate(job: EvalJob) -> None:
+    prepare(job)  # bad options and files fail here, before the model loads
+
+
+def run(job: EvalJob, ctx: Context) -> dict:
+    result = evaluate(ctx.model, ctx.tokenizer, prepare(job), progress=ctx.progress)
+    result["config"].update({"model": ctx.loaded.name, "model_path": ctx.loaded.path, "device": str(ctx.loaded.device),
+                             "dtype": str(ctx.loaded.dtype).replace("torch.", "")})
+    generations = result.pop("samples", {}).get("generation")
+    if generations:
+        lines = [json.dumps(to_jsonable(s), ensure_ascii=False) for s in generations]
+        ctx.save(lambda folder: (folder / "generations.jsonl").write_text("\n".join(lines) + "\n"))
+    result["summary"] = summary(result)
+    return result
+
+
+def render(result: dict) -> None:
     report.stdout.print(table(result))
-    if out is not None and not quiet:
-        report.stderr.print(f"wrote {out}/results.json")
+    if result.get("out"):
+        report.stderr.print(f"wrote {result['out']}/results.json")
 
 
 def summary(result: dict) -> dict:
@@ -113,3 +120,6 @@ def table(result: dict):
         rows.append([g["prompt_set"], "stopped on EOS", g["finished"], None, g["prompts"]])
     shots = f", {cfg['num_fewshot']}-shot" if cfg.get("num_fewshot") else ""
     return report.table(f"{cfg.get('model')}{shots}", ["task", "metric", "value", "± stderr", "n"], rows)
+
+
+EVAL_COMMAND = Command("eval", validate, run, render, model_purpose="inference")

@@ -37,14 +37,14 @@ class EvalConfig:
     num_fewshot: int | None = None  # None: each task's own default, 0 for every shipped one
     batch_size: int = 8  # lm-eval requests, perplexity windows and generation prompts per forward
     ppl_file: str | None = None  # a text corpus file, or "wikitext2"
-    seqlen: int = DEFAULT_SEQLEN  # perplexity window, capped at the model's context
+    ppl_seqlen: int = DEFAULT_SEQLEN  # perplexity window, capped at the model's context
     stride: int | None = None  # None: non-overlapping windows (Wanda/SparseGPT); else sliding
     ppl_limit: int | None = None  # perplexity windows, the first ones; None: the whole corpus
     gen_file: str | None = None  # a prompts file, or "mt_bench" / "alpaca"
     gen_limit: int | None = None  # prompts, the first ones; None: all
     max_new_tokens: int = 256
     data_dir: str | None = None  # the shared benchmark data; None: core.data.data_dir()
-    seed: int = 1234  # lm-eval's default numpy/torch/few-shot seed
+    seed: int = 0  # lm-eval's numpy/torch/few-shot seed (llmslim's one default; lm-eval's CLI uses 1234)
 
     @property
     def empty(self) -> bool:
@@ -54,6 +54,21 @@ class EvalConfig:
 # With no tasks, corpus or prompts asked for: WikiText-2 perplexity, the number pruning papers
 # report first (about 2.5 minutes for SmolLM2-135M on 2 CPU cores, see docs/eval.md).
 DEFAULT_PPL_FILE = "wikitext2"
+# The one accuracy reported per task in summaries (prune, sparsity): length-normalised where
+# the pruning papers' tables report it (LLM-Pruner, Wanda, FLAP: ARC-c, HellaSwag, OBQA), plain
+# accuracy elsewhere. `llmslim eval` itself prints every metric.
+ACC_NORM_TASKS = ("arc_challenge", "hellaswag", "openbookqa")
+
+
+def headline(results: dict) -> dict[str, tuple[str, float]]:
+    """{task: (metric, value)}: acc_norm for ACC_NORM_TASKS, else acc, from per-task metric dicts."""
+    out = {}
+    for task, metrics in results.items():
+        for name in ("acc_norm", "acc") if task in ACC_NORM_TASKS else ("acc",):
+            if name in metrics:
+                out[task] = (name, metrics[name])
+                break
+    return out
 
 
 def _positive(name: str, value: int | None, minimum: int = 1) -> None:
@@ -94,9 +109,9 @@ def prepare(cfg: EvalConfig) -> Plan:
     _positive("--batch-size", cfg.batch_size)
     _positive("--max-new-tokens", cfg.max_new_tokens)
     _positive("--num-fewshot", cfg.num_fewshot, 0)
-    _positive("--seqlen", cfg.seqlen, 2)
-    if cfg.stride is not None and not 1 <= cfg.stride <= cfg.seqlen:
-        raise BadOptionError(f"--stride must be between 1 and --seqlen ({cfg.seqlen}) (got {cfg.stride})")
+    _positive("--ppl-seqlen", cfg.ppl_seqlen, 2)
+    if cfg.stride is not None and not 1 <= cfg.stride <= cfg.ppl_seqlen:
+        raise BadOptionError(f"--stride must be between 1 and --ppl-seqlen ({cfg.ppl_seqlen}) (got {cfg.stride})")
     root = Path(cfg.data_dir).expanduser() if cfg.data_dir else default_data_dir()
     if cfg.data_dir and not root.is_dir():
         raise DataError(f"data dir not found: {root}")
@@ -113,12 +128,16 @@ def prepare(cfg: EvalConfig) -> Plan:
     return plan
 
 
-def evaluate(model, tokenizer, cfg: EvalConfig | Plan, *, show_progress: bool = True) -> dict:
+def evaluate(model, tokenizer, cfg: EvalConfig | Plan, *, show_progress: bool = True, progress=None) -> dict:
     """Run what `cfg` asks on an in-memory model: lm-eval tasks, perplexity, generation stats.
 
     Returns {"results", "n-samples", ... (lm-eval's layout, task names as typed), "perplexity",
     "generation", "samples" (the generated answers), "config", "timings"}; "perplexity",
-    "generation" and "samples" only when asked for."""
+    "generation" and "samples" only when asked for. `progress`: a bar to draw on (core/job's);
+    without one, a bar of its own where show_progress."""
+    if progress is None:
+        with report.progress(show_progress) as bar:
+            return evaluate(model, tokenizer, cfg, show_progress=show_progress, progress=bar)
     plan = cfg if isinstance(cfg, Plan) else prepare(cfg)
     cfg = plan.cfg
     out: dict = {"results": {}}
@@ -136,37 +155,35 @@ def evaluate(model, tokenizer, cfg: EvalConfig | Plan, *, show_progress: bool = 
         harness.pop("tasks")
         out.update(harness)
 
-    seqlen = cfg.seqlen
+    seqlen = cfg.ppl_seqlen
     if plan.text is not None:
         limit = max_positions(model)
         if limit is not None and seqlen > limit:
-            log.info("--seqlen %d is longer than the model's context; using %d", seqlen, limit)
+            log.info("--ppl-seqlen %d is longer than the model's context; using %d", seqlen, limit)
             seqlen = limit
         t0 = time.perf_counter()
-        with report.progress(show_progress) as bar:
-            task = bar.add_task("perplexity", total=None)
-            ppl = perplexity(
-                model, tokenizer, plan.text, seqlen, stride=cfg.stride, batch_size=cfg.batch_size, max_chunks=cfg.ppl_limit,
-                progress=lambda done, total: bar.update(task, completed=done, total=total),
-            )
+        task = progress.add_task("perplexity", total=None)
+        ppl = perplexity(
+            model, tokenizer, plan.text, seqlen, stride=cfg.stride, batch_size=cfg.batch_size, max_chunks=cfg.ppl_limit,
+            progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
         timings["perplexity_s"] = time.perf_counter() - t0
         name = cfg.ppl_file if cfg.ppl_file in CORPORA else plan.ppl_path.name
         out["perplexity"] = {"corpus": name, "file": str(plan.ppl_path), **ppl}
 
     if plan.prompts is not None:
         t0 = time.perf_counter()
-        with report.progress(show_progress) as bar:
-            task = bar.add_task("generating", total=len(plan.prompts))
-            gen = generation_stats(
-                model, tokenizer, plan.prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                seed=cfg.seed, progress=lambda n: bar.advance(task, n),
-            )
+        task = progress.add_task("generating", total=len(plan.prompts))
+        gen = generation_stats(
+            model, tokenizer, plan.prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+            seed=cfg.seed, progress=lambda n: progress.advance(task, n),
+        )
         timings["generation_s"] = time.perf_counter() - t0
         out["samples"] = {"generation": gen.pop("outputs")}
         name = cfg.gen_file if cfg.gen_file in PROMPT_SETS else plan.gen_path.name
         out["generation"] = {"prompt_set": name, "file": str(plan.gen_path), **gen}
 
-    out["config"] = {**asdict(cfg), "data_dir": str(plan.data_dir), "seqlen": seqlen, "tasks": plan.tasks,
+    out["config"] = {**asdict(cfg), "data_dir": str(plan.data_dir), "ppl_seqlen": seqlen, "tasks": plan.tasks,
                      "lm_eval_include_path": include_path}
     out["timings"] = timings
     return out

@@ -1,8 +1,6 @@
-"""Apply a pruning decision to a model in place, and save the smaller model."""
+"""Apply a pruning decision to a model in place (core/save.py saves the smaller model)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -120,11 +118,6 @@ def prune_heads(model, keep: list[torch.Tensor]) -> list[int]:
     config.num_key_value_heads = counts[0]
     config.num_attention_heads = counts[0] * per_group
     return counts
-
-
-def save_model(model, tokenizer, folder: Path) -> None:
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
 
 
 def count_params(model) -> int:

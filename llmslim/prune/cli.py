@@ -1,4 +1,4 @@
-"""`llmslim prune MODEL`: options -> config -> prune pipeline -> report. No logic lives here."""
+"""`llmslim prune MODEL`: options -> PruneJob -> core/job.run_command(PRUNE) -> table or JSON."""
 
 from __future__ import annotations
 
@@ -8,16 +8,17 @@ from typing import Annotated, Optional
 import typer
 
 from llmslim.core import report
-from llmslim.core.options import DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, ModelArg, OutOpt, QuietOpt, SeedOpt
-from llmslim.prune.pipeline import PruneJob, run_job
+from llmslim.core.job import Command, run_command
+from llmslim.core.options import (DEVICE, DTYPE, EVAL, MODEL, SEED, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, LimitOpt, ModelArg,
+                                  OutOpt, PplLimitOpt, PplSeqlenOpt, QuietOpt, SeedOpt, TasksOpt)
+from llmslim.prune.pipeline import PruneJob, run, validate
 
 METHOD = "Method"
 CALIB = "Calibration"
-EVAL = "Evaluation"
 
 
 def prune(
-    model: ModelArg = "smollm2-135m",
+    model: ModelArg = MODEL,
     ratio: Annotated[float, typer.Option(help="Fraction of FFN neurons (or kv groups) to remove (AFR paper: 0.2, 0.5).", rich_help_panel=METHOD)] = 0.2,
     target: Annotated[str, typer.Option(help="'ffn' neurons (the paper), or 'attn': whole kv groups with their query heads (GQA-aware).", rich_help_panel=METHOD)] = "ffn",
     method: Annotated[str, typer.Option(help="Score: afr, snip, refer, magnitude, wanda-sp, flap, llm-pruner-vector, llm-pruner-element; 'afr:mean-abs' picks an aggregation.", rich_help_panel=METHOD)] = "afr",
@@ -37,34 +38,28 @@ def prune(
     seqlen: Annotated[int, typer.Option(help="Tokens per window (paper: 1024).", rich_help_panel=CALIB)] = 1024,
     save_scores: Annotated[Optional[Path], typer.Option(help="Write the calibration scores here for re-pruning.", rich_help_panel=CALIB)] = None,
     scores: Annotated[Optional[Path], typer.Option(help="Reuse scores from --save-scores: no forward/backward pass.", rich_help_panel=CALIB)] = None,
-    eval_tasks: Annotated[Optional[str], typer.Option("--eval", help="lm-eval tasks to run before and after (e.g. arc_easy,piqa).", rich_help_panel=EVAL)] = None,
-    eval_limit: Annotated[Optional[int], typer.Option(help="Items per task.", rich_help_panel=EVAL)] = None,
+    tasks: TasksOpt = None,
+    limit: LimitOpt = None,
     ppl: Annotated[bool, typer.Option("--ppl/--no-ppl", help="WikiText-2 perplexity (second half of the test file) before and after.", rich_help_panel=EVAL)] = False,
-    ppl_seqlen: Annotated[int, typer.Option(help="Perplexity window length.", rich_help_panel=EVAL)] = 1024,
-    ppl_limit: Annotated[Optional[int], typer.Option(help="At most this many perplexity windows.", rich_help_panel=EVAL)] = None,
+    ppl_seqlen: PplSeqlenOpt = 1024,
+    ppl_limit: PplLimitOpt = None,
     out: OutOpt = None,
     force: ForceOpt = False,
     json: JsonOpt = False,
     quiet: QuietOpt = False,
-    seed: SeedOpt = 0,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
+    seed: SeedOpt = SEED,
+    device: DeviceOpt = DEVICE,
+    dtype: DtypeOpt = DTYPE,
 ) -> None:
     """Remove FFN neurons (or attention kv groups) by AFR or a baseline; save a smaller model transformers loads."""
-    report.setup_logging(quiet or json)
     job = PruneJob(
         model=model, ratio=ratio, target=target, method=method, aggregate=aggregate, gmm_scope=gmm_scope, afr_recipe=afr_recipe,
         group=group, accumulate=accumulate, gmm_refit=gmm_refit, feature_mode=feature_mode, snip_loss=snip_loss, allocation=allocation, round_to=round_to, compare=compare,
         calib=calib, nsamples=nsamples, seqlen=seqlen, save_scores=save_scores, scores=scores,
-        eval_tasks=eval_tasks, eval_limit=eval_limit, ppl=ppl, ppl_seqlen=ppl_seqlen, ppl_limit=ppl_limit,
+        tasks=tasks, limit=limit, ppl=ppl, ppl_seqlen=ppl_seqlen, ppl_limit=ppl_limit,
         out=out, force=force, seed=seed, device=device, dtype=dtype,
     )
-    with report.progress(enabled=not (quiet or json)) as bar:
-        result = run_job(job, bar)
-    if json:
-        report.print_json(result)
-        return
-    render(result)
+    run_command(PRUNE, job, json_out=json, quiet=quiet)
 
 
 def render(result: dict) -> None:
@@ -81,3 +76,6 @@ def render(result: dict) -> None:
         f"calibration {t.get('calibrate_s', 0):.1f}s, peak memory {result['peak_memory_mb']:.0f} MiB"
         + (f", saved to {result['out']}" if result.get("out") else "")
     )
+
+
+PRUNE = Command("prune", validate, run, render, model_purpose="gradients")

@@ -1,18 +1,20 @@
-"""One `llmslim prune` run: load, calibrate (or reuse scores), prune each method, evaluate,
-save. The CLI builds a PruneJob and renders the dict this returns."""
+"""One `llmslim prune` run: calibrate (or reuse scores), prune each method, evaluate, save.
+`validate` and `run` are the command's halves for core/job.run_command, which loads the model
+in between and writes the output folder."""
 
 from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from llmslim.core.data import data_dir
-from llmslim.core.device import peak_memory_mb, seed_everything
+from llmslim.core.device import peak_memory_mb
 from llmslim.core.errors import BadOptionError
-from llmslim.core.load import load_model
-from llmslim.core.outputs import atomic_dir, atomic_write_text, check_creatable, check_writable, to_jsonable, write_manifest
+from llmslim.core.job import Context
+from llmslim.core.outputs import check_creatable
+from llmslim.core.save import save_model
 from llmslim.prune import calibrate
 from llmslim.prune.accumulate import ACCUMULATIONS, GMM_REFITS
 from llmslim.prune.aggregate import AGGREGATIONS, GROUPINGS, SCOPES
@@ -49,8 +51,8 @@ class PruneJob:
     seqlen: int = 1024
     save_scores: Path | None = None
     scores: Path | None = None
-    eval_tasks: str | None = None
-    eval_limit: int | None = None
+    tasks: str | None = None
+    limit: int | None = None
     ppl: bool = False
     ppl_seqlen: int = 1024
     ppl_limit: int | None = None
@@ -69,12 +71,18 @@ def _methods(job: PruneJob) -> list[str]:
     return methods
 
 
-def _validate(job: PruneJob, base: ScoreConfig) -> list[str]:
+def _score_config(job: PruneJob) -> ScoreConfig:
+    return ScoreConfig(aggregate=job.aggregate, gmm_scope=job.gmm_scope, afr_recipe=job.afr_recipe, group=job.group,
+                       seed=job.seed, accumulate=job.accumulate)
+
+
+def validate(job: PruneJob) -> None:
     """Every check that needs no model: runs before anything is loaded."""
+    base = _score_config(job)
     if job.nsamples < 1 or job.seqlen < 2:
         raise BadOptionError("--nsamples must be >= 1 and --seqlen >= 2")
-    if job.eval_limit is not None and job.eval_limit < 1:
-        raise BadOptionError(f"--eval-limit must be >= 1, got {job.eval_limit}")
+    if job.limit is not None and job.limit < 1:
+        raise BadOptionError(f"--limit must be >= 1, got {job.limit}")
     if job.ppl_seqlen < 2 or (job.ppl_limit is not None and job.ppl_limit < 1):
         raise BadOptionError("--ppl-seqlen must be >= 2 and --ppl-limit >= 1")
     if job.round_to < 1:
@@ -97,10 +105,10 @@ def _validate(job: PruneJob, base: ScoreConfig) -> list[str]:
         raise BadOptionError(f"--calib wikitext2: {data_dir() / 'wikitext2' / 'wiki.test.raw'} not found (set LLMSLIM_DATA)")
     if job.ppl and not (data_dir() / "wikitext2" / "wiki.test.raw").is_file():
         raise BadOptionError(f"--ppl needs {data_dir() / 'wikitext2' / 'wiki.test.raw'} (set LLMSLIM_DATA)")
-    if job.eval_tasks:
+    if job.tasks:
         from llmslim.eval.harness import check_data, resolve_tasks
 
-        check_data(resolve_tasks(job.eval_tasks))
+        check_data(resolve_tasks(job.tasks))
     if not 0.0 < job.ratio < 1.0:
         raise BadOptionError(f"--ratio must be between 0 and 1 (exclusive), got {job.ratio}")
     if job.allocation not in ALLOCATIONS:
@@ -117,15 +125,14 @@ def _validate(job: PruneJob, base: ScoreConfig) -> list[str]:
         raise BadOptionError("--group sum needs equal-sized parts (FFN neurons); use concat for attention heads")
     if job.gmm_scope not in SCOPES:
         raise BadOptionError(f"unknown --gmm-scope {job.gmm_scope!r}; use {' or '.join(SCOPES)}")
-    methods = _methods(job)
-    for m in methods:
+    for m in _methods(job):
         parse_method(m, base)
-    if job.out is not None:
-        check_writable(job.out, job.force)
-        check_creatable(job.out)
     if job.save_scores is not None:
         check_creatable(job.save_scores)
-    return methods
+    if job.scores:
+        saved = read_stats(job.scores)[0]  # a bad file fails here
+        if saved.meta.get("target", "ffn") != job.target:
+            raise BadOptionError(f"{job.scores} holds {saved.meta.get('target', 'ffn')} scores, not --target {job.target}")
 
 
 def _check_units(model, job: PruneJob) -> None:
@@ -143,123 +150,86 @@ def _check_units(model, job: PruneJob) -> None:
                              f"{'kv groups' if job.target == 'attn' else 'neurons'}; use a smaller ratio")
 
 
-def _evaluate(model, tokenizer, job: PruneJob, ppl_text: str | None, bar) -> dict:
-    from llmslim.eval.run import perplexity, run_tasks
+def _evaluate(model, tokenizer, job: PruneJob, ppl_text: str | None) -> dict:
+    from llmslim.eval.run import headline, perplexity, run_tasks
 
     results = {}
     if ppl_text is not None:
         results["wikitext2_ppl"] = perplexity(model, tokenizer, ppl_text, seqlen=job.ppl_seqlen, max_chunks=job.ppl_limit)["perplexity"]
-    if job.eval_tasks:
-        tasks = [t.strip() for t in job.eval_tasks.split(",") if t.strip()]
-        out = run_tasks(model, tokenizer, tasks, limit=job.eval_limit, seed=job.seed)
-        for task, metrics in out["results"].items():
-            for name in ("acc_norm", "acc") if task in ("arc_challenge", "hellaswag") else ("acc",):
-                if name in metrics:
-                    results[f"{task}/{name}"] = metrics[name]
-                    break
+    if job.tasks:
+        tasks = [t.strip() for t in job.tasks.split(",") if t.strip()]
+        out = run_tasks(model, tokenizer, tasks, limit=job.limit, seed=job.seed)
+        results.update({f"{task}/{name}": value for task, (name, value) in headline(out["results"]).items()})
     return results
 
 
-def run_job(job: PruneJob, bar=None) -> dict:
-    base = ScoreConfig(aggregate=job.aggregate, gmm_scope=job.gmm_scope, afr_recipe=job.afr_recipe, group=job.group,
-                       seed=job.seed, accumulate=job.accumulate)
-    methods = _validate(job, base)
-    saved = read_stats(job.scores) if job.scores else None  # a bad file fails before loading
-    if saved and saved[0].meta.get("target", "ffn") != job.target:
-        raise BadOptionError(f"{job.scores} holds {saved[0].meta.get('target', 'ffn')} scores, not --target {job.target}")
-    seed_everything(job.seed)
-    timings: dict[str, float] = {}
-
-    t0 = time.perf_counter()
-    loaded = load_model(job.model, device=job.device, dtype=job.dtype, purpose="gradients")
-    model, tokenizer = loaded.model, loaded.tokenizer
-    timings["load_s"] = time.perf_counter() - t0
-    _check_units(model, job)
-
+def _calibrate(job: PruneJob, ctx: Context, methods: list[str], base: ScoreConfig):
+    """The scores of every method: read from --scores, or one calibration pass. -> (stats, description)."""
+    if job.scores:
+        stats, fingerprint = read_stats(job.scores)
+        check_fingerprint(job.scores, fingerprint, ctx.model)
+        return stats, f"scores from {job.scores}"
     calib = job.calib
     if calib == "auto":
         calib = "wikitext2" if (data_dir() / "wikitext2" / "wiki.test.raw").is_file() else "self"
+    windows, desc = calibration_windows(ctx.model, ctx.tokenizer, calib, job.nsamples, job.seqlen, job.seed)
+    clips = job.accumulate == "per-window" and any("gmm" in parse_method(m, base)[1].aggregate for m in methods)
+    advance = ctx.step("calibrating (forward+backward" + (", GMM per window)" if clips else ")"), windows.shape[0])
+    stats = collect_for(ctx.model, windows, methods, base, gmm_refit=job.gmm_refit, feature_mode=job.feature_mode,
+                        snip_loss=job.snip_loss, target=job.target, progress=advance)
+    if job.save_scores:
+        save_stats(job.save_scores, stats, ctx.model)
+    return stats, desc
+
+
+def run(job: PruneJob, ctx: Context) -> dict:
+    base = _score_config(job)
+    methods = _methods(job)
+    model, tokenizer = ctx.model, ctx.tokenizer
+    _check_units(model, job)
     t0 = time.perf_counter()
-    if saved:
-        stats, fingerprint = saved
-        check_fingerprint(job.scores, fingerprint, model)
-        calib_desc = f"scores from {job.scores}"
-    else:
-        windows, calib_desc = calibration_windows(model, tokenizer, calib, job.nsamples, job.seqlen, job.seed)
-        clips = job.accumulate == "per-window" and any("gmm" in parse_method(m, base)[1].aggregate for m in methods)
-        task = bar.add_task("calibrating (forward+backward" + (", GMM per window)" if clips else ")"),
-                            total=windows.shape[0]) if bar else None
-        stats = collect_for(model, windows, methods, base, gmm_refit=job.gmm_refit, feature_mode=job.feature_mode,
-                            snip_loss=job.snip_loss, target=job.target, progress=(lambda n: bar.advance(task, n)) if bar else None)
-        if job.save_scores:
-            save_stats(job.save_scores, stats, model)
-    timings["calibrate_s"] = time.perf_counter() - t0
+    stats, calib_desc = _calibrate(job, ctx, methods, base)
+    ctx.timings["calibrate_s"] = time.perf_counter() - t0
 
     ppl_text = wikitext2_halves()[1] if job.ppl else None
-    rows = []
+    evaluate = job.ppl or bool(job.tasks)
     dense = {"method": "dense", "params": sum(p.numel() for p in model.parameters()), "width": None}
-    if job.ppl or job.eval_tasks:
+    rows = [dense] if evaluate else []
+    if evaluate:
         t0 = time.perf_counter()
-        dense["eval"] = _evaluate(model, tokenizer, job, ppl_text, bar)
-        timings["eval_dense_s"] = time.perf_counter() - t0
-        rows.append(dense)
+        dense["eval"] = _evaluate(model, tokenizer, job, ppl_text)
+        ctx.timings["eval_dense_s"] = time.perf_counter() - t0
 
     # GMM clipping is the slow part of scoring: do it up front, once per input, with a bar
     t0 = time.perf_counter()
     for method in methods:
         name, cfg = parse_method(method, base)
         for which, per_layer in gmm_inputs(stats, name, cfg).items():
-            task = bar.add_task(f"GMM clipping ({which} scores)", total=len(per_layer)) if bar else None
-            clipped(stats, which, per_layer, cfg, progress=(lambda n, task=task: bar.advance(task, n)) if bar else None)
-    timings["gmm_s"] = time.perf_counter() - t0
+            clipped(stats, which, per_layer, cfg, progress=ctx.step(f"GMM clipping ({which} scores)", len(per_layer)))
+    ctx.timings["gmm_s"] = time.perf_counter() - t0
 
     primary = None
     for i, method in enumerate(methods):
-        last = i == len(methods) - 1
-        pruned = model if last else copy.deepcopy(model)
-        cfg = PruneConfig(ratio=job.ratio, method=method, scores=base, allocation=job.allocation, round_to=job.round_to)
-        rep = prune_model(pruned, stats, cfg)
-        row = {"method": method, "params": rep["params_after"], "width": _width(rep["widths"]),
-               "score_s": rep["score_s"]}
-        if job.ppl or job.eval_tasks:
+        pruned = model if i == len(methods) - 1 else copy.deepcopy(model)  # the last one may prune in place
+        rep = prune_model(pruned, stats, PruneConfig(ratio=job.ratio, method=method, scores=base,
+                                                     allocation=job.allocation, round_to=job.round_to))
+        row = {"method": method, "params": rep["params_after"], "width": _width(rep["widths"]), "score_s": rep["score_s"]}
+        if evaluate:
             t0 = time.perf_counter()
-            row["eval"] = _evaluate(pruned, tokenizer, job, ppl_text, bar)
-            timings[f"eval_{method}_s"] = time.perf_counter() - t0
+            row["eval"] = _evaluate(pruned, tokenizer, job, ppl_text)
+            ctx.timings[f"eval_{method}_s"] = time.perf_counter() - t0
         rows.append(row)
         if i == 0:
             primary = (pruned, rep)
-
-    result = {
-        "model": job.model,
-        "ratio": job.ratio,
-        "target": job.target,
-        "allocation": job.allocation,
+    ctx.save(lambda folder: save_model(primary[0], tokenizer, folder))
+    return {
+        "model": job.model, "ratio": job.ratio, "target": job.target, "allocation": job.allocation,
         "accumulate": job.accumulate,
         "calibration": {"source": calib_desc, "nsamples": stats.windows, "tokens": stats.tokens, **stats.meta},
-        "params_before": dense["params"],
-        "params_after": primary[1]["params_after"],
-        "widths": primary[1]["widths"],
-        "rows": rows,
-        "timings": timings,
-        "peak_memory_mb": peak_memory_mb(loaded.device),
+        "params_before": dense["params"], "params_after": primary[1]["params_after"], "widths": primary[1]["widths"],
+        "rows": rows, "peak_memory_mb": peak_memory_mb(ctx.loaded.device),
     }
-    if job.out is not None:
-        pruned_model, rep = primary
-        with atomic_dir(job.out, job.force) as tmp:
-            pruned_model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            atomic_write_text(tmp / "report.json", _json(result))
-            write_manifest(tmp, command="prune", args=asdict(job), seed=job.seed, timings=timings, results=result)
-        result["out"] = str(job.out)
-    return result
 
 
 def _width(widths: list[int]):
     return widths[0] if len(set(widths)) == 1 else f"{min(widths)}-{max(widths)}"
-
-
-def _json(obj) -> str:
-    import json
-
-    return json.dumps(to_jsonable(obj), indent=2) + "\n"
-

@@ -48,7 +48,7 @@ def test_bad_input_is_one_line(capsys, small, tmp_path):
 def test_json_has_tasks_perplexity_generation(capsys, small, fake_data):
     code, out, err = run(
         capsys, *small, "--tasks", "arc_easy,lambada", "--limit", "2", "--ppl-file", fake_data / "wikitext2" / "wiki.test.raw",
-        "--seqlen", "32", "--ppl-limit", "3", "--gen-file", "mt_bench", "--gen-limit", "2", "--max-new-tokens", "4", "--json",
+        "--ppl-seqlen", "32", "--ppl-limit", "3", "--gen-file", "mt_bench", "--gen-limit", "2", "--max-new-tokens", "4", "--json",
     )
     assert code == 0, err
     result = json.loads(out)

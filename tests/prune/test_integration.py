@@ -6,9 +6,15 @@ import math
 import pytest
 import torch
 
-from llmslim.prune.pipeline import PruneJob, run_job
+from llmslim.core.job import run_command
+from llmslim.prune.cli import PRUNE
+from llmslim.prune.pipeline import PruneJob
 
 pytestmark = pytest.mark.integration
+
+
+def run_job(job):
+    return run_command(PRUNE, job, quiet=True)
 
 
 def test_prune_smollm2_end_to_end(smollm2, data_dir, tmp_path):
@@ -31,7 +37,7 @@ def test_prune_smollm2_end_to_end(smollm2, data_dir, tmp_path):
 
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.config.intermediate_size == 1229
-    assert (out / "run.json").is_file() and (out / "report.json").is_file()
+    assert (out / "run.json").is_file() and (out / "results.json").is_file()
 
     # re-pruning from the cached scores needs no calibration and gives the same model
     again = run_job(PruneJob(model="smollm2-135m", ratio=0.2, method="afr:abs", scores=scores, out=tmp_path / "again",

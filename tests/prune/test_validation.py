@@ -4,10 +4,17 @@ that raises if called proves it), and the model-shaped checks fire before calibr
 import pytest
 import torch
 
+from llmslim.core import load
 from llmslim.core.errors import BadOptionError, LlmslimError
+from llmslim.core.job import run_command
 from llmslim.prune import pipeline
-from llmslim.prune.pipeline import PruneJob, run_job
+from llmslim.prune.cli import PRUNE
+from llmslim.prune.pipeline import PruneJob
 from tests.conftest import tiny_model
+
+
+def run_job(job):
+    return run_command(PRUNE, job, quiet=True)
 
 
 @pytest.fixture
@@ -15,7 +22,7 @@ def no_loading(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before the options were validated")
 
-    monkeypatch.setattr(pipeline, "load_model", refuse)
+    monkeypatch.setattr(load, "load_model", refuse)
 
 
 @pytest.mark.parametrize("options, needle", [
@@ -30,9 +37,9 @@ def no_loading(monkeypatch):
     (dict(snip_loss="last"), "unknown --snip-loss 'last'"),
     (dict(ratio=1.5), "--ratio must be between 0 and 1"),
     (dict(nsamples=0), "--nsamples must be >= 1"),
-    (dict(eval_limit=0), "--eval-limit must be >= 1"),
+    (dict(limit=0), "--limit must be >= 1"),
     (dict(round_to=0), "--round-to must be >= 1"),
-    (dict(eval_tasks="arc_esay"), "unknown task 'arc_esay'"),
+    (dict(tasks="arc_esay"), "unknown task 'arc_esay'"),
     (dict(target="attn", group="sum"), "--group sum needs equal-sized parts"),
     (dict(target="attn", allocation="global"), "uniform only"),
     (dict(calib="/nonexistent/corpus.txt"), "no such file"),
@@ -75,7 +82,7 @@ def test_model_shaped_checks_fire_before_calibration(monkeypatch, target, ratio,
     class Loaded:
         model, tokenizer, device = tiny_model("llama"), None, torch.device("cpu")
 
-    monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: Loaded())
+    monkeypatch.setattr(load, "load_model", lambda *a, **k: Loaded())
 
     def refuse(*args, **kwargs):
         raise AssertionError("calibration started before the model-shaped checks")

@@ -1,0 +1,111 @@
+"""One way every command runs.
+
+A command supplies a `Command`: its name, `validate(cfg)` (runs before anything is loaded, so
+a typo costs a second, not a calibration), `run(cfg, ctx) -> result` (the work) and
+`render(result)` (the human view). `run_command` owns the sequence they share:
+
+    validate -> check --out -> seed -> load the model -> progress + run
+             -> write --out (the command's files, results.json, run.json) -> print or --json
+
+The command's config is a dataclass with the common fields `model` (where it loads one),
+`out`, `force`, `seed`, `device` and `dtype`; `--json` and `--quiet` only change the printing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmslim.core import report
+from llmslim.core.device import seed_everything
+from llmslim.core.errors import BadOptionError
+from llmslim.core.outputs import atomic_dir, atomic_write_text, check_creatable, check_writable, to_jsonable, write_manifest
+
+RESULTS_FILE = "results.json"
+
+
+@dataclass
+class Context:
+    """What `run` gets besides its config: the loaded model (None where the command loads
+    none), the progress bar (`task = ctx.progress.add_task(desc, total=n)`,
+    `ctx.progress.advance(task)`), timings to fill, and `save(writer)` to add files to --out."""
+
+    loaded: Any
+    progress: Any
+    timings: dict[str, float] = field(default_factory=dict)
+    writers: list[Callable[[Path], None]] = field(default_factory=list)
+
+    @property
+    def model(self):
+        return self.loaded.model
+
+    @property
+    def tokenizer(self):
+        return self.loaded.tokenizer
+
+    def save(self, writer: Callable[[Path], None]) -> None:
+        """Run `writer(folder)` inside the output folder before it is published (if --out)."""
+        self.writers.append(writer)
+
+    def step(self, desc: str, total: int | None):
+        """A progress task and a function advancing it: `advance = ctx.step(desc, n); advance(1)`."""
+        task = self.progress.add_task(desc, total=total)
+        return lambda n=1: self.progress.advance(task, n)
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str  # as typed: "prune", "sparsity eval"
+    validate: Callable[[Any], None]
+    run: Callable[[Any, Context], dict]
+    render: Callable[[dict], None]
+    model_purpose: str | None = "inference"  # load cfg.model for this purpose; None: load nothing
+    needs_out: bool = False  # a command whose product is its folder (traces, a trained model)
+
+
+def run_command(command: Command, cfg, *, json_out: bool = False, quiet: bool = False) -> dict:
+    """The shared sequence (module doc). Returns the result dict that was printed."""
+    report.setup_logging(quiet or json_out)
+    out: Path | None = getattr(cfg, "out", None)
+    if command.needs_out and out is None:
+        raise BadOptionError(f"`llmslim {command.name}` needs --out DIR")
+    command.validate(cfg)
+    if out is not None:
+        check_writable(out, cfg.force)
+        check_creatable(out)
+    seed_everything(cfg.seed)
+
+    t0 = time.perf_counter()
+    loaded = None
+    if command.model_purpose is not None:
+        from llmslim.core.load import load_model  # transformers: imported once there is work
+
+        loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, purpose=command.model_purpose)
+    ctx = Context(loaded, None, {"load_s": time.perf_counter() - t0} if loaded is not None else {})
+    with report.progress(enabled=not (quiet or json_out)) as bar:
+        ctx.progress = bar
+        result = command.run(cfg, ctx)
+    result["timings"] = {**ctx.timings, **result.get("timings", {}), "total_s": time.perf_counter() - t0}
+
+    if out is not None:
+        with atomic_dir(out, cfg.force) as tmp:
+            for writer in ctx.writers:
+                writer(tmp)
+            atomic_write_text(tmp / RESULTS_FILE, json.dumps(to_jsonable(result), indent=2) + "\n")
+            write_manifest(tmp, command=command.name, args=asdict(cfg), seed=cfg.seed, timings=result["timings"],
+                           results=result.get("summary", _scalars(result)))
+        result["out"] = str(out)
+    if json_out:
+        report.print_json(result)
+    else:
+        command.render(result)
+    return result
+
+
+def _scalars(result: dict) -> dict:
+    """The headline of a result for run.json: its top-level numbers and strings."""
+    return {k: v for k, v in result.items() if isinstance(v, (int, float, str, bool)) or v is None}
