@@ -34,7 +34,8 @@ from llmslim.eval.run import perplexity, run_tasks
 from llmslim.prune.accumulate import PerWindow, window_keys
 from llmslim.prune.calibrate import collect
 from llmslim.prune.pipeline import ALL_METHODS
-from llmslim.prune.run import PruneConfig, load_stats, needs, parse_method, prune_model, save_stats, wikitext2_halves
+from llmslim.core.data import wikitext2_halves
+from llmslim.prune.run import PruneConfig, load_stats, needs, parse_method, prune_model, save_stats
 from llmslim.prune.scores import ScoreConfig
 
 # every AFR aggregation and SNIP in both orders, the reference code's recipe, the baselines

@@ -31,7 +31,10 @@ from llmslim.core.load import load_model
 from llmslim.core.outputs import to_jsonable
 from llmslim.sparsity import predictor as P
 from llmslim.sparsity.collect import collect
-from llmslim.sparsity.run import EvalJob, collect_examples, plot, run_eval
+from types import SimpleNamespace
+
+from llmslim.core.job import Context
+from llmslim.sparsity.jobs import EvalJob, collect_examples, plot, run_eval
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--n", type=int, default=24, help="trace examples per source (4 sources)")
@@ -77,9 +80,9 @@ rows = [[c, k, name, m["spearman"], m["params"]] for c, per in rho.items() for k
 report.stdout.print(report.table(f"Spearman rho on the held-out 20% of {len(traces)} traces", ["criterion", "units", "predictor", "rho", "params"], rows))
 
 # 3. eval
-job = EvalJob(predictors=pred_dirs, ffn_sparsity=args.sparsity, limit=args.limit, ppl_windows=args.ppl_windows, ppl_prompt_len=64)
+job = EvalJob(predictors=pred_dirs, ffn_sparsity=args.sparsity, limit=args.limit, ppl_limit=args.ppl_windows, ppl_prompt_len=64)
 with report.progress() as bar:
-    result = run_eval(job, bar, model=model, tokenizer=tok)
+    result = run_eval(job, Context(SimpleNamespace(model=model, tokenizer=tok), bar))
 result["spearman"] = rho
 result["sizes"] = vars(args) | {"traces": len(traces), "collect_s": t_collect, "train_s": t_train,
                                 "total_s": time.perf_counter() - t_start, "threads": torch.get_num_threads()}

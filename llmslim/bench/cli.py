@@ -1,12 +1,13 @@
 """`llmslim bench MODEL [--against MODEL2]`: size, peak memory, prefill and decode speed.
 
-Thin: options -> BenchConfig -> bench.run.run() -> table or JSON (and --out files)."""
+Thin: options -> BenchJob -> core/job.run_command(BENCH) -> table or JSON (and --out files)."""
 
 from __future__ import annotations
 
 import logging
 import time
-from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -16,7 +17,8 @@ from llmslim.bench.run import BenchConfig, auto_threads, batch_sizes, check_spec
 from llmslim.bench.speed import SpeedConfig
 from llmslim.core import report
 from llmslim.core.errors import BadOptionError
-from llmslim.core.options import DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, OutOpt, QuietOpt, SeedOpt
+from llmslim.core.job import Command, Context, run_command
+from llmslim.core.options import DEVICE, DTYPE, MODEL, SEED, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, OutOpt, QuietOpt, SeedOpt
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +31,33 @@ ModelOrRandomArg = Annotated[str, typer.Argument(
          "with overrides like 'random:llama-1b?intermediate_size=4096'.")]
 
 
+@dataclass
+class BenchJob:
+    model: str = MODEL
+    against: str | None = None
+    batch_size: int = 4
+    prompt_len: int = 64
+    new_tokens: int = 16
+    repeats: int = 3
+    warmup: int = 1
+    compile: bool = False
+    static_cache: bool = False
+    split: bool = False
+    threads: int | None = None
+    out: Path | None = None
+    force: bool = False
+    seed: int = SEED
+    device: str = DEVICE
+    dtype: str = DTYPE
+
+    def config(self) -> BenchConfig:
+        speed = SpeedConfig(prompt_len=self.prompt_len, new_tokens=self.new_tokens, repeats=self.repeats, warmup=self.warmup,
+                            cache="static" if self.static_cache else "dynamic", compile=self.compile, seed=self.seed)
+        return BenchConfig(speed, batch_sizes(self.batch_size), self.split)
+
+
 def bench(
-    model: ModelOrRandomArg = "smollm2-135m",
+    model: ModelOrRandomArg = MODEL,
     against: Annotated[Optional[str], typer.Option("--against", "-a", help="A second model, measured in the same run (interleaved); ratios are against / MODEL.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Measure at batch 1 and at this batch size (1: batch 1 only).", rich_help_panel=SPEED)] = 4,
     prompt_len: Annotated[int, typer.Option("--prompt-len", help="Prompt tokens (random ids) per sequence.", rich_help_panel=SPEED)] = 64,
@@ -43,81 +70,56 @@ def bench(
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch (default: one per core, fewer when the load average shows other jobs).", rich_help_panel=SPEED)] = None,
     json: JsonOpt = False,
     quiet: QuietOpt = False,
-    seed: SeedOpt = 0,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
+    seed: SeedOpt = SEED,
+    device: DeviceOpt = DEVICE,
+    dtype: DtypeOpt = DTYPE,
     out: OutOpt = None,
     force: ForceOpt = False,
 ) -> None:
     """Parameters, on-disk size, peak memory, prefill and decode tokens/s at batch 1 and N; with --against, both models and their ratios."""
-    import torch
-
-    from llmslim.core.device import resolve_device, seed_everything
-    from llmslim.core.outputs import check_writable
-
-    report.setup_logging(quiet or json)
     if quiet or json:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    speed = SpeedConfig(
-        prompt_len=prompt_len, new_tokens=new_tokens, repeats=repeats, warmup=warmup,
-        cache="static" if static_cache else "dynamic", compile=compile, seed=seed,
-    )
-    cfg = BenchConfig(speed, batch_sizes(batch_size), split)
-    if threads is not None and threads < 1:
-        raise BadOptionError(f"--threads must be at least 1, got {threads}")
-    if out is not None:
-        check_writable(out, force)
-    seed_everything(seed)
+    job = BenchJob(model=model, against=against, batch_size=batch_size, prompt_len=prompt_len, new_tokens=new_tokens,
+                   repeats=repeats, warmup=warmup, compile=compile, static_cache=static_cache, split=split, threads=threads,
+                   out=out, force=force, seed=seed, device=device, dtype=dtype)
+    run_command(BENCH, job, json_out=json, quiet=quiet)
 
-    specs = [model] + ([against] if against else [])
-    for spec in specs:
+
+def validate(job: BenchJob) -> None:
+    job.config()  # bad speed options and batch sizes fail here
+    if job.threads is not None and job.threads < 1:
+        raise BadOptionError(f"--threads must be at least 1, got {job.threads}")
+    for spec in [job.model] + ([job.against] if job.against else []):
         check_spec(spec)  # a typo in --against fails before MODEL spends a minute loading
-    n_threads, why = (threads, None) if threads else auto_threads(resolve_device(device).type)  # before loading adds load
+
+
+def run_bench(job: BenchJob, ctx: Context) -> dict:
+    """Loads both subjects itself (random-weight models are not load_model's), threads first."""
+    import torch
+
+    from llmslim.core.device import resolve_device
+
+    cfg = job.config()
+    n_threads, why = (job.threads, None) if job.threads else auto_threads(resolve_device(job.device).type)  # before loading adds load
     torch.set_num_threads(n_threads)
     if why:
         log.warning(why)
     t0 = time.perf_counter()
+    specs = [job.model] + ([job.against] if job.against else [])
+    advance = ctx.step("loading", len(specs))
     subjects = []
     for spec in specs:
-        with report.stderr.status(f"loading {spec}") if not (quiet or json) else nullcontext():
-            subjects.append(load_subject(spec, device=device, dtype=dtype, seed=seed))
-    t_load = time.perf_counter() - t0
-    with report.progress(not (quiet or json)) as bar:
-        task = bar.add_task("bench", total=steps(cfg, len(subjects)))
-
-        def tick(what: str) -> None:
-            bar.update(task, advance=1, description=what)
-
-        results = run(subjects, cfg, progress=tick)
+        subjects.append(load_subject(spec, device=job.device, dtype=job.dtype, seed=job.seed))
+        advance()
+    ctx.timings["load_s"] = time.perf_counter() - t0
+    task = ctx.progress.add_task("bench", total=steps(cfg, len(subjects)))
+    results = run(subjects, cfg, progress=lambda what: ctx.progress.update(task, advance=1, description=what))
     results["environment"]["threads_reduced"] = why
-    results["timings"] = {"load_s": t_load, "bench_s": results.pop("bench_s"), "total_s": time.perf_counter() - t0}
-
-    if json:
-        report.print_json(results)
-    else:
-        render(results)
-    if out is not None:
-        _write(out, force, results, quiet or json, args={
-            "model": model, "against": against, "batch_size": batch_size, "prompt_len": prompt_len,
-            "new_tokens": new_tokens, "repeats": repeats, "warmup": warmup, "compile": compile,
-            "static_cache": static_cache, "split": split, "threads": threads, "device": device, "dtype": dtype,
-        }, seed=seed)
-
-
-def _write(out, force: bool, results: dict, quiet: bool, args: dict, seed: int) -> None:
-    import json as _json
-
-    from llmslim.core.outputs import atomic_dir, to_jsonable, write_manifest
-
-    with atomic_dir(out, force=force) as tmp:
-        (tmp / "results.json").write_text(_json.dumps(to_jsonable(results), indent=2) + "\n")
-        write_manifest(tmp, command="bench", args=args, seed=seed, timings=results["timings"], results={
-            "models": [m["name"] for m in results["models"]], "ratios": results["ratios"],
-        })
-    if not quiet:
-        report.stderr.print(f"wrote {out}/results.json and run.json")
+    results["timings"] = {"bench_s": results.pop("bench_s")}
+    results["summary"] = {"models": [m["name"] for m in results["models"]], "ratios": results["ratios"]}
+    return results
 
 
 # ---------------------------------------------------------------- rendering
@@ -223,3 +225,6 @@ def _split_table(models: list[dict], b: int):
         rows.append(cells)
     t = report.table(f"time split, b={b}: share of the forward time (ms per model call), one hooked eager run", columns, rows)
     return t
+
+
+BENCH = Command("bench", validate, run_bench, render, model_purpose=None)

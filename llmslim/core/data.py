@@ -142,6 +142,15 @@ def wikitext2_test(root: Path | None = None) -> str:
     return read_text((root or data_dir()) / "wikitext2" / "wiki.test.raw")
 
 
+def wikitext2_halves(root: Path | None = None) -> tuple[str, str]:
+    """WikiText-2 raw test split at the line nearest its middle: (calibration, evaluation).
+    Every command that calibrates or traces reads the first half and measures perplexity on
+    the second, so no text is both."""
+    text = wikitext2_test(root)
+    mid = text.find("\n", len(text) // 2)
+    return text[:mid], text[mid + 1 :]
+
+
 def mt_bench_first_turns(root: Path | None = None) -> list[str]:
     return read_prompts((root or data_dir()) / "mt_bench" / "question.jsonl", field="turns")
 

@@ -72,7 +72,7 @@ def run_command(command: Command, cfg, *, json_out: bool = False, quiet: bool = 
     report.setup_logging(quiet or json_out)
     out: Path | None = getattr(cfg, "out", None)
     if command.needs_out and out is None:
-        raise BadOptionError(f"`llmslim {command.name}` needs --out DIR")
+        raise BadOptionError(f"{command.name} needs --out DIR")
     command.validate(cfg)
     if out is not None:
         check_writable(out, cfg.force)

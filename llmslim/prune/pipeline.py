@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmslim.core.data import data_dir
+from llmslim.core.data import data_dir, wikitext2_halves
 from llmslim.core.device import peak_memory_mb
 from llmslim.core.errors import BadOptionError
 from llmslim.core.job import Context
@@ -20,7 +20,7 @@ from llmslim.prune.accumulate import ACCUMULATIONS, GMM_REFITS
 from llmslim.prune.aggregate import AGGREGATIONS, GROUPINGS, SCOPES
 from llmslim.prune.allocate import ALLOCATIONS
 from llmslim.prune.run import (PruneConfig, calibration_windows, check_fingerprint, collect_for, parse_method, prune_model,
-                               read_stats, save_stats, wikitext2_halves)
+                               read_stats, save_stats)
 from llmslim.prune.scores import AFR_RECIPES, ScoreConfig, clipped, gmm_inputs
 from llmslim.prune.units import TARGETS
 

@@ -88,17 +88,10 @@ def calibration_windows(model, tokenizer, source: str, nsamples: int, seqlen: in
     if source == "self":
         return data_mod.self_calibration(model, tokenizer, nsamples, seqlen, seed), "self-generated"
     if source == "wikitext2":
-        text = wikitext2_halves()[0]
+        text = data_mod.wikitext2_halves()[0]
         return data_mod.calibration_windows(tokenizer, text, nsamples, seqlen, seed), "wikitext2 test, first half"
     text = data_mod.read_text(source)
     return data_mod.calibration_windows(tokenizer, text, nsamples, seqlen, seed), str(source)
-
-
-def wikitext2_halves() -> tuple[str, str]:
-    """WikiText-2 raw test split at the line nearest its middle: (calibration, evaluation)."""
-    text = data_mod.wikitext2_test()
-    mid = text.find("\n", len(text) // 2)
-    return text[:mid], text[mid + 1 :]
 
 
 # ------------------------------------------------------------------ scores cache

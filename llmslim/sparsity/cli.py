@@ -1,4 +1,4 @@
-"""`llmslim sparsity collect | train | eval`: options -> job -> sparsity.run -> report."""
+"""`llmslim sparsity collect | train | eval`: options -> job -> core/job.run_command -> table or JSON."""
 
 from __future__ import annotations
 
@@ -8,7 +8,11 @@ from typing import Annotated, Optional
 import typer
 
 from llmslim.core import report
-from llmslim.core.options import DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, ModelArg, OutOpt, QuietOpt, SeedOpt
+from llmslim.core.job import Command, run_command
+from llmslim.core.options import (DEVICE, DTYPE, MODEL, SEED, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, LimitOpt, ModelArg, OutOpt,
+                                  QuietOpt, SeedOpt)
+from llmslim.eval.run import ACC_NORM_TASKS
+from llmslim.sparsity import jobs
 
 app = typer.Typer(help="ShadowLLM predictor-based contextual sparsity: collect traces, train predictors, evaluate.",
                   no_args_is_help=True)
@@ -21,31 +25,27 @@ EVAL = "Evaluation"
 
 @app.command()
 def collect(
-    model: ModelArg = "smollm2-135m",
+    model: ModelArg = MODEL,
     data: Annotated[str, typer.Option(help="Comma list of sources: wikitext2 (first half of the test file, windows), arc_easy, piqa, hellaswag (contexts of items the eval never uses), or a text file.", rich_help_panel=DATA)] = "wikitext2,arc_easy,piqa,hellaswag",
-    n: Annotated[int, typer.Option("--n", help="Examples per source.", rich_help_panel=DATA)] = 64,
+    limit: Annotated[int, typer.Option("--limit", "-l", help="Examples per source.", rich_help_panel=DATA)] = 64,
     seqlen: Annotated[int, typer.Option(help="Tokens per text window (the mask is decided at its last token).", rich_help_panel=DATA)] = 64,
     criteria: Annotated[str, typer.Option(help="Comma list of plainact, l2norm, fisher, snip, gradnorm, or 'all'.", rich_help_panel=DATA)] = "plainact,l2norm",
-    batch_size: Annotated[int, typer.Option(help="Equal-length examples per forward+backward.", rich_help_panel=DATA)] = 8,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Equal-length examples per forward+backward.", rich_help_panel=DATA)] = 8,
     out: OutOpt = None,
     force: ForceOpt = False,
     json: JsonOpt = False,
     quiet: QuietOpt = False,
-    seed: SeedOpt = 0,
-    device: DeviceOpt = "cpu",
-    dtype: DtypeOpt = "float32",
+    seed: SeedOpt = SEED,
+    device: DeviceOpt = DEVICE,
+    dtype: DtypeOpt = DTYPE,
 ) -> None:
     """Trace a dataset: layer-0 attention output (the predictor's input), each layer's input, and every head's and FFN neuron's importance per example."""
-    from llmslim.sparsity.run import CollectJob, run_collect
+    job = jobs.CollectJob(model=model, data=data, limit=limit, seqlen=seqlen, criteria=criteria, batch_size=batch_size,
+                          out=out, force=force, seed=seed, device=device, dtype=dtype)
+    run_command(COLLECT, job, json_out=json, quiet=quiet)
 
-    report.setup_logging(quiet or json)
-    job = CollectJob(model=model, data=data, n=n, seqlen=seqlen, criteria=criteria, batch_size=batch_size, out=out,
-                     force=force, seed=seed, device=device, dtype=dtype)
-    with report.progress(enabled=not (quiet or json)) as bar:
-        result = run_collect(job, bar)
-    if json:
-        report.print_json(result)
-        return
+
+def render_collect(result: dict) -> None:
     s = result["shape"]
     report.stdout.print(report.table(
         f"sparsity collect {result['model']}: {result['examples']} examples from {', '.join(result['sources'])}",
@@ -67,27 +67,24 @@ def train(
     dejavu_rank: Annotated[int, typer.Option(help="DejaVu per-layer predictor rank.", rich_help_panel=TRAIN)] = 16,
     epochs: Annotated[int, typer.Option(help="Training epochs (AdamW, cosine schedule).", rich_help_panel=TRAIN)] = 30,
     lr: Annotated[float, typer.Option(help="Peak learning rate.", rich_help_panel=TRAIN)] = 1e-3,
-    batch_size: Annotated[int, typer.Option(help="Examples per step.", rich_help_panel=TRAIN)] = 32,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Examples per step.", rich_help_panel=TRAIN)] = 32,
     holdout: Annotated[float, typer.Option(help="Share of examples held out for Spearman's rho.", rich_help_panel=TRAIN)] = 0.2,
     out: OutOpt = None,
     force: ForceOpt = False,
     json: JsonOpt = False,
     quiet: QuietOpt = False,
-    seed: SeedOpt = 0,
+    seed: SeedOpt = SEED,
 ) -> None:
     """Train ShadowLLM and DejaVu-style predictors on traces; report Spearman's rho on a held-out split."""
     from llmslim.sparsity.predictor import TrainConfig
-    from llmslim.sparsity.run import TrainJob, run_train
 
-    report.setup_logging(quiet or json)
     cfg = TrainConfig(hidden=hidden, head=head, dejavu_rank=dejavu_rank, epochs=epochs, batch_size=batch_size, lr=lr,
                       holdout=holdout, seed=seed)
-    job = TrainJob(traces=traces, criterion=criterion, kinds=kinds, which=which, out=out, force=force, cfg=cfg)
-    with report.progress(enabled=not (quiet or json)) as bar:
-        result = run_train(job, bar)
-    if json:
-        report.print_json(result)
-        return
+    job = jobs.TrainJob(traces=traces, criterion=criterion, kinds=kinds, which=which, out=out, force=force, seed=seed, cfg=cfg)
+    run_command(TRAIN_COMMAND, job, json_out=json, quiet=quiet)
+
+
+def render_train(result: dict) -> None:
     rows = []
     for kind, per in result["metrics"].items():
         for name, m in per.items():
@@ -95,46 +92,38 @@ def train(
     report.stdout.print(report.table(
         f"sparsity train ({result['criterion']}): Spearman rho on {result['held_out']} held-out of {result['examples']} examples",
         ["units", "predictor", "spearman rho", "mse (normalised)", "params"], rows))
-    if result["out"]:
+    if result.get("out"):
         report.stdout.print(f"saved to {result['out']}")
 
 
 @app.command("eval")
 def eval_command(
-    model: ModelArg = "smollm2-135m",
+    model: ModelArg = MODEL,
     predictors: Annotated[list[Path], typer.Option("--predictors", "-p", help="A folder from `llmslim sparsity train --out` (repeat for more criteria).", rich_help_panel=SPARSE)] = [],  # noqa: B006
     methods: Annotated[str, typer.Option(help="Comma list of static, shadow, dejavu, oracle.", rich_help_panel=SPARSE)] = "static,shadow,dejavu,oracle",
     ffn_sparsity: Annotated[str, typer.Option(help="FFN sparsities to evaluate (dropped share), comma list.", rich_help_panel=SPARSE)] = "0.3,0.5,0.7",
     head_sparsity: Annotated[float, typer.Option(help="Head sparsity (whole kv groups under GQA).", rich_help_panel=SPARSE)] = 0.0,
     allocation: Annotated[str, typer.Option(help="perlayer, global or hybrid (dejavu is always perlayer).", rich_help_panel=SPARSE)] = "perlayer",
     min_keep: Annotated[float, typer.Option(help="hybrid: each layer keeps at least this share of its perlayer count.", rich_help_panel=SPARSE)] = 0.5,
-    tasks: Annotated[str, typer.Option(help="Multiple-choice tasks scored with a mask per item context ('' for none).", rich_help_panel=EVAL)] = "arc_easy,piqa,hellaswag",
-    limit: Annotated[int, typer.Option(help="Items per task.", rich_help_panel=EVAL)] = 20,
-    ppl_windows: Annotated[int, typer.Option(help="WikiText-2 windows for perplexity (0: none).", rich_help_panel=EVAL)] = 8,
+    tasks: Annotated[str, typer.Option("--tasks", "-t", help="Multiple-choice tasks scored with a mask per item context ('' for none).", rich_help_panel=EVAL)] = "arc_easy,piqa,hellaswag",
+    limit: LimitOpt = None,
+    ppl_limit: Annotated[int, typer.Option("--ppl-limit", help="WikiText-2 windows (second half) for perplexity (0: none).", rich_help_panel=EVAL)] = 8,
     ppl_prompt_len: Annotated[int, typer.Option(help="Window = prompt (decides the mask) + as many scored tokens.", rich_help_panel=EVAL)] = 64,
     plot: Annotated[Optional[Path], typer.Option(help="Also write the plot here (PNG).", rich_help_panel=EVAL)] = None,
     out: OutOpt = None,
     force: ForceOpt = False,
     json: JsonOpt = False,
     quiet: QuietOpt = False,
-    seed: SeedOpt = 0,
-    device: DeviceOpt = "cpu",
-    dtype: DtypeOpt = "float32",
+    seed: SeedOpt = SEED,
+    device: DeviceOpt = DEVICE,
+    dtype: DtypeOpt = DTYPE,
 ) -> None:
     """Perplexity and zero-shot accuracy vs sparsity for each method, with gathered (really smaller) execution."""
-    from llmslim.sparsity.run import EvalJob, run_eval
-
-    report.setup_logging(quiet or json)
-    job = EvalJob(model=model, predictors=list(predictors), methods=methods, ffn_sparsity=ffn_sparsity,
-                  head_sparsity=head_sparsity, allocation=allocation, min_keep=min_keep, tasks=tasks, limit=limit,
-                  ppl_windows=ppl_windows, ppl_prompt_len=ppl_prompt_len, plot=plot, out=out, force=force, seed=seed,
-                  device=device, dtype=dtype)
-    with report.progress(enabled=not (quiet or json)) as bar:
-        result = run_eval(job, bar)
-    if json:
-        report.print_json(result)
-        return
-    render_eval(result)
+    job = jobs.EvalJob(model=model, predictors=list(predictors), methods=methods, ffn_sparsity=ffn_sparsity,
+                       head_sparsity=head_sparsity, allocation=allocation, min_keep=min_keep, tasks=tasks, limit=limit,
+                       ppl_limit=ppl_limit, ppl_prompt_len=ppl_prompt_len, plot=plot, out=out, force=force, seed=seed,
+                       device=device, dtype=dtype)
+    run_command(EVAL_COMMAND, job, json_out=json, quiet=quiet)
 
 
 def render_eval(result: dict) -> None:
@@ -143,6 +132,12 @@ def render_eval(result: dict) -> None:
     t = report.table(f"sparsity eval {result['model']} ({result['allocation']} masks, one per input)",
                      ["method", "criterion", "ffn sparsity"] + metrics + ["seconds"], rows)
     t.caption = (f"ppl: {result['ppl']['windows']} WikiText-2 windows, mask from the first {result['ppl']['prompt_len']} tokens, "
-                 f"scored on the next {result['ppl']['prompt_len']}; tasks: first {result['limit']} items, mask from the context "
-                 "(arc_easy/hellaswag: acc_norm, piqa: acc)")
+                 f"scored on the next {result['ppl']['prompt_len']}; tasks: first {result['limit'] or 'all'} items, mask from the context "
+                 f"({', '.join(ACC_NORM_TASKS)}: acc_norm, others: acc)")
     report.stdout.print(t)
+
+
+COLLECT = Command("sparsity collect", jobs.validate_collect, jobs.run_collect, render_collect, model_purpose="gradients",
+                  needs_out=True)
+TRAIN_COMMAND = Command("sparsity train", jobs.validate_train, jobs.run_train, render_train, model_purpose=None)
+EVAL_COMMAND = Command("sparsity eval", jobs.validate_eval, jobs.run_eval, render_eval)

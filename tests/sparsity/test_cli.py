@@ -44,7 +44,7 @@ def test_collect_train_eval_on_a_tiny_model(capsys, tmp_path, tiny_llama_dir, da
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(" ".join(f"w{(i * 7) % 120}" for i in range(3000)))
     traces = tmp_path / "traces"
-    code, out, err = run(capsys, "collect", str(tiny_llama_dir), "--data", f"{corpus},arc_easy", "--n", "12", "--seqlen", "16",
+    code, out, err = run(capsys, "collect", str(tiny_llama_dir), "--data", f"{corpus},arc_easy", "--limit", "12", "--seqlen", "16",
                          "--criteria", "plainact,l2norm,fisher", "--out", str(traces), "--json")
     assert code == 0, err
     got = json.loads(out)
@@ -60,10 +60,11 @@ def test_collect_train_eval_on_a_tiny_model(capsys, tmp_path, tiny_llama_dir, da
     assert set(metrics) == {"neurons", "heads"} and set(metrics["neurons"]) == {"static", "shadow", "dejavu"}
     shadow = metrics["neurons"]["shadow"]
     assert shadow["spearman"] == pytest.approx(sum(shadow["spearman_per_layer"]) / len(shadow["spearman_per_layer"]))
+    assert json.loads((pred / "results.json").read_text())["metrics"] == metrics  # what was printed is what was written
 
     res = tmp_path / "eval"
     code, out, err = run(capsys, "eval", str(tiny_llama_dir), "-p", str(pred), "--ffn-sparsity", "0.5", "--head-sparsity", "0.5",
-                         "--tasks", "arc_easy", "--limit", "2", "--ppl-windows", "1", "--ppl-prompt-len", "8", "--out", str(res), "--json")
+                         "--tasks", "arc_easy", "--limit", "2", "--ppl-limit", "1", "--ppl-prompt-len", "8", "--out", str(res), "--json")
     assert code == 0, err
     rows = json.loads(out)["rows"]
     assert [r["method"] for r in rows] == ["dense", "static", "shadow", "dejavu", "oracle"]
@@ -79,7 +80,7 @@ def test_smollm2_shadow_gathered_equals_masked(smollm2, data_dir):
     from llmslim.sparsity import predictor as P
     from llmslim.sparsity.collect import collect
     from llmslim.sparsity.execute import SparseRunner, SparsityConfig, masked
-    from llmslim.sparsity.run import collect_examples
+    from llmslim.sparsity.jobs import collect_examples
 
     model, tok = smollm2.model, smollm2.tokenizer
     examples = collect_examples(tok, ["wikitext2"], 6, 24, seed=0, root=data_dir)

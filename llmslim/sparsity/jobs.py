@@ -1,0 +1,262 @@
+"""The three `llmslim sparsity` commands' halves for core/job.run_command: `validate_*` (no
+model, no data read beyond checking it exists) and `run_*` (the work on ctx's model)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from llmslim.core.errors import BadOptionError, DataError
+from llmslim.core.job import Context
+from llmslim.core.options import DEVICE, DTYPE, MODEL, SEED
+from llmslim.sparsity import criteria as C
+from llmslim.sparsity import masks as M
+from llmslim.sparsity.tasks import READERS, load_items, parse_tasks
+
+if TYPE_CHECKING:
+    from llmslim.sparsity.predictor import TrainConfig
+
+SOURCES = ("wikitext2",) + tuple(READERS)
+
+
+def parse_floats(text: str, what: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise BadOptionError(f"{what} must be comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise BadOptionError(f"{what} is empty")
+    for v in values:
+        M.check_sparsity(v, what)
+    return values
+
+
+def _items(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+# ---------------------------------------------------------------- collect
+@dataclass
+class CollectJob:
+    model: str = MODEL
+    data: str = "wikitext2,arc_easy,piqa,hellaswag"
+    limit: int = 64  # examples per source
+    seqlen: int = 64  # WikiText-2 window length (the mask is decided at its last token)
+    criteria: str = "plainact,l2norm"
+    batch_size: int = 8
+    out: Path | None = None
+    force: bool = False
+    seed: int = SEED
+    device: str = DEVICE
+    dtype: str = DTYPE
+
+
+def collect_examples(tokenizer, sources: list[str], n: int, seqlen: int, seed: int, root: Path | None = None):
+    from llmslim.core.data import data_dir, read_text, wikitext2_halves
+    from llmslim.sparsity.collect import context_examples, window_examples
+
+    root = Path(root or data_dir())
+    examples = []
+    for src in sources:
+        if src == "wikitext2":  # the first half: the second is for perplexity
+            examples += window_examples(tokenizer, wikitext2_halves(root)[0], n, seqlen, seed)
+        elif src in READERS:
+            items = load_items(src, root, split="train", limit=n)
+            examples += context_examples(tokenizer, [it.context for it in items], src)
+        else:
+            examples += window_examples(tokenizer, read_text(Path(src)), n, seqlen, seed)
+    return examples
+
+
+def validate_collect(job: CollectJob) -> None:
+    C.parse(job.criteria)
+    if job.limit < 1 or job.seqlen < 2 or job.batch_size < 1:
+        raise BadOptionError("--limit and --batch-size must be >= 1 and --seqlen >= 2")
+    for src in _items(job.data):
+        if src not in SOURCES and not Path(src).is_file():
+            raise BadOptionError(f"unknown data source {src!r}; use {', '.join(SOURCES)} or a text file")
+
+
+def run_collect(job: CollectJob, ctx: Context) -> dict:
+    from llmslim.sparsity.collect import collect
+
+    sources = _items(job.data)
+    examples = collect_examples(ctx.tokenizer, sources, job.limit, job.seqlen, job.seed)
+    traces = collect(ctx.model, examples, C.parse(job.criteria), batch_size=job.batch_size,
+                     progress=ctx.step("tracing (forward+backward)", len(examples)))
+    traces.meta |= {"model": job.model, "data": sources, "seqlen": job.seqlen, "seed": job.seed}
+    ctx.save(traces.save)
+    return {"model": job.model, "examples": len(traces), "criteria": C.parse(job.criteria), "sources": sources,
+            "shape": {k: traces.meta[k] for k in ("layers", "heads", "kv_heads", "ffn", "hidden")},
+            "timings": {"collect_s": traces.meta["collect_s"]}}
+
+
+# ---------------------------------------------------------------- train
+@dataclass
+class TrainJob:
+    traces: Path = Path("traces")
+    criterion: str = "plainact"
+    kinds: str = "neurons,heads"
+    which: str = "shadow,dejavu"
+    out: Path | None = None
+    force: bool = False
+    seed: int = SEED
+    cfg: "TrainConfig | None" = None
+
+
+def validate_train(job: TrainJob) -> None:
+    from llmslim.sparsity import predictor as P
+
+    if len(C.parse(job.criterion)) != 1:
+        raise BadOptionError("train takes one --criterion")
+    for k in _items(job.kinds):
+        if k not in P.KINDS:
+            raise BadOptionError(f"unknown kind {k!r}; use {', '.join(P.KINDS)}")
+    for w in _items(job.which):
+        if w not in ("shadow", "dejavu"):
+            raise BadOptionError(f"unknown predictor {w!r}; use shadow, dejavu")
+    (job.cfg or P.TrainConfig()).check()
+    if not Path(job.traces).exists():
+        raise DataError(f"no traces at {job.traces} (run `llmslim sparsity collect ... --out DIR` first)")
+
+
+def run_train(job: TrainJob, ctx: Context) -> dict:
+    from llmslim.sparsity import predictor as P
+    from llmslim.sparsity.collect import Traces
+
+    crit, kinds, which = C.parse(job.criterion)[0], _items(job.kinds), _items(job.which)
+    cfg = job.cfg or P.TrainConfig(seed=job.seed)
+    traces = Traces.load(job.traces)
+    traces.scores("neurons", crit)  # a clear error if this criterion was not collected
+    t0 = time.perf_counter()
+    res = P.train(traces, crit, cfg, kinds=kinds, which=which,
+                  progress=ctx.step("training predictors", cfg.epochs * len(kinds) * len(which)))
+    ctx.save(lambda folder: P.save(res, traces.meta, folder))
+    return {"traces": str(job.traces), "criterion": crit, "examples": len(traces), "held_out": len(res["split"]["test"]),
+            "metrics": res["metrics"], "config": res["config"], "timings": {"train_s": time.perf_counter() - t0}}
+
+
+# ---------------------------------------------------------------- eval
+@dataclass
+class EvalJob:
+    model: str = MODEL
+    predictors: list[Path] = field(default_factory=list)  # one folder per criterion
+    methods: str = "static,shadow,dejavu,oracle"
+    ffn_sparsity: str = "0.3,0.5,0.7"
+    head_sparsity: float = 0.0
+    allocation: str = "perlayer"
+    min_keep: float = 0.5
+    tasks: str = "arc_easy,piqa,hellaswag"
+    limit: int | None = None
+    ppl_limit: int = 8  # WikiText-2 windows (second half)
+    ppl_prompt_len: int = 64
+    plot: Path | None = None
+    out: Path | None = None
+    force: bool = False
+    seed: int = SEED
+    device: str = DEVICE
+    dtype: str = DTYPE
+
+
+def validate_eval(job: EvalJob) -> None:
+    from llmslim.core.outputs import check_creatable
+    from llmslim.sparsity.execute import METHODS
+
+    for m in _items(job.methods):
+        if m not in METHODS or m == "dense":
+            raise BadOptionError(f"unknown method {m!r}; choose from static, shadow, dejavu, oracle")
+    parse_floats(job.ffn_sparsity, "--ffn-sparsity")
+    M.check_sparsity(job.head_sparsity, "--head-sparsity")
+    if job.tasks:
+        parse_tasks(job.tasks)
+    if (job.limit is not None and job.limit < 1) or job.ppl_limit < 0 or job.ppl_prompt_len < 2:
+        raise BadOptionError("--limit must be >= 1, --ppl-limit >= 0 and --ppl-prompt-len >= 2")
+    if not job.predictors:
+        raise BadOptionError("eval needs --predictors DIR (from `llmslim sparsity train`), once per criterion")
+    for folder in job.predictors:
+        if not Path(folder).exists():
+            raise DataError(f"no predictors at {folder} (run `llmslim sparsity train ... --out DIR` first)")
+    if job.plot is not None:
+        check_creatable(job.plot)
+
+
+def _configs(preds: list[dict], methods: list[str], sparsities: list[float]) -> list[tuple]:
+    """(criterion, method, ffn sparsity, predictors) for the dense model and every combination."""
+    return [("-", "dense", 0.0, None)] + [(pr["criterion"], m, s, pr) for pr in preds for m in methods
+                                          for s in sparsities if s > 0]
+
+
+def run_eval(job: EvalJob, ctx: Context) -> dict:
+    """Every (criterion, method, sparsity) with a mask per input, plus the dense model."""
+    from llmslim.core.data import data_dir, wikitext2_halves
+    from llmslim.eval.run import headline
+    from llmslim.sparsity import predictor as P
+    from llmslim.sparsity.evaluate import mc_accuracy, perplexity, ppl_windows
+    from llmslim.sparsity.execute import SparseRunner, SparsityConfig
+
+    model, tokenizer = ctx.model, ctx.tokenizer
+    preds = [P.load(p) for p in job.predictors]
+    tasks = parse_tasks(job.tasks) if job.tasks else []
+    items = {t: load_items(t, data_dir(), "eval", job.limit) for t in tasks}
+    windows = ppl_windows(tokenizer, wikitext2_halves()[1], job.ppl_prompt_len, job.ppl_limit) if job.ppl_limit else None
+    configs = _configs(preds, _items(job.methods), parse_floats(job.ffn_sparsity, "--ffn-sparsity"))
+    per_config = (windows.shape[0] if windows is not None else 0) + sum(len(v) for v in items.values())
+    tick = ctx.step("evaluating", per_config * len(configs))
+    rows = []
+    for crit, method, s, pr in configs:
+        cfg = SparsityConfig(method, ffn_sparsity=s, head_sparsity=job.head_sparsity if method != "dense" else 0.0,
+                             allocation=job.allocation, min_keep=job.min_keep)
+        runner = SparseRunner(model, cfg, static_scores=pr["static"] if pr else None,
+                              shadow=pr["shadow"] if pr else None, dejavu=pr["dejavu"] if pr else None)
+        t1 = time.perf_counter()
+        row = {"criterion": crit, "method": method, "ffn_sparsity": s, "head_sparsity": cfg.head_sparsity}
+        oracle_crit = pr["criterion"] if pr else "plainact"
+        if windows is not None:
+            row["ppl"] = perplexity(model, runner, windows, oracle_crit, progress=tick)["perplexity"]
+        for t, its in items.items():
+            row[t] = headline({t: mc_accuracy(model, tokenizer, runner, its, oracle_crit, progress=tick)})[t][1]
+        if items:
+            row["mean_acc"] = sum(row[t] for t in items) / len(items)
+        row |= {"seconds": time.perf_counter() - t1, "predict_s": runner.stats["predict_s"], "gather_s": runner.gather.seconds}
+        rows.append(row)
+    result = {"model": job.model, "rows": rows, "tasks": tasks, "limit": job.limit,
+              "ppl": {"windows": int(windows.shape[0]) if windows is not None else 0, "prompt_len": job.ppl_prompt_len},
+              "allocation": job.allocation, "predictor_traces": {pr["criterion"]: pr["meta"].get("n") for pr in preds}}
+    if job.plot is not None:
+        plot(result, job.plot)
+    ctx.save(lambda folder: plot(result, folder / "sparsity.png"))
+    return result
+
+
+def plot(result: dict, path: Path) -> None:
+    """Perplexity and mean accuracy vs FFN sparsity, one line per (criterion, method)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    dense = next(r for r in rows if r["method"] == "dense")
+    metrics = [m for m in ("ppl", "mean_acc") if m in dense]
+    if not metrics:
+        raise DataError("nothing to plot: no perplexity and no task was evaluated")
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4), squeeze=False)
+    lines = sorted({(r["criterion"], r["method"]) for r in rows if r["method"] != "dense"})
+    for ax, metric in zip(axes[0], metrics):
+        for crit, method in lines:
+            pts = [(0.0, dense[metric])] + sorted((r["ffn_sparsity"], r[metric]) for r in rows if (r["criterion"], r["method"]) == (crit, method))
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{method} ({crit})",
+                    linestyle="-" if crit == "plainact" else "--")
+        ax.set_xlabel("FFN sparsity (dropped share, per input)")
+        ax.set_ylabel("WikiText-2 perplexity (prompt-half mask)" if metric == "ppl" else "mean accuracy " + "/".join(result["tasks"]))
+        if metric == "ppl":
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"{result['model']}: contextual sparsity, masks chosen per input")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
