@@ -9,20 +9,24 @@ PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 
+# torch: where the venv has none. The package index is pip's own configuration (PIP_INDEX_URL,
+# find-links, pip.conf), plus LLMSLIM_TORCH_INDEX if set (an index of CPU torch wheels: see the
+# README). On a machine without nvidia-smi, a torch that is not a +cpu build (PyPI's Linux
+# wheels pull multi-GB CUDA libraries) is refused before anything is downloaded.
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   if command -v nvidia-smi >/dev/null 2>&1; then
-    "${PIP[@]}" install torch                        # a GPU machine: PyPI's CUDA build is wanted
+    "${PIP[@]}" install torch                        # a GPU machine: the CUDA build is wanted
   else
-    # a local CPU wheel where pip's find-links has one (as on our CI machines; pip prefers its
-    # +cpu local version), else PyTorch's CPU index for torch and PyPI for its dependencies
-    wheels=$(mktemp -d)
-    if "${PIP[@]}" download --no-index --no-deps torch==2.13.0 -d "$wheels" >/dev/null 2>&1 \
-        && ls "$wheels"/torch-2.13.0+cpu* >/dev/null 2>&1; then
-      "${PIP[@]}" install torch==2.13.0
-    else
-      "${PIP[@]}" install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple
-    fi
-    rm -rf "$wheels"
+    extra=()
+    [ -n "${LLMSLIM_TORCH_INDEX:-}" ] && extra=(--extra-index-url "$LLMSLIM_TORCH_INDEX")
+    version=$("${PIP[@]}" install --dry-run --ignore-installed --no-deps --report - torch==2.13.0 ${extra[@]+"${extra[@]}"} \
+      | .venv/bin/python -c "import json, sys; print(json.load(sys.stdin)['install'][0]['metadata']['version'])")
+    case "$version" in
+      *+cpu*) "${PIP[@]}" install "torch==$version" ${extra[@]+"${extra[@]}"} ;;
+      *) echo "setup.sh: no GPU here, and pip would install torch $version, a CUDA build (several GB)." >&2
+         echo "Set LLMSLIM_TORCH_INDEX to an index of CPU torch wheels (see the README) and run again." >&2
+         exit 1 ;;
+    esac
   fi
 fi
 

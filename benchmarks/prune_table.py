@@ -33,7 +33,7 @@ from llmslim.core.load import load_model
 from llmslim.eval.run import perplexity, run_tasks
 from llmslim.prune.accumulate import PerWindow, window_keys
 from llmslim.prune.calibrate import collect
-from llmslim.prune.pipeline import ALL_METHODS
+from llmslim.prune.jobs import ALL_METHODS
 from llmslim.core.data import wikitext2_halves
 from llmslim.prune.run import PruneConfig, load_stats, needs, parse_method, prune_model, save_stats
 from llmslim.prune.scores import ScoreConfig

@@ -25,7 +25,7 @@ from llmslim.core.data import alpaca_prompts
 from llmslim.core.device import seed_everything
 from llmslim.core.load import cache_dir, load_model
 from llmslim.shorten import evaluate as ev
-from llmslim.shorten.pipeline import select_refs
+from llmslim.shorten.jobs import select_refs
 from llmslim.shorten.reference import get_references
 from llmslim.shorten.reward import Embedder
 from llmslim.shorten.rl import RLConfig, train_rl

@@ -38,18 +38,21 @@ def _register() -> None:
     app.add_typer(sparsity_app, name="sparsity")
 
 
-@app.callback()
-def root(
-    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks (also LLMSLIM_DEBUG=1)."),
-    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
-) -> None:
-    if debug:
-        os.environ["LLMSLIM_DEBUG"] = "1"
-    if version:
+def _print_version(value: bool) -> None:
+    if value:
         import llmslim
 
         typer.echo(llmslim.__version__)
         raise typer.Exit()
+
+
+@app.callback()
+def root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks (also LLMSLIM_DEBUG=1)."),
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version, help="Print the version and exit."),
+) -> None:
+    if debug:
+        os.environ["LLMSLIM_DEBUG"] = "1"
 
 
 _register()
@@ -60,17 +63,21 @@ def main(argv: list[str] | None = None) -> None:
     anything else is an internal error: a short message, exit code 2."""
     import click
 
+    # typer >= 0.17 raises its own (vendored) click's exceptions; older typer raises click's
+    exits = (typer.Exit, click.exceptions.Exit)
+    aborts = (typer.Abort, click.exceptions.Abort)
+    usage = (typer.TyperException, click.ClickException)
     debug = os.environ.get("LLMSLIM_DEBUG") == "1" or "--debug" in (argv or sys.argv)
     try:
         app(args=argv, standalone_mode=False)
-    except click.exceptions.Exit as done:
+    except exits as done:
         sys.exit(done.exit_code)
-    except click.ClickException as err:
-        err.show()
-        sys.exit(err.exit_code)
-    except click.exceptions.Abort:
+    except aborts:
         sys.stderr.write("aborted\n")
         sys.exit(130)
+    except usage as err:  # an unknown option, a missing argument: bad input
+        err.show()
+        sys.exit(1)
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         sys.exit(130)

@@ -75,7 +75,7 @@ def test_prune_attention_refuses_group_sum_before_loading(tiny_llama_dir):
 
 def test_bad_input_exits_1_and_a_bug_exits_2_with_how_to_see_it(monkeypatch, capsys, tmp_path):
     from llmslim import cli
-    from llmslim.info import cli as info_cli
+    from llmslim.core import load
 
     monkeypatch.setenv("LLMSLIM_DEBUG", "")  # --debug below sets it; restored (unset) after the test
     with pytest.raises(SystemExit) as bad:
@@ -85,7 +85,7 @@ def test_bad_input_exits_1_and_a_bug_exits_2_with_how_to_see_it(monkeypatch, cap
     def broken(*args, **kwargs):
         raise ZeroDivisionError("division by zero")
 
-    monkeypatch.setattr(info_cli, "load_model", broken)
+    monkeypatch.setattr(load, "load_model", broken)
     with pytest.raises(SystemExit) as bug:
         cli.main(["info", "smollm2-135m"])
     err = capsys.readouterr().err
@@ -94,3 +94,12 @@ def test_bad_input_exits_1_and_a_bug_exits_2_with_how_to_see_it(monkeypatch, cap
     assert "Traceback" not in err
     with pytest.raises(ZeroDivisionError):  # --debug lets it through, traceback and all
         cli.main(["--debug", "info", "smollm2-135m"])
+
+
+def test_version_and_a_usage_error():
+    import llmslim
+
+    proc = run("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == llmslim.__version__
+    proc = run("prune", "--no-such-option")
+    assert proc.returncode == 1 and "No such option: --no-such-option" in proc.stderr and "internal error" not in proc.stderr

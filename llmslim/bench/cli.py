@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -17,7 +16,7 @@ from llmslim.bench.run import BenchConfig, auto_threads, batch_sizes, check_spec
 from llmslim.bench.speed import SpeedConfig
 from llmslim.core import report
 from llmslim.core.errors import BadOptionError
-from llmslim.core.job import Command, Context, run_command
+from llmslim.core.job import Command, CommonOptions, Context, run_command
 from llmslim.core.options import DEVICE, DTYPE, MODEL, SEED, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, OutOpt, QuietOpt, SeedOpt
 
 log = logging.getLogger(__name__)
@@ -31,8 +30,8 @@ ModelOrRandomArg = Annotated[str, typer.Argument(
          "with overrides like 'random:llama-1b?intermediate_size=4096'.")]
 
 
-@dataclass
-class BenchJob:
+@dataclass(kw_only=True)
+class BenchJob(CommonOptions):
     model: str = MODEL
     against: str | None = None
     batch_size: int = 4
@@ -44,11 +43,6 @@ class BenchJob:
     static_cache: bool = False
     split: bool = False
     threads: int | None = None
-    out: Path | None = None
-    force: bool = False
-    seed: int = SEED
-    device: str = DEVICE
-    dtype: str = DTYPE
 
     def config(self) -> BenchConfig:
         speed = SpeedConfig(prompt_len=self.prompt_len, new_tokens=self.new_tokens, repeats=self.repeats, warmup=self.warmup,

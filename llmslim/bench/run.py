@@ -60,9 +60,14 @@ def folder_weight_bytes(folder: str | Path) -> int | None:
 
 
 def check_spec(spec: str) -> None:
-    """Fail fast on a bad random spec (cheap: builds only its config)."""
+    """Fail fast on a bad spec: a random one builds only its config, any other must resolve
+    to a model (no loading)."""
     if is_random(spec):
         random_config(spec)
+    else:
+        from llmslim.core.load import resolve_model
+
+        resolve_model(spec)
 
 
 def load_subject(spec: str, *, device: str = "auto", dtype: str = "auto", seed: int = 0) -> Subject:

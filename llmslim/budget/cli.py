@@ -1,4 +1,4 @@
-"""`llmslim budget ...`: TALE token-budget-aware reasoning. Thin: options -> Job -> pipeline -> report."""
+"""`llmslim budget ...`: TALE token-budget-aware reasoning. Thin: options -> Job -> core/job.run_command -> table or JSON."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from llmslim.budget import pipeline as PL
+from llmslim.budget import jobs as PL
 from llmslim.budget.parse import DEFAULT_BUDGET
 from llmslim.core import report
 from llmslim.core.errors import BadOptionError
-from llmslim.core.options import DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, OutOpt, QuietOpt, SeedOpt
+from llmslim.core.job import Command, run_command
+from llmslim.core.options import (DEVICE, DTYPE, MODEL, SEED, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, LoraROpt, MaxNewTokensOpt,
+                                  MaxStepsOpt, OutOpt, QuietOpt, SeedOpt)
 
 budget_app = typer.Typer(help="TALE token-budget-aware reasoning (arXiv 2412.18547): estimate, run, search, elasticity, train, serve.",
                          no_args_is_help=True)
@@ -27,33 +29,23 @@ ApiTokOpt = Annotated[Optional[str], typer.Option(help="Local tokenizer (model s
 ConcOpt = Annotated[int, typer.Option(help="HTTP requests in flight at once.", rich_help_panel=BACKEND)]
 RetriesOpt = Annotated[int, typer.Option(help="HTTP retries per request (exponential backoff, honours Retry-After).", rich_help_panel=BACKEND)]
 TimeoutOpt = Annotated[float, typer.Option(help="HTTP timeout per request, seconds.", rich_help_panel=BACKEND)]
-BatchOpt = Annotated[int, typer.Option(help="Local generation batch size.", rich_help_panel=BACKEND)]
+BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", help="Local generation batch size.", rich_help_panel=BACKEND)]
 DataOpt = Annotated[Optional[Path], typer.Option(help="Questions file (.jsonl/.json/.csv): GSM8K {question, answer '#### N'}, {question, gold}, ARC or {question, choices, answer}. Default: ../shared/data/gsm8k/test.jsonl.", rich_help_panel=DATA)]
-LimitOpt = Annotated[Optional[int], typer.Option(help="At most this many questions.", rich_help_panel=DATA)]
+LimitOpt = Annotated[Optional[int], typer.Option("--limit", "-l", help="At most this many questions (the first N after --offset); default: all.", rich_help_panel=DATA)]
 OffsetOpt = Annotated[int, typer.Option(help="Skip this many questions first.", rich_help_panel=DATA)]
 TemplatesOpt = Annotated[Optional[Path], typer.Option(help="JSON object overriding TALE's templates by name (cot_number, budget_number, direct_number, cot_choice, budget_choice, direct_choice, estimate).", rich_help_panel=DATA)]
-MaxNewOpt = Annotated[int, typer.Option(help="Output token limit per answer.", rich_help_panel=GEN)]
 EstMaxOpt = Annotated[int, typer.Option(help="Output token limit for the budget estimator.", rich_help_panel=GEN)]
 DefaultBudgetOpt = Annotated[int, typer.Option(help="Budget used when the estimate has no [[N]] (stated in the results).", rich_help_panel=GEN)]
 MaxBudgetOpt = Annotated[Optional[int], typer.Option(help="Clamp estimated budgets to at most this.", rich_help_panel=GEN)]
 
 
 def _job(model, api_base, api_key_env, api_tokenizer, concurrency, retries, timeout, batch_size, device, dtype, seed,
-         data, limit, offset, templates, out, force, settings=None) -> PL.Job:
-    if concurrency < 1 or retries < 0 or timeout <= 0:
-        raise BadOptionError("--concurrency must be >= 1, --retries >= 0, --timeout > 0")
+         data, limit, offset, templates, out, force, settings=None, **options) -> PL.Job:
     spec = PL.BackendSpec(model=model, api_base=api_base, api_key_env=api_key_env, api_tokenizer=api_tokenizer,
                           concurrency=concurrency, retries=retries, timeout=timeout, batch_size=batch_size,
                           device=device, dtype=dtype, seed=seed)
     return PL.Job(backend=spec, data=data, limit=limit, offset=offset, templates=templates, settings=settings or {},
-                  out=out, force=force, seed=seed)
-
-
-def _done(result: dict, json: bool, render) -> None:
-    if json:
-        report.print_json({k: v for k, v in result.items() if k != "rows"})
-    else:
-        render(result)
+                  options=options, out=out, force=force, seed=seed)
 
 
 def _foot(result: dict) -> None:
@@ -65,32 +57,30 @@ def _foot(result: dict) -> None:
 
 @budget_app.command("estimate")
 def estimate(
-    model: ModelOpt = "smollm2-135m",
+    model: ModelOpt = MODEL,
     regression: Annotated[Optional[Path], typer.Option(help="Fit budget ~ question length on a `budget search` output instead of asking the model.")] = None,
     data: DataOpt = None, limit: LimitOpt = None, offset: OffsetOpt = 0, templates: TemplatesOpt = None,
     estimate_max_tokens: EstMaxOpt = 64, default_budget: DefaultBudgetOpt = DEFAULT_BUDGET, max_budget: MaxBudgetOpt = None,
     api_base: ApiBaseOpt = None, api_key_env: ApiKeyEnvOpt = "OPENAI_API_KEY", api_tokenizer: ApiTokOpt = None,
     concurrency: ConcOpt = 4, retries: RetriesOpt = 3, timeout: TimeoutOpt = 60.0, batch_size: BatchOpt = 8,
-    out: OutOpt = None, force: ForceOpt = False, json: JsonOpt = False, quiet: QuietOpt = False, seed: SeedOpt = 0,
-    device: DeviceOpt = "auto", dtype: DtypeOpt = "auto",
+    out: OutOpt = None, force: ForceOpt = False, json: JsonOpt = False, quiet: QuietOpt = False, seed: SeedOpt = SEED,
+    device: DeviceOpt = DEVICE, dtype: DtypeOpt = DTYPE,
 ) -> None:
     """Token budget per question: TALE's zero-shot self-estimation ([[N]], else the default) or a regression."""
-    report.setup_logging(quiet or json)
     job = _job(model, api_base, api_key_env, api_tokenizer, concurrency, retries, timeout, batch_size, device, dtype, seed,
                data, limit, offset, templates, out, force,
-               {"estimate_max_tokens": estimate_max_tokens, "default_budget": default_budget, "max_budget": max_budget})
-    with report.progress(enabled=not (quiet or json)) as bar:
-        result = PL.estimate_job(job, regression, bar)
+               {"estimate_max_tokens": estimate_max_tokens, "default_budget": default_budget, "max_budget": max_budget},
+               regression=regression)
+    run_command(ESTIMATE, job, json_out=json, quiet=quiet)
 
-    def render(r):
-        rows = [[x["id"], x["budget"], "yes" if x["budget_parsed"] else f"no (default {r.get('default_budget')})",
-                 (x.get("question") or "")[:60]] for x in r["budgets"][:20]]
-        report.stdout.print(report.table(f"budget estimate ({r['estimator']}) on {r['n_questions']} questions", ["id", "budget", "parsed", "question"], rows))
-        extra = f", parsed {100 * r['parse_rate']:.0f}%" if "parse_rate" in r else ""
-        report.stdout.print(f"mean budget {r['mean_budget']:.1f} (min {r['min_budget']}, max {r['max_budget']}){extra}")
-        _foot(r)
 
-    _done(result, json, render)
+def render_estimate(r: dict) -> None:
+    rows = [[x["id"], x["budget"], "yes" if x["budget_parsed"] else f"no (default {r.get('default_budget')})",
+             (x.get("question") or "")[:60]] for x in r["budgets"][:20]]
+    report.stdout.print(report.table(f"budget estimate ({r['estimator']}) on {r['n_questions']} questions", ["id", "budget", "parsed", "question"], rows))
+    extra = f", parsed {100 * r['parse_rate']:.0f}%" if "parse_rate" in r else ""
+    report.stdout.print(f"mean budget {r['mean_budget']:.1f} (min {r['min_budget']}, max {r['max_budget']}){extra}")
+    _foot(r)
 
 
 def _render_modes(result: dict) -> None:
@@ -104,150 +94,130 @@ def _render_modes(result: dict) -> None:
 
 @budget_app.command("run")
 def run(
-    model: ModelOpt = "smollm2-135m",
+    model: ModelOpt = MODEL,
     modes: Annotated[str, typer.Option("--modes", help="Comma list: vanilla, direct, tale-ep, budget:N, searched, regression.")] = "vanilla,direct,tale-ep",
     searched: Annotated[Optional[Path], typer.Option(help="`budget search` output (folder or search.jsonl) for modes searched/regression.")] = None,
     data: DataOpt = None, limit: LimitOpt = None, offset: OffsetOpt = 0, templates: TemplatesOpt = None,
-    max_new_tokens: MaxNewOpt = 512, estimate_max_tokens: EstMaxOpt = 64, default_budget: DefaultBudgetOpt = DEFAULT_BUDGET,
+    max_new_tokens: MaxNewTokensOpt = 512, estimate_max_tokens: EstMaxOpt = 64, default_budget: DefaultBudgetOpt = DEFAULT_BUDGET,
     max_budget: MaxBudgetOpt = None,
     price_in: Annotated[Optional[float], typer.Option(help="$ per 1M input tokens, for a cost column.", rich_help_panel=GEN)] = None,
     price_out: Annotated[Optional[float], typer.Option(help="$ per 1M output tokens, for a cost column.", rich_help_panel=GEN)] = None,
     api_base: ApiBaseOpt = None, api_key_env: ApiKeyEnvOpt = "OPENAI_API_KEY", api_tokenizer: ApiTokOpt = None,
     concurrency: ConcOpt = 4, retries: RetriesOpt = 3, timeout: TimeoutOpt = 60.0, batch_size: BatchOpt = 8,
-    out: OutOpt = None, force: ForceOpt = False, json: JsonOpt = False, quiet: QuietOpt = False, seed: SeedOpt = 0,
-    device: DeviceOpt = "auto", dtype: DtypeOpt = "auto",
+    out: OutOpt = None, force: ForceOpt = False, json: JsonOpt = False, quiet: QuietOpt = False, seed: SeedOpt = SEED,
+    device: DeviceOpt = DEVICE, dtype: DtypeOpt = DTYPE,
 ) -> None:
     """Answer a question set per mode: accuracy, mean output tokens, cost; per-question log.jsonl with --out."""
-    report.setup_logging(quiet or json)
-    mode_list = [m.strip() for m in modes.split(",") if m.strip()]
-    if not mode_list:
-        raise BadOptionError("--modes is empty")
     job = _job(model, api_base, api_key_env, api_tokenizer, concurrency, retries, timeout, batch_size, device, dtype, seed,
                data, limit, offset, templates, out, force,
                {"max_new_tokens": max_new_tokens, "estimate_max_tokens": estimate_max_tokens, "default_budget": default_budget,
-                "max_budget": max_budget, "price_in": price_in, "price_out": price_out})
-    with report.progress(enabled=not (quiet or json)) as bar:
-        result = PL.run_job(job, mode_list, searched, bar)
-    _done(result, json, _render_modes)
+                "max_budget": max_budget, "price_in": price_in, "price_out": price_out},
+               modes=[m.strip() for m in modes.split(",") if m.strip()], searched=searched)
+    run_command(RUN, job, json_out=json, quiet=quiet)
 
 
 @budget_app.command("search")
 def search(
-    model: ModelOpt = "smollm2-135m",
+    model: ModelOpt = MODEL,
     method: Annotated[str, typer.Option(help="'halving' (reference code: budget // 2 while correct and cheaper) or 'binary' (paper: binary search, feasible = correct and fewer tokens).")] = "halving",
-    max_steps: Annotated[int, typer.Option(help="At most this many budget probes per question.")] = 8,
+    max_probes: Annotated[int, typer.Option("--max-probes", help="At most this many budget probes per question.")] = 8,
     data: DataOpt = None, limit: LimitOpt = None, offset: OffsetOpt = 0, templates: TemplatesOpt = None,
-    max_new_tokens: MaxNewOpt = 512,
+    max_new_tokens: MaxNewTokensOpt = 512,
     api_base: ApiBaseOpt = None, api_key_env: ApiKeyEnvOpt = "OPENAI_API_KEY", api_tokenizer: ApiTokOpt = None,
     concurrency: ConcOpt = 4, retries: RetriesOpt = 3, timeout: TimeoutOpt = 60.0, batch_size: BatchOpt = 8,
-    out: OutOpt = None, force: ForceOpt = False, json: JsonOpt = False, quiet: QuietOpt = False, seed: SeedOpt = 0,
-    device: DeviceOpt = "auto", dtype: DtypeOpt = "auto",
+    out: OutOpt = None, force: ForceOpt = False, json: JsonOpt = False, quiet: QuietOpt = False, seed: SeedOpt = SEED,
+    device: DeviceOpt = DEVICE, dtype: DtypeOpt = DTYPE,
 ) -> None:
     """Minimal budget that keeps each question correct; search.jsonl (budget, budget_list, token_list, answer) with --out."""
-    report.setup_logging(quiet or json)
-    if method not in ("halving", "binary"):
-        raise BadOptionError(f"unknown --method {method!r}; use halving or binary")
-    if max_steps < 1:
-        raise BadOptionError("--max-steps must be >= 1")
     job = _job(model, api_base, api_key_env, api_tokenizer, concurrency, retries, timeout, batch_size, device, dtype, seed,
-               data, limit, offset, templates, out, force, {"max_new_tokens": max_new_tokens})
-    with report.progress(enabled=not (quiet or json)) as bar:
-        result = PL.search_job(job, method, max_steps, bar)
+               data, limit, offset, templates, out, force, {"max_new_tokens": max_new_tokens}, method=method, max_probes=max_probes)
+    run_command(SEARCH, job, json_out=json, quiet=quiet)
 
-    def render(r):
-        rows = [[x["id"], "yes" if x["vanilla_correct"] else "no", x["vanilla_tokens"], x["budget"], x["tokens"],
-                 " ".join(map(str, x["budget_list"])), " ".join(map(str, x["token_list"]))] for x in r["per_question"][:30]]
-        report.stdout.print(report.table(f"budget search ({r['method']}) on {r['n']} questions",
-                                         ["id", "vanilla ok", "vanilla tokens", "budget", "tokens", "budget list", "token list"], rows))
-        report.stdout.print(f"vanilla accuracy {r['vanilla_accuracy']:.3f}; searched {r['searched']}, shorter answer found for "
-                            f"{r['improved']}; mean tokens on searched {r['mean_vanilla_tokens_searched']} -> {r['mean_optimal_tokens_searched']}; "
-                            f"{r['probes']} probes")
-        _foot(r)
 
-    _done(result, json, render)
+def render_search(r: dict) -> None:
+    rows = [[x["id"], "yes" if x["vanilla_correct"] else "no", x["vanilla_tokens"], x["budget"], x["tokens"],
+             " ".join(map(str, x["budget_list"])), " ".join(map(str, x["token_list"]))] for x in r["per_question"][:30]]
+    report.stdout.print(report.table(f"budget search ({r['method']}) on {r['n']} questions",
+                                     ["id", "vanilla ok", "vanilla tokens", "budget", "tokens", "budget list", "token list"], rows))
+    report.stdout.print(f"vanilla accuracy {r['vanilla_accuracy']:.3f}; searched {r['searched']}, shorter answer found for "
+                        f"{r['improved']}; mean tokens on searched {r['mean_vanilla_tokens_searched']} -> {r['mean_optimal_tokens_searched']}; "
+                        f"{r['probes']} probes")
+    _foot(r)
 
 
 @budget_app.command("elasticity")
 def elasticity(
-    model: ModelOpt = "smollm2-135m",
+    model: ModelOpt = MODEL,
     budgets: Annotated[str, typer.Option(help="Comma list of budgets to put in the prompt.")] = "4,8,16,32,64,128,256",
-    data: DataOpt = None, limit: LimitOpt = 50, offset: OffsetOpt = 0, templates: TemplatesOpt = None,
-    max_new_tokens: MaxNewOpt = 512,
+    data: DataOpt = None, limit: LimitOpt = None, offset: OffsetOpt = 0, templates: TemplatesOpt = None,
+    max_new_tokens: MaxNewTokensOpt = 512,
     api_base: ApiBaseOpt = None, api_key_env: ApiKeyEnvOpt = "OPENAI_API_KEY", api_tokenizer: ApiTokOpt = None,
     concurrency: ConcOpt = 4, retries: RetriesOpt = 3, timeout: TimeoutOpt = 60.0, batch_size: BatchOpt = 8,
-    out: OutOpt = None, force: ForceOpt = False, json: JsonOpt = False, quiet: QuietOpt = False, seed: SeedOpt = 0,
-    device: DeviceOpt = "auto", dtype: DtypeOpt = "auto",
+    out: OutOpt = None, force: ForceOpt = False, json: JsonOpt = False, quiet: QuietOpt = False, seed: SeedOpt = SEED,
+    device: DeviceOpt = DEVICE, dtype: DtypeOpt = DTYPE,
 ) -> None:
     """Output tokens vs the budget in the prompt (table; elasticity.png with --out)."""
-    report.setup_logging(quiet or json)
     try:
         blist = [int(b) for b in budgets.split(",") if b.strip()]
     except ValueError:
         raise BadOptionError(f"--budgets must be integers, got {budgets!r}") from None
     job = _job(model, api_base, api_key_env, api_tokenizer, concurrency, retries, timeout, batch_size, device, dtype, seed,
-               data, limit, offset, templates, out, force, {"max_new_tokens": max_new_tokens})
-    with report.progress(enabled=not (quiet or json)) as bar:
-        result = PL.elasticity_job(job, blist, bar)
+               data, limit, offset, templates, out, force, {"max_new_tokens": max_new_tokens}, budgets=blist)
+    run_command(ELASTICITY, job, json_out=json, quiet=quiet)
 
-    def render(r):
-        rows = [["vanilla" if x["budget"] is None else x["budget"], x["mean_out_tokens"], x["mean_gpt4_tokens"], x["accuracy"], x["truncated"]] for x in r["table"]]
-        report.stdout.print(report.table(f"token elasticity ({r['backend']}, {r['n_questions']} questions)",
-                                         ["budget", "mean out tokens", "mean gpt-4 tokens", "accuracy", "truncated"], rows))
-        if r.get("plot"):
-            report.stdout.print(f"plot: {r['plot']}")
-        _foot(r)
 
-    _done(result, json, render)
+def render_elasticity(r: dict) -> None:
+    rows = [["vanilla" if x["budget"] is None else x["budget"], x["mean_out_tokens"], x["mean_gpt4_tokens"], x["accuracy"], x["truncated"]] for x in r["table"]]
+    report.stdout.print(report.table(f"token elasticity ({r['backend']}, {r['n_questions']} questions)",
+                                     ["budget", "mean out tokens", "mean gpt-4 tokens", "accuracy", "truncated"], rows))
+    if r.get("out"):
+        report.stdout.print(f"plot: {r['out']}/elasticity.png")
+    _foot(r)
 
 
 @budget_app.command("train")
 def train(
-    search_file: Annotated[Path, typer.Argument(help="`budget search --out` folder (or its search.jsonl) on a training split; with --targets gold, a GSM8K-format file.")],
+    model: ModelOpt = MODEL,
+    search: Annotated[Path, typer.Option("--search", help="`budget search --out` folder (or its search.jsonl) on a training split; with --targets gold, a GSM8K-format file.")] = Path("search"),
     targets: Annotated[str, typer.Option(help="'search': the searched answers (TALE-PT); 'gold': GSM8K reference solutions reformatted to end in [[N]] (a stand-in where the model solves too few questions itself).")] = "search",
-    model: Annotated[str, typer.Option("--model", help="Base model to fine-tune (the one that was searched).")] = "smollm2-135m",
     algo: Annotated[str, typer.Option(help="'sft' (LoRA on the searched answers) or 'dpo' (TRL; chosen = searched, rejected = vanilla).")] = "sft",
     epochs: Annotated[int, typer.Option(help="Passes over the examples.")] = 2,
-    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many optimizer steps (overrides --epochs).")] = None,
+    max_steps: MaxStepsOpt = None,
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 2e-4,
-    rank: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
-    batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 4,
+    lora_r: LoraROpt = 8,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Examples per step.")] = 4,
     max_length: Annotated[int, typer.Option(help="Truncate prompt+answer to this many tokens.")] = 768,
     only_improved: Annotated[bool, typer.Option(help="Train only on questions where search found a shorter answer.")] = False,
     limit: LimitOpt = None, templates: TemplatesOpt = None,
-    out: OutOpt = None, force: ForceOpt = False, json: JsonOpt = False, quiet: QuietOpt = False, seed: SeedOpt = 0,
-    device: DeviceOpt = "auto", dtype: DtypeOpt = "auto",
+    out: OutOpt = None, force: ForceOpt = False, json: JsonOpt = False, quiet: QuietOpt = False, seed: SeedOpt = SEED,
+    device: DeviceOpt = DEVICE, dtype: DtypeOpt = DTYPE,
 ) -> None:
     """TALE-PT: fine-tune on searched answers so the model is concise without a budget; evaluate with `budget run MODEL_DIR`."""
     from llmslim.budget.train import TrainConfig
 
-    report.setup_logging(quiet or json)
-    if epochs < 1 or (max_steps is not None and max_steps < 1):
-        raise BadOptionError("--epochs and --max-steps must be >= 1")
-    cfg = TrainConfig(algo=algo, epochs=epochs, max_steps=max_steps, lr=lr, rank=rank, alpha=2 * rank,
+    cfg = TrainConfig(algo=algo, epochs=epochs, max_steps=max_steps, lr=lr, rank=lora_r, alpha=2 * lora_r,
                       batch_size=batch_size, max_length=max_length, seed=seed, only_improved=only_improved)
-    job = PL.Job(backend=PL.BackendSpec(model=model, device=device, dtype=dtype, seed=seed), limit=limit,
-                 templates=templates, out=out, force=force, seed=seed)
-    with report.progress(enabled=not (quiet or json)) as bar:
-        result = PL.train_job(job, search_file, cfg, bar, targets)
+    job = PL.Job(backend=PL.BackendSpec(model=model, device=device, dtype=dtype, seed=seed), limit=limit, templates=templates,
+                 options={"search_file": search, "targets": targets, "config": cfg}, out=out, force=force, seed=seed)
+    run_command(TRAIN_COMMAND, job, json_out=json, quiet=quiet)
 
-    def render(r):
-        report.stdout.print(report.table(f"TALE-PT ({r['algo']}, LoRA r={r['config']['rank']}) on {r['base_model']}",
-                                         ["examples", "shorter-answer examples", "steps", "first loss", "last loss"],
-                                         [[r["examples"], r["improved_examples"], r["steps"], r["first_loss"], r["last_loss"]]]))
-        report.stdout.print(f"train {r['timings']['train_s']:.1f}s; model written to {r['out']} "
-                            f"(evaluate: llmslim budget run {r['out']} --modes vanilla)")
 
-    _done(result, json, render)
+def render_train(r: dict) -> None:
+    report.stdout.print(report.table(f"TALE-PT ({r['algo']}, LoRA r={r['config']['rank']}) on {r['base_model']}",
+                                     ["examples", "shorter-answer examples", "steps", "first loss", "last loss"],
+                                     [[r["examples"], r["improved_examples"], r["steps"], r["first_loss"], r["last_loss"]]]))
+    report.stdout.print(f"train {r['timings']['train_s']:.1f}s; model written to {r['out']} "
+                        f"(evaluate: llmslim budget run {r['out']} --modes vanilla)")
 
 
 @budget_app.command("serve")
 def serve(
-    model: ModelOpt = "smollm2-135m",
+    model: ModelOpt = MODEL,
     host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port (0: any free port; the bound one is printed).")] = 8000,
     name: Annotated[Optional[str], typer.Option(help="Model name reported by /v1/models (default: MODEL).")] = None,
     api_key_env: Annotated[Optional[str], typer.Option(help="Require this env var's value as the Bearer key (unset: no key).")] = None,
-    quiet: QuietOpt = False, seed: SeedOpt = 0, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto",
+    quiet: QuietOpt = False, seed: SeedOpt = SEED, device: DeviceOpt = DEVICE, dtype: DtypeOpt = DTYPE,
 ) -> None:
     """A small OpenAI-compatible /v1/chat/completions server on a local model (for the HTTP backend)."""
     import os
@@ -274,3 +244,10 @@ def serve(
         pass
     finally:
         server.server_close()
+
+
+ESTIMATE = Command("budget estimate", PL.validate_estimate, PL.run_estimate, render_estimate, model_purpose=None)
+RUN = Command("budget run", PL.validate_run, PL.run_modes, _render_modes, model_purpose=None)
+SEARCH = Command("budget search", PL.validate_search, PL.run_search, render_search, model_purpose=None)
+ELASTICITY = Command("budget elasticity", PL.validate_elasticity, PL.run_elasticity, render_elasticity, model_purpose=None)
+TRAIN_COMMAND = Command("budget train", PL.validate_train, PL.run_train, render_train, model_purpose=None, needs_out=True)

@@ -1,8 +1,8 @@
 """TALE-PT (TALE §3.3): teach the model to be concise *without* a budget in the prompt, from the
 answers `budget search` found.
 
-- `sft`: LoRA (PEFT) on (vanilla CoT prompt -> the searched, shorter correct answer), loss on the
-  answer tokens only. A plain loop: few examples, CPU-friendly, deterministic under a seed.
+- `sft`: TRL's SFTTrainer with a LoRA adapter on (vanilla CoT prompt -> the searched, shorter
+  correct answer), loss on the answer tokens only (prompt-completion data).
 - `dpo`: TRL's DPOTrainer with a LoRA adapter: chosen = the searched answer, rejected = the longer
   vanilla answer, prompt = the vanilla CoT prompt (no budget).
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +43,14 @@ class TrainConfig:
     beta: float = 0.1  # DPO temperature (TRL default)
     seed: int = 0
     only_improved: bool = False  # train only on questions whose search found a shorter answer
+
+    def check(self) -> None:
+        if self.algo not in ALGOS:
+            raise BadOptionError(f"unknown --algo {self.algo!r}; use {' or '.join(ALGOS)}")
+        if self.epochs < 1 or (self.max_steps is not None and self.max_steps < 1):
+            raise BadOptionError("--epochs and --max-steps must be >= 1")
+        if self.rank < 1 or self.batch_size < 1 or self.max_length < 2 or self.lr <= 0:
+            raise BadOptionError("--lora-r and --batch-size must be >= 1, --max-length >= 2, --lr > 0")
 
 
 def examples_from_search(records: list[dict], t: P.Templates = P.DEFAULT, only_improved: bool = False) -> list[dict]:
@@ -93,55 +100,42 @@ def _lora(model, cfg: TrainConfig):
     return LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets, task_type="CAUSAL_LM")
 
 
-def _encode(tokenizer, prompt: str, answer: str, max_length: int) -> tuple[list[int], list[int]]:
-    rendered = render_prompt(tokenizer, prompt)
-    chat = bool(getattr(tokenizer, "chat_template", None))
-    p_ids = tokenizer(rendered, add_special_tokens=not chat).input_ids
-    a_ids = tokenizer(answer, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
-    ids = (p_ids + a_ids)[:max_length]
-    labels = ([-100] * len(p_ids) + a_ids)[:max_length]
-    return ids, labels
+def _progress_callback(progress):
+    from transformers import TrainerCallback
 
-
-def sft(model, tokenizer, examples: list[dict], cfg: TrainConfig, progress=None) -> tuple[object, dict]:
-    """LoRA SFT; returns (the PEFT model, {losses, steps})."""
-    from peft import get_peft_model
-
-    torch.manual_seed(cfg.seed)
-    model.train()
-    peft_model = get_peft_model(model, _lora(model, cfg))
-    data = [_encode(tokenizer, e["prompt"], e["chosen"], cfg.max_length) for e in examples]
-    steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
-    total = cfg.max_steps or cfg.epochs * steps_per_epoch
-    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, total // 10)) * max(0.0, 1 - s / total))
-    rng = random.Random(cfg.seed)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    device = next(peft_model.parameters()).device
-    losses, step = [], 0
-    while step < total:
-        order = list(range(len(data)))
-        rng.shuffle(order)
-        for start in range(0, len(order), cfg.batch_size):
-            if step >= total:
-                break
-            batch = [data[i] for i in order[start : start + cfg.batch_size]]
-            width = max(len(ids) for ids, _ in batch)
-            ids = torch.tensor([i + [pad] * (width - len(i)) for i, _ in batch], device=device)
-            labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in batch], device=device)
-            mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in batch], device=device)
-            loss = peft_model(input_ids=ids, attention_mask=mask, labels=labels).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(peft_model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            losses.append(float(loss.detach()))
-            step += 1
+    class Advance(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
             if progress:
                 progress(1)
-    peft_model.eval()
-    return peft_model, {"losses": losses, "steps": step}
+
+    return Advance()
+
+
+def sft(model, tokenizer, examples: list[dict], cfg: TrainConfig, workdir: Path, progress=None) -> tuple[object, dict]:
+    """LoRA SFT with TRL's SFTTrainer on (vanilla prompt, searched answer) pairs, the loss on
+    the answer only (prompt-completion data); 10% warmup, then linear decay. Returns (the PEFT
+    model, {losses, steps})."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    rows = [{"prompt": render_prompt(tokenizer, e["prompt"]), "completion": e["chosen"]} for e in examples]
+    steps = cfg.max_steps or cfg.epochs * math.ceil(len(rows) / cfg.batch_size)
+    args = SFTConfig(
+        output_dir=str(workdir), per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.lr, max_steps=steps,
+        lr_scheduler_type="linear", warmup_steps=max(1, steps // 10), max_grad_norm=1.0, weight_decay=0.0,
+        max_length=cfg.max_length, completion_only_loss=True, packing=False, logging_steps=1, save_strategy="no",
+        report_to=[], seed=cfg.seed, data_seed=cfg.seed, use_cpu=next(model.parameters()).device.type == "cpu",
+        bf16=False, disable_tqdm=True, dataloader_num_workers=0,
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                         peft_config=_lora(model, cfg), callbacks=[_progress_callback(progress)])
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # it prints every log dict on stdout (breaks --json)
+    trainer.train()
+    trainer.model.eval()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return trainer.model, {"losses": losses, "steps": trainer.state.global_step}
 
 
 def dpo(model, tokenizer, examples: list[dict], cfg: TrainConfig, workdir: Path, progress=None) -> tuple[object, dict]:
@@ -163,11 +157,9 @@ def dpo(model, tokenizer, examples: list[dict], cfg: TrainConfig, workdir: Path,
         use_cpu=next(model.parameters()).device.type == "cpu", bf16=False, disable_tqdm=True,
     )
     trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                         peft_config=_lora(model, cfg))
+                         peft_config=_lora(model, cfg), callbacks=[_progress_callback(progress)])
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    if progress:
-        progress(steps)
     trainer.model.eval()
     return trainer.model, {"losses": losses, "steps": steps, "pairs": len(rows)}
 
@@ -178,13 +170,7 @@ def train(model, tokenizer, examples: list[dict], cfg: TrainConfig, workdir: Pat
     if cfg.rank < 1 or cfg.lr <= 0 or cfg.batch_size < 1:
         raise BadOptionError("--rank and --batch-size must be >= 1 and --lr > 0")
     if cfg.algo == "sft":
-        return sft(model, tokenizer, examples, cfg, progress)
+        return sft(model, tokenizer, examples, cfg, workdir, progress)
     return dpo(model, tokenizer, examples, cfg, workdir, progress)
 
 
-def save(peft_model, tokenizer, folder: Path) -> None:
-    """Adapter under folder/adapter, the merged model (plain weights) in folder."""
-    peft_model.save_pretrained(folder / "adapter")
-    merged = peft_model.merge_and_unload()
-    merged.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)

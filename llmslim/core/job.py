@@ -21,11 +21,24 @@ from pathlib import Path
 from typing import Any
 
 from llmslim.core import report
-from llmslim.core.device import seed_everything
+from llmslim.core.device import resolve_device, resolve_dtype, seed_everything
 from llmslim.core.errors import BadOptionError
+from llmslim.core.options import DEVICE, DTYPE, SEED
 from llmslim.core.outputs import atomic_dir, atomic_write_text, check_creatable, check_writable, to_jsonable, write_manifest
 
 RESULTS_FILE = "results.json"
+
+
+@dataclass(kw_only=True)
+class CommonOptions:
+    """The options every command's config carries; a config subclasses this with
+    @dataclass(kw_only=True) and adds its own (defaults from core/options.py)."""
+
+    out: Path | None = None
+    force: bool = False
+    seed: int = SEED
+    device: str = DEVICE
+    dtype: str = DTYPE
 
 
 @dataclass
@@ -74,6 +87,8 @@ def run_command(command: Command, cfg, *, json_out: bool = False, quiet: bool = 
     if command.needs_out and out is None:
         raise BadOptionError(f"{command.name} needs --out DIR")
     command.validate(cfg)
+    if hasattr(cfg, "device"):  # a typo in --device or --dtype fails here too, not inside the loader
+        resolve_dtype(cfg.dtype, resolve_device(cfg.device), command.model_purpose or "inference")
     if out is not None:
         check_writable(out, cfg.force)
         check_creatable(out)

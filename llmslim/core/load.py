@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from llmslim.core.device import resolve_device, resolve_dtype
-from llmslim.core.errors import LlmslimError, ModelNotFoundError, UnsupportedArchitectureError
+from llmslim.core.errors import ModelNotFoundError, UnsupportedArchitectureError
 from llmslim.core.outputs import atomic_dir
 
 log = logging.getLogger(__name__)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from llmslim.core import report
 from llmslim.core.arch import describe
-from llmslim.core.load import load_model
-from llmslim.core.options import DeviceOpt, DtypeOpt, JsonOpt, ModelArg, QuietOpt
+from llmslim.core.job import Command, CommonOptions, run_command
+from llmslim.core.options import DEVICE, DTYPE, MODEL, DeviceOpt, DtypeOpt, JsonOpt, ModelArg, QuietOpt
 
 
 def disk_bytes(folder: str) -> int | None:
@@ -31,19 +32,23 @@ def model_info(loaded) -> dict:
     return info
 
 
+@dataclass(kw_only=True)
+class InfoJob(CommonOptions):  # no --out, --force or --seed: nothing is written, nothing is random
+    model: str = MODEL
+
+
 def info(
-    model: ModelArg = "smollm2-135m",
-    device: DeviceOpt = "cpu",
-    dtype: DtypeOpt = "auto",
+    model: ModelArg = MODEL,
+    device: DeviceOpt = DEVICE,
+    dtype: DtypeOpt = DTYPE,
     json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Family, layers, hidden, FFN size, heads, parameters by part, on-disk and in-memory size."""
-    report.setup_logging(quiet or json)
-    data = model_info(load_model(model, device=device, dtype=dtype))
-    if json:
-        report.print_json(data)
-        return
+    run_command(INFO, InfoJob(model=model, device=device, dtype=dtype), json_out=json, quiet=quiet)
+
+
+def render(data: dict) -> None:
     p = data["params"]
     rows = [
         ["family", data["family"]], ["layers", data["layers"]], ["hidden", data["hidden"]],
@@ -57,3 +62,6 @@ def info(
         ["in memory", f"{data['memory_bytes'] / 2**20:.1f} MiB"], ["dtype", data["dtype"]], ["device", data["device"]],
     ]
     report.stdout.print(report.table(f"{data['name']}", ["", "value"], rows))
+
+
+INFO = Command("info", validate=lambda job: None, run=lambda job, ctx: model_info(ctx.loaded), render=render)

@@ -21,11 +21,14 @@ frees it at once, so backward holds about one layer's gradients, not the model's
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 
 from llmslim.core.arch import text_config
+from llmslim.core.params import trainable_only
 from llmslim.prune.units import layer_units
 
 FEATURE_MODES = ("flat", "tokens")
@@ -91,94 +94,31 @@ def collect(
     each batch's grouped scores into per-neuron sums; `per_weight` names the scores whose signed per-weight sums over windows are kept."""
     config = text_config(model.config)
     units = layer_units(model, target)
-    device = next(model.parameters()).device
-    need_grad = refer or snip
-
-    linears = {id(lin): lin for u in units for lin in u.linears()}
-    kept = [name for name in ("snip", "refer") if name in per_weight and need_grad and (snip if name == "snip" else refer)]
-    acc = {name: {k: torch.zeros_like(lin.weight, dtype=torch.float32) for k, lin in linears.items()} for name in kept}
-    window = {"snip": {}, "refer": {}}  # this batch's per-weight scores, for per_window
-    # activation statistics per input channel of the output projection (FFN: one per neuron)
-    act_sum = [torch.zeros(u.output.in_features, dtype=torch.float64, device=device) for u in units]
-    act_sq = [torch.zeros(u.output.in_features, dtype=torch.float64, device=device) for u in units]
-    state = {"target": None, "features": [], "tokens": 0}
-
     folders = [] if per_window is None else per_window if isinstance(per_window, list) else [per_window]
     for folder in folders:
         if folder.part_sizes is None:
             folder.part_sizes = units[0].part_sizes(config.hidden_size)
-    saved_flags = {id(p): p.requires_grad for p in model.parameters()}
-    for p in model.parameters():
-        p.requires_grad_(False)
-    handles = []
-    try:
-        if need_grad:
-            for key, lin in linears.items():
-                lin.weight.requires_grad_(True)
+    need_grad = refer or snip
+    kept = [name for name in ("snip", "refer") if name in per_weight and need_grad and (snip if name == "snip" else refer)]
+    run = _Pass(units, next(model.parameters()).device, kept, folders)
+    weights = [lin.weight for lin in run.linears.values()] if need_grad else []
 
-                def fold(p, key=key):
-                    target = state["target"]
-                    if target is not None:
-                        score = (p.detach() * p.grad).float()
-                        if target in acc:
-                            acc[target][key].add_(score)
-                        if folders:
-                            window[target][key] = score
-                    p.grad = None
-
-                handles.append(lin.weight.register_post_accumulate_grad_hook(fold))
-        for i, unit in enumerate(units):
-            def stats(module, args, i=i):
-                x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
-                act_sum[i].add_(x.sum(0))
-                act_sq[i].add_((x * x).sum(0))
-
-            handles.append(unit.output.register_forward_pre_hook(stats))
-            if refer:
-                for lin in unit.linears():
-                    handles.append(lin.register_forward_hook(
-                        lambda m, a, out: state["features"].append(_mean_singular_value(out, feature_mode))
-                    ))
-
-        t0 = time.perf_counter()
+    t0 = time.perf_counter()
+    with trainable_only(model, weights), run.hooks(need_grad, refer, feature_mode):
         for start in range(0, windows.shape[0], batch_size):
-            ids = windows[start : start + batch_size].to(device)
-            state["features"] = []
-            with torch.set_grad_enabled(need_grad):
-                out = model(input_ids=ids, labels=ids if snip and snip_loss == "next-token" else None, use_cache=False)
-                if snip and snip_loss == "reference":
-                    out.loss = torch.nn.functional.cross_entropy(out.logits[:, -1].float(), ids[:, -1])
-                if refer:
-                    feature_sum = torch.stack(state["features"]).sum()
-                    state["target"] = "refer"
-                    feature_sum.backward(retain_graph=snip)
-                if snip:
-                    state["target"] = "snip"
-                    out.loss.backward()
-            state["target"], state["features"] = None, []
-            if folders and need_grad:
-                grouped = {name: [u.group(w) for u in units] for name, w in window.items() if w}
-                for folder in folders:
-                    folder.fold(grouped)
-                window = {"snip": {}, "refer": {}}
-            state["tokens"] += ids.numel()
+            ids = windows[start : start + batch_size].to(run.device)
+            run.batch(model, ids, refer=refer, snip=snip, snip_loss=snip_loss)
             if progress:
                 progress(ids.shape[0])
-        elapsed = time.perf_counter() - t0
-    finally:
-        for h in handles:
-            h.remove()
-        for p in model.parameters():
-            p.requires_grad_(saved_flags[id(p)])
-            p.grad = None
+    elapsed = time.perf_counter() - t0
 
-    n = state["tokens"]
-    group = lambda name: [u.group(acc[name]).cpu() for u in units] if name in acc else []  # noqa: E731
+    n = run.tokens
+    group = lambda name: [u.group(run.acc[name]).cpu() for u in units] if name in run.acc else []  # noqa: E731
     return CalibStats(
         snip=group("snip"),
         refer=group("refer"),
-        act_mean=[(s / n).float().cpu() for s in act_sum],
-        act_sq=[(s / n).float().cpu() for s in act_sq],
+        act_mean=[(s / n).float().cpu() for s in run.act_sum],
+        act_sq=[(s / n).float().cpu() for s in run.act_sq],
         tokens=n,
         windows=windows.shape[0],
         meta={
@@ -186,8 +126,81 @@ def collect(
             "target": target, "hidden": config.hidden_size,
             "part_sizes": units[0].part_sizes(config.hidden_size),
             "channels_per_unit": units[0].channels_per_unit,
-            "accumulate": [name for name, on in (("per-window", bool(folders)), ("signed-sum", bool(acc))) if on],
+            "accumulate": [name for name, on in (("per-window", bool(folders)), ("signed-sum", bool(run.acc))) if on],
             **({"per_window": folders[0].settings()} if folders else {}),
         },
         neuron={k: [t.cpu() for t in v] for f in folders for k, v in f.sums.items()},
     )
+
+
+class _Pass:
+    """The state of one calibration pass: per-weight score sums (`acc`, for the signed-sum
+    order), this batch's per-weight scores (`window`, folded per window), activation sums."""
+
+    def __init__(self, units, device, kept: list[str], folders: list):
+        self.units, self.device, self.folders = units, device, folders
+        self.linears = {id(lin): lin for u in units for lin in u.linears()}
+        self.acc = {name: {k: torch.zeros_like(lin.weight, dtype=torch.float32) for k, lin in self.linears.items()}
+                    for name in kept}
+        self.window = {"snip": {}, "refer": {}}
+        # activation statistics per input channel of the output projection (FFN: one per neuron)
+        self.act_sum = [torch.zeros(u.output.in_features, dtype=torch.float64, device=device) for u in units]
+        self.act_sq = [torch.zeros(u.output.in_features, dtype=torch.float64, device=device) for u in units]
+        self.target = None  # which score the backward in flight computes: "snip", "refer" or None
+        self.features: list[torch.Tensor] = []
+        self.tokens = 0
+
+    @contextmanager
+    def hooks(self, need_grad: bool, refer: bool, feature_mode: str):
+        """Gradient hooks that turn each weight's gradient into its score (theta * grad) as soon
+        as it is accumulated, activation statistics, ReFer's features; removed on exit."""
+        handles = []
+        try:
+            if need_grad:
+                for key, lin in self.linears.items():
+                    handles.append(lin.weight.register_post_accumulate_grad_hook(partial(self._fold, key)))
+            for i, unit in enumerate(self.units):
+                handles.append(unit.output.register_forward_pre_hook(partial(self._activations, i)))
+                if refer:
+                    for lin in unit.linears():
+                        handles.append(lin.register_forward_hook(
+                            lambda m, a, out: self.features.append(_mean_singular_value(out, feature_mode))))
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _fold(self, key, p) -> None:
+        if self.target is not None:
+            score = (p.detach() * p.grad).float()
+            if self.target in self.acc:
+                self.acc[self.target][key].add_(score)
+            if self.folders:
+                self.window[self.target][key] = score
+        p.grad = None
+
+    def _activations(self, i, module, args) -> None:
+        x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+        self.act_sum[i].add_(x.sum(0))
+        self.act_sq[i].add_((x * x).sum(0))
+
+    def batch(self, model, ids: torch.Tensor, *, refer: bool, snip: bool, snip_loss: str) -> None:
+        """Forward, then ReFer's and SNIP's backward passes; fold the batch's scores per window."""
+        self.features = []
+        with torch.set_grad_enabled(refer or snip):
+            out = model(input_ids=ids, labels=ids if snip and snip_loss == "next-token" else None, use_cache=False)
+            if snip and snip_loss == "reference":
+                out.loss = torch.nn.functional.cross_entropy(out.logits[:, -1].float(), ids[:, -1])
+            if refer:
+                self.target = "refer"
+                torch.stack(self.features).sum().backward(retain_graph=snip)
+            if snip:
+                self.target = "snip"
+                out.loss.backward()
+        self.target, self.features = None, []
+        if self.folders and (refer or snip):
+            grouped = {name: [u.group(w) for u in self.units] for name, w in self.window.items() if w}
+            for folder in self.folders:
+                folder.fold(grouped)
+            self.window = {"snip": {}, "refer": {}}
+        self.tokens += ids.numel()

@@ -11,7 +11,7 @@ from llmslim.core import report
 from llmslim.core.job import Command, run_command
 from llmslim.core.options import (DEVICE, DTYPE, EVAL, MODEL, SEED, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, LimitOpt, ModelArg,
                                   OutOpt, PplLimitOpt, PplSeqlenOpt, QuietOpt, SeedOpt, TasksOpt)
-from llmslim.prune.pipeline import PruneJob, run, validate
+from llmslim.prune.jobs import PruneJob, run, validate
 
 METHOD = "Method"
 CALIB = "Calibration"

@@ -1,4 +1,4 @@
-"""`llmslim shorten rl|sft|eval`: options -> job -> pipeline -> report. No logic lives here."""
+"""`llmslim shorten rl|sft|eval`: options -> job -> core/job.run_command -> table or JSON. No logic lives here."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ from typing import Annotated, Optional
 import typer
 
 from llmslim.core import report
-from llmslim.core.options import DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, ModelArg, OutOpt, QuietOpt, SeedOpt
+from llmslim.core.job import Command, run_command
+from llmslim.core.options import (DEVICE, DTYPE, MODEL, SEED, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, LoraROpt, MaxStepsOpt,
+                                  ModelArg, OutOpt, QuietOpt, SeedOpt)
+from llmslim.shorten import jobs
 from llmslim.shorten.params import DEFAULT_MODULES
 
 app = typer.Typer(help="Fine-tune a chat model to answer shorter at equal quality (RL or token-branching SFT), and evaluate it.",
@@ -27,10 +30,8 @@ UnfinishedOpt = Annotated[bool, typer.Option("--keep-unfinished/--drop-unfinishe
 RefCacheOpt = Annotated[Optional[Path], typer.Option("--ref-cache", help="Folder for cached reference answers (default: the llmslim cache).", rich_help_panel=DATA)]
 RegenOpt = Annotated[bool, typer.Option("--regenerate", help="Ignore cached reference answers.", rich_help_panel=DATA)]
 LrOpt = Annotated[float, typer.Option("--lr", help="Learning rate (AdamW).", rich_help_panel=TRAIN)]
-StepsOpt = Annotated[int, typer.Option("--steps", help="Optimizer steps.", rich_help_panel=TRAIN)]
 ModulesOpt = Annotated[str, typer.Option("--train-modules", help="Modules trained (the rest frozen); paper: attention input projections.", rich_help_panel=TRAIN)]
 LoraOpt = Annotated[bool, typer.Option("--lora", help="Train LoRA adapters on --train-modules instead; the output folder holds the merged model and adapter/.", rich_help_panel=TRAIN)]
-LoraROpt = Annotated[int, typer.Option("--lora-r", help="LoRA rank (alpha = 2r).", rich_help_panel=TRAIN)]
 EvalEveryOpt = Annotated[int, typer.Option("--eval-every", help="Validation pass every K steps (0: off).", rich_help_panel=TRAIN)]
 SaveEveryOpt = Annotated[int, typer.Option("--save-every", help="Checkpoint every N steps into --checkpoint-dir (0: none).", rich_help_panel=TRAIN)]
 CkptOpt = Annotated[Optional[Path], typer.Option("--checkpoint-dir", help="Checkpoints folder (default: OUT-checkpoints).", rich_help_panel=TRAIN)]
@@ -40,24 +41,17 @@ SimOpt = Annotated[Optional[str], typer.Option("--sim-model", help="sentence-tra
 
 def _train(method: str, model, cfg, *, prompts, limit, val_size, max_new_tokens, max_ref_tokens, keep_unfinished,
            sim_model, ref_cache, regenerate, out, force, resume, checkpoint_dir, json, quiet, seed, device, dtype) -> None:
-    from llmslim.shorten.pipeline import TrainJob, run_train
-
-    report.setup_logging(quiet or json)
-    job = TrainJob(method=method, model=model, prompts=prompts, limit=limit, val_size=val_size,
-                   max_new_tokens=max_new_tokens, max_ref_tokens=max_ref_tokens, keep_unfinished=keep_unfinished,
-                   sim_model=sim_model, ref_cache=ref_cache, regenerate=regenerate, out=out, force=force,
-                   resume=resume, checkpoint_dir=checkpoint_dir, seed=seed, device=device, dtype=dtype, method_config=cfg)
-    with report.progress(enabled=not (quiet or json)) as bar:
-        result = run_train(job, bar)
-    if json:
-        report.print_json({k: v for k, v in result.items() if k != "history"})
-        return
-    render_train(result)
+    job = jobs.TrainJob(method=method, model=model, prompts=prompts, limit=limit, val_size=val_size,
+                        max_new_tokens=max_new_tokens, max_ref_tokens=max_ref_tokens, keep_unfinished=keep_unfinished,
+                        sim_model=sim_model, ref_cache=ref_cache, regenerate=regenerate,
+                        out=out or jobs.default_out(model, method), force=force, resume=resume,
+                        checkpoint_dir=checkpoint_dir, seed=seed, device=device, dtype=dtype, method_config=cfg)
+    run_command(TRAIN_COMMANDS[method], job, json_out=json, quiet=quiet)
 
 
 @app.command("rl")
 def rl(
-    model: ModelArg = "smollm2-135m",
+    model: ModelArg = MODEL,
     lam: Annotated[float, typer.Option("--lam", help="λ: weight of the length term in the reward (paper: 0.1 ... 1.0).", rich_help_panel=METHOD)] = 0.5,
     reward_clip: Annotated[float, typer.Option("--reward-clip", help="Clip the reward to [-c, c] (the length term is unbounded below).", rich_help_panel=METHOD)] = 1.0,
     beta: Annotated[float, typer.Option("--beta", help="KL penalty to the frozen input model.", rich_help_panel=METHOD)] = 0.04,
@@ -66,7 +60,7 @@ def rl(
     temperature: Annotated[float, typer.Option("--temperature", help="Sampling temperature of the policy.", rich_help_panel=METHOD)] = 1.0,
     sim_model: SimOpt = None,
     lr: LrOpt = 1e-5,
-    steps: StepsOpt = 100,
+    max_steps: MaxStepsOpt = 100,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Prompts per step.", rich_help_panel=TRAIN)] = 2,
     train_modules: ModulesOpt = DEFAULT_MODULES,
     lora: LoraOpt = False,
@@ -87,14 +81,14 @@ def rl(
     force: ForceOpt = False,
     json: JsonOpt = False,
     quiet: QuietOpt = False,
-    seed: SeedOpt = 0,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
+    seed: SeedOpt = SEED,
+    device: DeviceOpt = DEVICE,
+    dtype: DtypeOpt = DTYPE,
 ) -> None:
     """On-policy RL (TRL GRPO): reward = (1-λ)·cos(ref, answer) + λ·(L_ref - L)/L_ref, KL to the input model."""
     from llmslim.shorten.rl import RLConfig
 
-    cfg = RLConfig(lam=lam, reward_clip=reward_clip, beta=beta, learning_rate=lr, steps=steps, batch_size=batch_size,
+    cfg = RLConfig(lam=lam, reward_clip=reward_clip, beta=beta, learning_rate=lr, steps=max_steps, batch_size=batch_size,
                    num_generations=num_generations, completion_limit=completion_limit, temperature=temperature,
                    train_modules=train_modules, lora=lora, lora_r=lora_r, lora_alpha=2 * lora_r,
                    eval_every=eval_every, save_every=save_every, seed=seed)
@@ -106,14 +100,14 @@ def rl(
 
 @app.command("sft")
 def sft(
-    model: ModelArg = "smollm2-135m",
+    model: ModelArg = MODEL,
     lam1: Annotated[float, typer.Option("--lam1", help="Weight of KL(p_ref ‖ p_act) (paper: 0.01).", rich_help_panel=METHOD)] = 0.01,
     lam2: Annotated[float, typer.Option("--lam2", help="Weight of KL(p_act ‖ p_ref) (paper: 0.01).", rich_help_panel=METHOD)] = 0.01,
     head_ratio: Annotated[float, typer.Option("--head-ratio", help="Branch in the first fraction of each answer (paper: 0.5).", rich_help_panel=METHOD)] = 0.5,
     top_p: Annotated[float, typer.Option("--top-p", help="Alternatives from this nucleus of p_ref (paper: 0.6, 0.9).", rich_help_panel=METHOD)] = 0.9,
     branches: Annotated[int, typer.Option("--branches", help="Branch positions per answer whose p_ref is cached.", rich_help_panel=METHOD)] = 4,
     lr: LrOpt = 1e-5,
-    steps: StepsOpt = 100,
+    max_steps: MaxStepsOpt = 100,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Branches per step.", rich_help_panel=TRAIN)] = 4,
     train_modules: ModulesOpt = DEFAULT_MODULES,
     lora: LoraOpt = False,
@@ -134,15 +128,15 @@ def sft(
     force: ForceOpt = False,
     json: JsonOpt = False,
     quiet: QuietOpt = False,
-    seed: SeedOpt = 0,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
+    seed: SeedOpt = SEED,
+    device: DeviceOpt = DEVICE,
+    dtype: DtypeOpt = DTYPE,
 ) -> None:
     """Token-branching SFT: reward shorter greedy branches off the reference answers, with two-sided KL."""
     from llmslim.shorten.sft import SFTConfig
 
     cfg = SFTConfig(lam1=lam1, lam2=lam2, head_ratio=head_ratio, top_p=top_p, branches_per_answer=branches,
-                    learning_rate=lr, steps=steps, batch_size=batch_size, train_modules=train_modules, lora=lora,
+                    learning_rate=lr, steps=max_steps, batch_size=batch_size, train_modules=train_modules, lora=lora,
                     lora_r=lora_r, lora_alpha=2 * lora_r, eval_every=eval_every, save_every=save_every, seed=seed)
     _train("sft", model, cfg, prompts=prompts, limit=limit, val_size=val_size, max_new_tokens=max_new_tokens,
            max_ref_tokens=max_ref_tokens, keep_unfinished=keep_unfinished, sim_model=None, ref_cache=ref_cache,
@@ -153,7 +147,7 @@ def sft(
 @app.command("eval")
 def eval_cmd(
     model: Annotated[str, typer.Argument(help="The shortened model (folder, alias, .gguf or hub id).")],
-    base: Annotated[str, typer.Option("--base", help="The model it was shortened from.")] = "smollm2-135m",
+    base: Annotated[str, typer.Option("--base", help="The model it was shortened from.")] = MODEL,
     prompts: Annotated[Optional[str], typer.Option("--prompts", help="'mt-bench' (first turns of ../shared/data/mt_bench) or a records file.")] = "mt-bench",
     limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N prompts.")] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Answer token limit (both models).")] = 256,
@@ -167,23 +161,15 @@ def eval_cmd(
     force: ForceOpt = False,
     json: JsonOpt = False,
     quiet: QuietOpt = False,
-    seed: SeedOpt = 0,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
+    seed: SeedOpt = SEED,
+    device: DeviceOpt = DEVICE,
+    dtype: DtypeOpt = DTYPE,
 ) -> None:
     """Base vs shortened: mean output tokens, shortening %, proxy quality (embedding similarity), optional judge."""
-    from llmslim.shorten.pipeline import EvalJob, run_eval
-
-    report.setup_logging(quiet or json)
-    job = EvalJob(model=model, base=base, prompts=prompts, limit=limit, max_new_tokens=max_new_tokens,
-                  batch_size=batch_size, sim_model=sim_model, judge_url=judge_url, judge_model=judge_model,
-                  judge_key=judge_key, ref_cache=ref_cache, out=out, force=force, seed=seed, device=device, dtype=dtype)
-    with report.progress(enabled=not (quiet or json)) as bar:
-        result = run_eval(job, bar)
-    if json:
-        report.print_json(result)
-        return
-    render_eval(result)
+    job = jobs.EvalJob(model=model, base=base, prompts=prompts, limit=limit, max_new_tokens=max_new_tokens,
+                       batch_size=batch_size, sim_model=sim_model, judge_url=judge_url, judge_model=judge_model,
+                       judge_key=judge_key, ref_cache=ref_cache, out=out, force=force, seed=seed, device=device, dtype=dtype)
+    run_command(EVAL_COMMAND, job, json_out=json, quiet=quiet)
 
 
 def render_train(result: dict) -> None:
@@ -212,3 +198,8 @@ def render_eval(result: dict) -> None:
                                      ["", "base", "shortened"], rows))
     report.stdout.print(f"shortening {result['shortening_pct']:.1f}%, proxy similarity to base answers "
                         f"{result['proxy_similarity']:.3f} (quality change {result['proxy_quality_change_pct']:+.1f}%)")
+
+
+TRAIN_COMMANDS = {method: Command(f"shorten {method}", jobs.validate_train, jobs.run_train, render_train, model_purpose="gradients")
+                  for method in ("rl", "sft")}
+EVAL_COMMAND = Command("shorten eval", jobs.validate_eval, jobs.run_eval, render_eval, model_purpose=None)

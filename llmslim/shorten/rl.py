@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -52,9 +52,9 @@ class RLConfig:
 
     def validate(self) -> None:
         RewardConfig(self.lam, self.reward_clip)
-        for name in ("steps", "batch_size", "num_generations"):
+        for name, option in (("steps", "--max-steps"), ("batch_size", "--batch-size"), ("num_generations", "--num-generations")):
             if getattr(self, name) < 1:
-                raise BadOptionError(f"--{name.replace('_', '-')} must be >= 1")
+                raise BadOptionError(f"{option} must be >= 1")
         if self.num_generations < 2:
             raise BadOptionError("--num-generations must be >= 2: GRPO compares answers within a group")
         if self.learning_rate <= 0 or self.beta < 0:
@@ -121,33 +121,11 @@ def check_learning(history: list[dict]) -> list[str]:
     return warnings
 
 
-def train_rl(model, tokenizer, refs: ReferenceSet, embedder, cfg: RLConfig, *, work_dir: Path, resume: bool = False,
-             val_prompts: list[str] | None = None, progress=None) -> dict:
-    """Train `model` in place (or its LoRA adapters) and return the trained model and a report.
+def _grpo_args(cfg: RLConfig, work_dir: Path, limit: int, device: torch.device, dtype: torch.dtype):
+    """TRL's GRPOConfig for one prompt batch of cfg.batch_size x cfg.num_generations answers per step."""
+    from trl import GRPOConfig
 
-    `work_dir` holds TRL's checkpoints (checkpoint-N/); `resume` continues from the latest.
-    """
-    from trl import GRPOConfig, GRPOTrainer
-
-    cfg.validate()
-    if not refs.refs:
-        raise BadOptionError("no training prompts left (check --max-ref-tokens / unfinished references)")
-    limit = cfg.completion_limit or auto_completion_limit(refs)
-    if limit <= refs.max_tokens:
-        log.warning("--completion-limit %d is not above the longest reference answer (%d tokens): completions "
-                    "will be truncated and rewards may not differ", limit, refs.max_tokens)
-    device = next(model.parameters()).device
-    on_gpu = device.type == "cuda"
-    names = parse_modules(cfg.train_modules)
-    peft_config = None
-    if cfg.lora:
-        peft_config = lora_config(model, names, cfg.lora_r, cfg.lora_alpha)
-        trainable = {"modules": list(peft_config.target_modules), "lora_r": cfg.lora_r}
-    else:
-        trainable = freeze_except(model, names)
-
-    reward = ShortenReward(embedder, RewardConfig(cfg.lam, cfg.reward_clip))
-    args = GRPOConfig(
+    return GRPOConfig(
         output_dir=str(work_dir),
         per_device_train_batch_size=cfg.batch_size * cfg.num_generations,
         gradient_accumulation_steps=1,
@@ -167,7 +145,7 @@ def train_rl(model, tokenizer, refs: ReferenceSet, embedder, cfg: RLConfig, *, w
         disable_tqdm=True,
         remove_unused_columns=False,
         gradient_checkpointing=False,
-        bf16=on_gpu and model.dtype == torch.bfloat16,
+        bf16=device.type == "cuda" and dtype == torch.bfloat16,
         fp16=False,
         use_cpu=device.type == "cpu",
         seed=cfg.seed,
@@ -175,6 +153,35 @@ def train_rl(model, tokenizer, refs: ReferenceSet, embedder, cfg: RLConfig, *, w
         dataloader_num_workers=0,
         log_completions=False,
     )
+
+
+def train_rl(model, tokenizer, refs: ReferenceSet, embedder, cfg: RLConfig, *, work_dir: Path, resume: bool = False,
+             val_prompts: list[str] | None = None, progress=None) -> dict:
+    """Train `model` in place (or its LoRA adapters) and return the trained model and a report.
+
+    `work_dir` holds TRL's checkpoints (checkpoint-N/); `resume` continues from the latest.
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import GRPOTrainer
+
+    cfg.validate()
+    if not refs.refs:
+        raise BadOptionError("no training prompts left (check --max-ref-tokens / unfinished references)")
+    limit = cfg.completion_limit or auto_completion_limit(refs)
+    if limit <= refs.max_tokens:
+        log.warning("--completion-limit %d is not above the longest reference answer (%d tokens): completions "
+                    "will be truncated and rewards may not differ", limit, refs.max_tokens)
+    device = next(model.parameters()).device
+    names = parse_modules(cfg.train_modules)
+    peft_config = None
+    if cfg.lora:
+        peft_config = lora_config(model, names, cfg.lora_r, cfg.lora_alpha)
+        trainable = {"modules": list(peft_config.target_modules), "lora_r": cfg.lora_r}
+    else:
+        trainable = freeze_except(model, names)
+
+    reward = ShortenReward(embedder, RewardConfig(cfg.lam, cfg.reward_clip))
+    args = _grpo_args(cfg, work_dir, limit, device, model.dtype)
     history: list[dict] = []
     trainer = GRPOTrainer(
         model=model, reward_funcs=reward, args=args, train_dataset=_dataset(refs, tokenizer),
@@ -187,12 +194,9 @@ def train_rl(model, tokenizer, refs: ReferenceSet, embedder, cfg: RLConfig, *, w
     if cfg.lora:
         trainable.update(count_trainable(trainer.model))
     t0 = time.perf_counter()
-    resume_from = None
-    if resume:
-        ckpts = sorted(Path(work_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-        if not ckpts:
-            raise BadOptionError(f"--resume: no checkpoint-N folder in {work_dir}")
-        resume_from = str(ckpts[-1])
+    resume_from = get_last_checkpoint(str(work_dir)) if resume else None
+    if resume and resume_from is None:
+        raise BadOptionError(f"--resume: no checkpoint-N folder in {work_dir}")
     trainer.train(resume_from_checkpoint=resume_from)
     train_s = time.perf_counter() - t0
     trained = trainer.model

@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from llmslim.core.device import peak_memory_mb
 from llmslim.core.errors import BadOptionError
@@ -58,7 +57,7 @@ class SFTConfig:
         if not 0 < self.top_p <= 1:
             raise BadOptionError(f"--top-p must be in (0, 1], got {self.top_p}")
         if self.steps < 1 or self.batch_size < 1 or self.branches_per_answer < 1:
-            raise BadOptionError("--steps, --batch-size and --branches must be >= 1")
+            raise BadOptionError("--max-steps, --batch-size and --branches must be >= 1")
         if self.learning_rate <= 0:
             raise BadOptionError("--lr must be > 0")
 
@@ -207,8 +206,10 @@ def save_checkpoint(folder: Path, model, optimizer, step: int, rng: random.Rando
 
 
 def latest_checkpoint(folder: Path) -> Path | None:
-    ckpts = sorted(Path(folder).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    return ckpts[-1] if ckpts else None
+    from transformers.trainer_utils import get_last_checkpoint
+
+    found = get_last_checkpoint(str(folder)) if Path(folder).is_dir() else None
+    return Path(found) if found else None
 
 
 # ---------------------------------------------------------------- training
@@ -221,6 +222,46 @@ def _warnings(history: list[dict], nothing_run: bool) -> list[str]:
     if not any(h["shorter_frac"] > 0 for h in steps):
         return ["no branch was ever shorter than the reference: the CE term only pushed alternatives down"]
     return []
+
+
+def _resume(work_dir: Path, model, optimizer, rng: random.Random) -> tuple[list[dict], int, str]:
+    """Load the latest checkpoint-N of work_dir into the model, optimizer and generators."""
+    ckpt = latest_checkpoint(work_dir)
+    if ckpt is None:
+        raise BadOptionError(f"--resume: no checkpoint-N folder in {work_dir}")
+    state = torch.load(ckpt / "state.pt", weights_only=False)
+    named = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, v in state["params"].items():
+            named[n].copy_(v.to(named[n].device))
+    optimizer.load_state_dict(state["optimizer"])
+    rng.setstate(state["rng"])
+    torch.set_rng_state(state["torch_rng"])
+    return state["history"], state["step"], str(ckpt)
+
+
+def _train_step(model, tokenizer, refs: ReferenceSet, cfg: SFTConfig, optimizer, params, rng: random.Random, stop, pad) -> dict:
+    """One optimizer step on cfg.batch_size branches; returns the step's history row."""
+    device = next(model.parameters()).device
+    branches = sample_branches(refs, cfg.batch_size, cfg.top_p, rng)
+    if not branches:
+        raise BadOptionError(f"no branch candidates at --top-p {cfg.top_p}: the reference token fills every nucleus")
+    score_branches(model, tokenizer, branches, stop)
+    logits = _context_logits(model, [b.context for b in branches], pad)
+    loss, parts = branch_loss(
+        # renormalised: the cache holds float16 log-probs, whose exp sums to 1 only to ~1e-3
+        logits, torch.log_softmax(torch.stack([b.logp_ref for b in branches]).float(), -1).to(device),
+        torch.tensor([b.alt for b in branches], device=device),
+        torch.tensor([b.advantage for b in branches], device=device), cfg.lam1, cfg.lam2,
+    )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm).item()
+    optimizer.step()
+    n = len(branches)
+    return {"loss": loss.item(), **parts, "grad_norm": grad_norm,
+            "shorter_frac": sum(b.advantage > 0 for b in branches) / n, "longer_frac": sum(b.advantage < 0 for b in branches) / n,
+            "branch_len": sum(b.branch_len for b in branches) / n, "ref_remaining": sum(b.ref_remaining for b in branches) / n}
 
 
 def train_sft(model, tokenizer, refs: ReferenceSet, cfg: SFTConfig, *, work_dir: Path, resume: bool = False,
@@ -241,47 +282,13 @@ def train_sft(model, tokenizer, refs: ReferenceSet, cfg: SFTConfig, *, work_dir:
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
-    history: list[dict] = []
-    start = 0
-    resumed_from = None
-    if resume:
-        ckpt = latest_checkpoint(work_dir)
-        if ckpt is None:
-            raise BadOptionError(f"--resume: no checkpoint-N folder in {work_dir}")
-        state = torch.load(ckpt / "state.pt", weights_only=False)
-        named = dict(model.named_parameters())
-        with torch.no_grad():
-            for n, v in state["params"].items():
-                named[n].copy_(v.to(device))
-        optimizer.load_state_dict(state["optimizer"])
-        rng.setstate(state["rng"])
-        torch.set_rng_state(state["torch_rng"])
-        history, start, resumed_from = state["history"], state["step"], str(ckpt)
+    history, start, resumed_from = _resume(work_dir, model, optimizer, rng) if resume else ([], 0, None)
     stop = _stop_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     t0 = time.perf_counter()
     model.train()
     for step in range(start + 1, cfg.steps + 1):
-        branches = sample_branches(refs, cfg.batch_size, cfg.top_p, rng)
-        if not branches:
-            raise BadOptionError(f"no branch candidates at --top-p {cfg.top_p}: the reference token fills every nucleus")
-        score_branches(model, tokenizer, branches, stop)
-        logits = _context_logits(model, [b.context for b in branches], pad)
-        loss, parts = branch_loss(
-            # renormalised: the cache holds float16 log-probs, whose exp sums to 1 only to ~1e-3
-            logits, torch.log_softmax(torch.stack([b.logp_ref for b in branches]).float(), -1).to(device),
-            torch.tensor([b.alt for b in branches], device=device),
-            torch.tensor([b.advantage for b in branches], device=device), cfg.lam1, cfg.lam2,
-        )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm).item()
-        optimizer.step()
-        row = {"step": step, "loss": loss.item(), **parts, "grad_norm": grad_norm,
-               "shorter_frac": sum(b.advantage > 0 for b in branches) / len(branches),
-               "longer_frac": sum(b.advantage < 0 for b in branches) / len(branches),
-               "branch_len": sum(b.branch_len for b in branches) / len(branches),
-               "ref_remaining": sum(b.ref_remaining for b in branches) / len(branches)}
+        row = {"step": step, **_train_step(model, tokenizer, refs, cfg, optimizer, params, rng, stop, pad)}
         history.append(row)
         if cfg.eval_every and val_prompts and step % cfg.eval_every == 0:
             model.eval()

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from llmslim.core.arch import adapter_for, text_config
 from llmslim.core.data import read_torch_file
 from llmslim.core.errors import DataError
+from llmslim.core.params import trainable_only
 from llmslim.sparsity import criteria as C
 
 TRACE_FILE = "traces.pt"
@@ -158,12 +159,9 @@ def collect(model, examples: list[Example], criteria: list[str], *, batch_size: 
     if not examples:
         raise DataError("no examples to trace")
     crits = C.parse(criteria)
-    saved = {id(p): p.requires_grad for p in model.parameters()}
-    for p in model.parameters():
-        p.requires_grad_(False)
     parts = []
     t0 = time.perf_counter()
-    try:
+    with trainable_only(model):  # gradients flow to the activations only
         i = 0
         while i < len(examples):
             n = 1
@@ -174,10 +172,6 @@ def collect(model, examples: list[Example], criteria: list[str], *, batch_size: 
             i += n
             if progress:
                 progress(n)
-    finally:
-        for p in model.parameters():
-            p.requires_grad_(saved[id(p)])
-            p.grad = None
     cat = lambda key: torch.cat([p[key] for p in parts])  # noqa: E731
     return Traces(
         features=cat("features"),

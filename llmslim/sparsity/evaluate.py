@@ -17,20 +17,15 @@ import time
 import torch
 import torch.nn.functional as F
 
+from llmslim.core.params import trainable_only
 from llmslim.sparsity.collect import trace_batch
 from llmslim.sparsity.execute import SparseRunner
 
 
 def oracle_scores(model, ids: torch.Tensor, criterion: str) -> dict:
     """True scores of one prompt ([T] ids), decided at its last token."""
-    saved = {id(p): p.requires_grad for p in model.parameters()}
-    for p in model.parameters():
-        p.requires_grad_(False)
-    try:
+    with trainable_only(model):
         out = trace_batch(model, ids[None], [ids.numel() - 1], [criterion])
-    finally:
-        for p in model.parameters():
-            p.requires_grad_(saved[id(p)])
     return {"heads": out["heads"][criterion][0], "neurons": out["neurons"][criterion][0]}
 
 

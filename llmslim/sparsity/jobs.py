@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llmslim.core.errors import BadOptionError, DataError
-from llmslim.core.job import Context
-from llmslim.core.options import DEVICE, DTYPE, MODEL, SEED
+from llmslim.core.job import CommonOptions, Context
+from llmslim.core.options import MODEL, SEED
 from llmslim.sparsity import criteria as C
 from llmslim.sparsity import masks as M
 from llmslim.sparsity.tasks import READERS, load_items, parse_tasks
@@ -38,19 +38,14 @@ def _items(text: str) -> list[str]:
 
 
 # ---------------------------------------------------------------- collect
-@dataclass
-class CollectJob:
+@dataclass(kw_only=True)
+class CollectJob(CommonOptions):
     model: str = MODEL
     data: str = "wikitext2,arc_easy,piqa,hellaswag"
     limit: int = 64  # examples per source
     seqlen: int = 64  # WikiText-2 window length (the mask is decided at its last token)
     criteria: str = "plainact,l2norm"
     batch_size: int = 8
-    out: Path | None = None
-    force: bool = False
-    seed: int = SEED
-    device: str = DEVICE
-    dtype: str = DTYPE
 
 
 def collect_examples(tokenizer, sources: list[str], n: int, seqlen: int, seed: int, root: Path | None = None):
@@ -139,8 +134,8 @@ def run_train(job: TrainJob, ctx: Context) -> dict:
 
 
 # ---------------------------------------------------------------- eval
-@dataclass
-class EvalJob:
+@dataclass(kw_only=True)
+class EvalJob(CommonOptions):
     model: str = MODEL
     predictors: list[Path] = field(default_factory=list)  # one folder per criterion
     methods: str = "static,shadow,dejavu,oracle"
@@ -153,11 +148,6 @@ class EvalJob:
     ppl_limit: int = 8  # WikiText-2 windows (second half)
     ppl_prompt_len: int = 64
     plot: Path | None = None
-    out: Path | None = None
-    force: bool = False
-    seed: int = SEED
-    device: str = DEVICE
-    dtype: str = DTYPE
 
 
 def validate_eval(job: EvalJob) -> None:

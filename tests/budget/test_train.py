@@ -4,7 +4,8 @@ import json
 
 import torch
 
-from llmslim.budget.train import TrainConfig, examples_from_search, save, train
+from llmslim.budget.train import TrainConfig, examples_from_search, train
+from llmslim.core.save import save_model as save
 from llmslim.core.load import load_model
 
 
@@ -51,13 +52,13 @@ def test_cli_train_end_to_end(tiny_llama_dir, tmp_path):
     search = tmp_path / "search.jsonl"
     search.write_text("".join(json.dumps(r) + "\n" for r in _search_rows()))
     out = tmp_path / "model"
-    res = CliRunner().invoke(app, ["budget", "train", str(search), "--model", str(tiny_llama_dir), "--max-steps", "2",
+    res = CliRunner().invoke(app, ["budget", "train", str(tiny_llama_dir), "--search", str(search), "--max-steps", "2",
                                    "--batch-size", "2", "--out", str(out), "--json", "--device", "cpu"])
     assert res.exit_code == 0, res.output
     result = json.loads(res.stdout)
     assert result["steps"] == 2 and result["examples"] == 2
     assert (out / "run.json").is_file() and (out / "config.json").is_file()
-    res = CliRunner().invoke(app, ["budget", "train", str(search), "--model", str(tiny_llama_dir), "--max-steps", "1", "--out", str(out)])
+    res = CliRunner().invoke(app, ["budget", "train", str(tiny_llama_dir), "--search", str(search), "--max-steps", "1", "--out", str(out)])
     assert res.exit_code != 0 and "already exists" in str(res.exception)
 
 

@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from llmslim.core.errors import ModelNotFoundError
 from llmslim.core.generate import generate

@@ -10,7 +10,6 @@ import pytest
 import yaml
 
 from llmslim.core.errors import BadOptionError, DataError
-from llmslim.eval import harness
 from llmslim.eval.harness import MAIN_TASKS, PREFIX, TASKS, TASKS_DIR, check_data, render_tasks, resolve_tasks
 from llmslim.eval.local_data import MMLU_SUBJECTS, convert, mmlu_rows, piqa_rows
 

@@ -8,7 +8,7 @@ import torch
 
 from llmslim.core.job import run_command
 from llmslim.prune.cli import PRUNE
-from llmslim.prune.pipeline import PruneJob
+from llmslim.prune.jobs import PruneJob
 
 pytestmark = pytest.mark.integration
 

@@ -7,9 +7,9 @@ import torch
 from llmslim.core import load
 from llmslim.core.errors import BadOptionError, LlmslimError
 from llmslim.core.job import run_command
-from llmslim.prune import pipeline
+from llmslim.prune import jobs
 from llmslim.prune.cli import PRUNE
-from llmslim.prune.pipeline import PruneJob
+from llmslim.prune.jobs import PruneJob
 from tests.conftest import tiny_model
 
 
@@ -87,6 +87,6 @@ def test_model_shaped_checks_fire_before_calibration(monkeypatch, target, ratio,
     def refuse(*args, **kwargs):
         raise AssertionError("calibration started before the model-shaped checks")
 
-    monkeypatch.setattr(pipeline, "calibration_windows", refuse)
+    monkeypatch.setattr(jobs, "calibration_windows", refuse)
     with pytest.raises(BadOptionError, match=needle):
         run_job(PruneJob(target=target, ratio=ratio, calib="self"))

@@ -26,7 +26,7 @@ def one_line(code, err, needle):
     (["--lam", "1.5"], "--lam must be in [0, 1]"),
     (["--reward-clip", "0"], "--reward-clip must be > 0"),
     (["--num-generations", "1"], "--num-generations must be >= 2"),
-    (["--steps", "0"], "--steps must be >= 1"),
+    (["--max-steps", "0"], "--max-steps must be >= 1"),
 ])
 def test_rl_bad_options(capsys, tiny_llama_dir, args, needle):
     one_line(*run_cli(capsys, "rl", tiny_llama_dir, *args), needle)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from llmslim.shorten.pipeline import select_refs
+from llmslim.shorten.jobs import select_refs
 from llmslim.shorten.reference import get_references
 from llmslim.shorten.reward import Embedder
 from llmslim.shorten.rl import RLConfig, train_rl

@@ -35,7 +35,7 @@ def _changed(before_dir, after_dir):
 
 def test_rl_end_to_end(capsys, eos_llama_dir, prompts_file, tmp_path):
     out = tmp_path / "rl"
-    code, stdout, err = run_cli(capsys, "rl", *_common(eos_llama_dir, prompts_file, tmp_path), "--steps", 2,
+    code, stdout, err = run_cli(capsys, "rl", *_common(eos_llama_dir, prompts_file, tmp_path), "--max-steps", 2,
                                 "--batch-size", 2, "--num-generations", 3, "--lr", 1e-2, "--lam", 0.8,
                                 "--eval-every", 2, "--out", out)
     assert code == 0, err
@@ -47,7 +47,7 @@ def test_rl_end_to_end(capsys, eos_llama_dir, prompts_file, tmp_path):
     changed = _changed(eos_llama_dir, out)
     assert changed and all(k.split(".")[-2] in ("q_proj", "k_proj", "v_proj") for k in changed), changed
     manifest = json.loads((out / "run.json").read_text())
-    assert manifest["command"] == "shorten rl" and manifest["args"]["rl"]["lam"] == 0.8
+    assert manifest["command"] == "shorten rl" and manifest["args"]["method_config"]["lam"] == 0.8
     assert (out / "history.jsonl").is_file()
     # the cached references are reused, not regenerated
     assert list((tmp_path / "cache").glob("refs-*/refs.jsonl"))
@@ -58,7 +58,7 @@ def test_sft_end_to_end_and_resume(capsys, eos_llama_dir, prompts_file, tmp_path
     out, ckpt = tmp_path / "sft", tmp_path / "ckpt"
     args = [*_common(eos_llama_dir, prompts_file, tmp_path), "--batch-size", 4, "--lr", 1e-2, "--top-p", 0.95,
             "--lam1", 0.05, "--lam2", 0.05, "--save-every", 2, "--checkpoint-dir", ckpt, "--out", out]
-    code, stdout, err = run_cli(capsys, "sft", *args, "--steps", 2)
+    code, stdout, err = run_cli(capsys, "sft", *args, "--max-steps", 2)
     assert code == 0, err
     result = json.loads(stdout)
     hist = [json.loads(l) for l in (out / "history.jsonl").read_text().splitlines()]
@@ -72,7 +72,7 @@ def test_sft_end_to_end_and_resume(capsys, eos_llama_dir, prompts_file, tmp_path
     # the process's peak RSS in MiB: at least the peak before training, and not in KiB
     assert rss_before_mb <= result["peak_memory_mb"] < rss_before_mb + 4096
 
-    code, stdout, err = run_cli(capsys, "sft", *args, "--steps", 3, "--resume", "--force")
+    code, stdout, err = run_cli(capsys, "sft", *args, "--max-steps", 3, "--resume", "--force")
     assert code == 0, err
     resumed = json.loads(stdout)
     assert resumed["resumed_from"].endswith("checkpoint-2") and resumed["last"]["step"] == 3
@@ -82,7 +82,7 @@ def test_sft_end_to_end_and_resume(capsys, eos_llama_dir, prompts_file, tmp_path
 
 def test_rl_lora_saves_merged_model(capsys, eos_llama_dir, prompts_file, tmp_path):
     out = tmp_path / "lora"
-    code, stdout, err = run_cli(capsys, "rl", *_common(eos_llama_dir, prompts_file, tmp_path), "--steps", 1,
+    code, stdout, err = run_cli(capsys, "rl", *_common(eos_llama_dir, prompts_file, tmp_path), "--max-steps", 1,
                                 "--batch-size", 1, "--num-generations", 2, "--lora", "--lora-r", 4, "--lr", 1e-2, "--out", out)
     assert code == 0, err
     assert (out / "adapter" / "adapter_config.json").is_file()

@@ -12,7 +12,7 @@ from pathlib import Path
 from llmslim.core.data import data_dir, wikitext2_halves
 from llmslim.core.device import peak_memory_mb
 from llmslim.core.errors import BadOptionError
-from llmslim.core.job import Context
+from llmslim.core.job import CommonOptions, Context
 from llmslim.core.outputs import check_creatable
 from llmslim.core.save import save_model
 from llmslim.prune import calibrate
@@ -29,8 +29,8 @@ ALL_METHODS = ["afr:abs+gmm", "afr:abs", "afr:gmm", "afr:mean-abs", "afr:trim", 
                "magnitude", "wanda-sp", "flap", "llm-pruner-vector", "llm-pruner-element"]
 
 
-@dataclass
-class PruneJob:
+@dataclass(kw_only=True)
+class PruneJob(CommonOptions):
     model: str = "smollm2-135m"
     ratio: float = 0.2
     target: str = "ffn"
@@ -56,11 +56,6 @@ class PruneJob:
     ppl: bool = False
     ppl_seqlen: int = 1024
     ppl_limit: int | None = None
-    out: Path | None = None
-    force: bool = False
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "auto"
 
 
 def _methods(job: PruneJob) -> list[str]:

@@ -1,0 +1,231 @@
+"""`llmslim shorten rl|sft|eval`, the halves core/job.run_command calls: `validate_*` before
+anything loads, `run_*` the work - build (or reuse) the reference answers, train, save a model
+folder transformers loads; or answer with both models and compare."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from llmslim.core.data import data_dir, read_prompts
+from llmslim.core.device import peak_memory_mb
+from llmslim.core.errors import BadOptionError, DataError
+from llmslim.core.job import CommonOptions, Context
+from llmslim.core.load import cache_dir, resolve_model
+from llmslim.core.options import MODEL
+from llmslim.core.save import save_model
+from llmslim.shorten import evaluate as ev
+from llmslim.shorten.reference import ReferenceSet, get_references
+from llmslim.shorten.reward import Embedder
+
+
+@dataclass(kw_only=True)
+class TrainJob(CommonOptions):
+    method: str  # "rl" or "sft"
+    model: str = MODEL
+    prompts: str | None = None  # records file; None: ../shared/data/alpaca/alpaca_200.json
+    limit: int | None = None  # use the first N prompts
+    val_size: int = 8  # the last N prompts are held out for the validation pass
+    max_new_tokens: int = 256  # reference answers' limit
+    max_ref_tokens: int | None = None  # train only on prompts whose reference is at most this long
+    keep_unfinished: bool = False  # also train on references that hit max_new_tokens (their length is unknown)
+    sim_model: str | None = None
+    ref_cache: Path | None = None
+    regenerate: bool = False
+    batch_size_gen: int = 8
+    resume: bool = False
+    checkpoint_dir: Path | None = None
+    method_config: object = None  # RLConfig or SFTConfig
+
+    @property
+    def work_dir(self) -> Path:
+        return self.checkpoint_dir or Path(f"{self.out}-checkpoints")
+
+
+def default_out(model: str, method: str) -> Path:
+    return Path(f"{Path(model).stem}-shorten-{method}")
+
+
+def _prompts(job: TrainJob) -> tuple[list[str], list[str]]:
+    source = job.prompts or data_dir() / "alpaca" / "alpaca_200.json"
+    prompts = read_prompts(source)
+    if job.limit is not None:
+        if job.limit < 1:
+            raise BadOptionError(f"--limit must be >= 1, got {job.limit}")
+        prompts = prompts[: job.limit + job.val_size]
+    if job.val_size < 0 or job.val_size >= len(prompts):
+        raise BadOptionError(f"--val-size {job.val_size} leaves no training prompts out of {len(prompts)}")
+    if job.val_size:
+        return prompts[: -job.val_size], prompts[-job.val_size :]
+    return prompts, []
+
+
+def select_refs(refs: ReferenceSet, max_ref_tokens: int | None, keep_unfinished: bool) -> ReferenceSet:
+    """The references trained on: finished ones (unless asked), at most `max_ref_tokens` long."""
+    keep = [i for i, r in enumerate(refs.refs)
+            if (keep_unfinished or r.finished) and (max_ref_tokens is None or r.n_tokens <= max_ref_tokens)]
+    dists = None
+    if refs.dists is not None:
+        from llmslim.shorten.reference import BranchDists
+
+        dists = BranchDists([refs.dists.positions[i] for i in keep], [refs.dists.logprobs[i] for i in keep])
+    return ReferenceSet([refs.refs[i] for i in keep], dists, refs.folder)
+
+
+def _method_config(job: TrainJob):
+    from llmslim.shorten.rl import RLConfig
+    from llmslim.shorten.sft import SFTConfig
+
+    if job.method not in ("rl", "sft"):
+        raise BadOptionError(f"unknown method {job.method!r}")
+    return job.method_config or (RLConfig(seed=job.seed) if job.method == "rl" else SFTConfig(seed=job.seed))
+
+
+def validate_train(job: TrainJob) -> None:
+    _method_config(job).validate()
+    if job.max_new_tokens < 1:
+        raise BadOptionError("--max-new-tokens must be >= 1")
+    if job.resume and not job.work_dir.is_dir():
+        raise BadOptionError(f"--resume: no checkpoint folder {job.work_dir}")
+    _prompts(job)  # a missing or short prompts file fails here
+
+
+def _step_progress(ctx: Context, method: str, steps: int):
+    """A progress callback for the trainers' history rows: the step and the last values."""
+    task = ctx.progress.add_task(f"shorten {method}", total=steps)
+    labels = (("reward", "reward"), ("reward_std", "spread"), ("mean_length", "len"), ("kl", "kl"), ("clipped_ratio", "clipped"),
+              ("branch_len", "branch len"), ("shorter_frac", "shorter"), ("kl_ref_act", "kl"))
+
+    def update(row: dict) -> None:
+        if "step" in row and "loss" in row:
+            parts = [f"loss {row['loss']:.3f}"] + [f"{label} {row[key]:.3g}" for key, label in labels if key in row]
+            ctx.progress.update(task, completed=row["step"], description=f"shorten {method}: " + ", ".join(parts))
+
+    return update
+
+
+def _references(job: TrainJob, ctx: Context, cfg, prompts: list[str]):
+    """The model's own answers to the training prompts (cached), and those trained on."""
+    refs = get_references(
+        ctx.model, ctx.tokenizer, prompts, model_id=ctx.loaded.path, cache_root=job.ref_cache or cache_dir() / "shorten",
+        max_new_tokens=job.max_new_tokens, batch_size=job.batch_size_gen,
+        branch=cfg.branch_settings() if job.method == "sft" else None, regenerate=job.regenerate,
+        progress=ctx.step("reference answers (once, cached)", len(prompts)),
+    )
+    used = select_refs(refs, job.max_ref_tokens, job.keep_unfinished)
+    if not used.refs:
+        raise DataError(f"none of the {len(refs.refs)} reference answers is finished and within --max-ref-tokens "
+                        f"{job.max_ref_tokens}: raise --max-new-tokens or pass --keep-unfinished")
+    info = {"cache": str(refs.folder), "n_all": len(refs.refs), "n_used": len(used.refs), "finished_frac": refs.finished_frac,
+            "mean_tokens_used": used.mean_tokens, "max_tokens_used": used.max_tokens}
+    return used, info
+
+
+def run_train(job: TrainJob, ctx: Context) -> dict:
+    from llmslim.shorten.rl import train_rl
+    from llmslim.shorten.sft import train_sft
+
+    cfg = _method_config(job)
+    work = job.work_dir
+    created_work = not work.exists()  # only a scratch folder this run made is removed afterwards
+    train_prompts, val_prompts = _prompts(job)
+    t0 = time.perf_counter()
+    used, ref_info = _references(job, ctx, cfg, train_prompts)
+    ctx.timings["reference_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    progress = _step_progress(ctx, job.method, cfg.steps)
+    if job.method == "rl":
+        embedder = Embedder(job.sim_model, device=str(ctx.loaded.device))
+        result = train_rl(ctx.model, ctx.tokenizer, used, embedder, cfg, work_dir=work, resume=job.resume,
+                          val_prompts=val_prompts, progress=progress)
+    else:
+        result = train_sft(ctx.model, ctx.tokenizer, used, cfg, work_dir=work, resume=job.resume, val_prompts=val_prompts,
+                           val_limit=job.max_new_tokens, progress=progress)
+    ctx.timings["train_s"] = time.perf_counter() - t0
+    if created_work and not cfg.save_every and work.is_dir():
+        shutil.rmtree(work, ignore_errors=True)  # TRL/our per-run scratch; kept when checkpoints were asked for
+
+    trained, history = result.pop("model"), result["history"]
+
+    def write(folder: Path) -> None:
+        save_model(trained, ctx.tokenizer, folder)
+        (folder / "history.jsonl").write_text("".join(json.dumps(row) + "\n" for row in history))
+
+    ctx.save(write)
+    last = [h for h in history if "loss" in h]
+    return {"method": job.method, "model": job.model, "references": ref_info, "config": asdict(cfg),
+            **({"adapter": "adapter/"} if cfg.lora else {}), **{k: v for k, v in result.items() if k != "history"},
+            "last": last[-1] if last else {}, "validation": [h for h in history if "val_mean_length" in h],
+            "peak_memory_mb": peak_memory_mb(ctx.loaded.device), "history": history}
+
+
+@dataclass(kw_only=True)
+class EvalJob(CommonOptions):
+    model: str  # the shortened model
+    base: str = MODEL
+    prompts: str | None = None  # None: MT-Bench first turns
+    limit: int | None = None
+    max_new_tokens: int = 256
+    batch_size: int = 8
+    sim_model: str | None = None
+    judge_url: str | None = None
+    judge_model: str = "gpt-4"
+    judge_key: str | None = None
+    ref_cache: Path | None = None
+
+
+def base_answers(base_model, tok, base_path: str, questions: list, job: EvalJob, progress=None) -> list:
+    """The base model's answers, cached like reference answers (they are the same thing)."""
+    from llmslim.core.generate import Generation
+
+    refs = get_references(base_model, tok, [q.prompt for q in questions], model_id=base_path,
+                          cache_root=job.ref_cache or cache_dir() / "shorten", max_new_tokens=job.max_new_tokens,
+                          batch_size=job.batch_size, progress=progress)
+    return [Generation(r.prompt, r.text, r.n_tokens, r.finished) for r in refs.refs]
+
+
+def validate_eval(job: EvalJob) -> None:
+    if job.limit is not None and job.limit < 1:
+        raise BadOptionError(f"--limit must be >= 1, got {job.limit}")
+    if job.max_new_tokens < 1 or job.batch_size < 1:
+        raise BadOptionError("--max-new-tokens and --batch-size must be >= 1")
+    resolve_model(job.model)  # both models exist before the first answer is generated
+    resolve_model(job.base)
+    ev.questions_from(job.prompts, job.limit)
+
+
+def run_eval(job: EvalJob, ctx: Context) -> dict:
+    """Loads its two models itself, one after the other (the base's answers are cached)."""
+    from llmslim.core.load import load_model
+
+    questions = ev.questions_from(job.prompts, job.limit)
+    judge = ev.Judge(job.judge_url, job.judge_model, job.judge_key, prompts=ev.judge_prompts()) if job.judge_url else None
+    t0 = time.perf_counter()
+    base = load_model(job.base, device=job.device, dtype=job.dtype, purpose="inference")
+    base_gens = base_answers(base.model, base.tokenizer, base.path, questions, job, ctx.step("base answers (cached)", len(questions)))
+    del base
+    ctx.timings["base_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    short = load_model(job.model, device=job.device, dtype=job.dtype, purpose="inference")
+    short_gens = ev.answer(short.model, short.tokenizer, questions, max_new_tokens=job.max_new_tokens,
+                           batch_size=job.batch_size, progress=ctx.step("shortened model answers", len(questions)))
+    ctx.timings["short_s"] = time.perf_counter() - t0
+    embedder = Embedder(job.sim_model)
+    result = {"model": job.model, "base": job.base, "prompts": job.prompts or "mt-bench", "max_new_tokens": job.max_new_tokens,
+              "sim_model": embedder.name, **ev.compare(questions, base_gens, short_gens, embedder)}
+    if judge is not None:
+        t0 = time.perf_counter()
+        advance = ctx.step("judging", 2 * len(questions))
+        jb, js = ev.judge_answers(judge, questions, base_gens, advance), ev.judge_answers(judge, questions, short_gens, advance)
+        result["judge"] = {"model": judge.model, "base_mean": jb["mean"], "short_mean": js["mean"],
+                           "base_scores": jb["scores"], "short_scores": js["scores"],
+                           "score_change_pct": 100.0 * (js["mean"] / jb["mean"] - 1.0) if jb["mean"] and js["mean"] is not None else None}
+        ctx.timings["judge_s"] = time.perf_counter() - t0
+    rows = [{"id": q.qid, "prompt": q.prompt, "base": b.text, "short": s.text} for q, b, s in zip(questions, base_gens, short_gens)]
+    ctx.save(lambda folder: (folder / "answers.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows)))
+    return result

@@ -1,0 +1,93 @@
+"""One name and one default per meaning across every command, and every command validates its
+options before it loads a model."""
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from llmslim.cli import app
+from llmslim.core import load
+
+
+def _commands() -> list[tuple[str, object]]:
+    def walk(cmd, path):
+        if hasattr(cmd, "commands"):  # a group (typer vendors its own click: no isinstance)
+            for name, sub in sorted(cmd.commands.items()):
+                yield from walk(sub, path + [name])
+        else:
+            yield " ".join(path), cmd
+
+    return list(walk(typer.main.get_command(app), []))
+
+
+COMMANDS = _commands()
+# names that meant the same as a shared option in earlier versions: none may come back
+RETIRED = {"--eval", "--eval-limit", "--n", "--steps", "--rank", "--ppl-windows", "--lora-rank"}
+
+
+def test_every_command_is_seen():
+    names = {name for name, _ in COMMANDS}
+    assert {"info", "eval", "bench", "prune", "shorten rl", "shorten sft", "shorten eval", "budget estimate", "budget run",
+            "budget search", "budget elasticity", "budget train", "budget serve", "sparsity collect", "sparsity train",
+            "sparsity eval"} == names
+
+
+@pytest.mark.parametrize("name, command", COMMANDS, ids=[name for name, _ in COMMANDS])
+def test_shared_options_have_one_name_and_one_default(name, command):
+    params = {p.name: p for p in command.params}
+    flags = {flag for p in command.params for flag in getattr(p, "opts", [])}
+    assert not flags & RETIRED, f"{name}: retired option names {flags & RETIRED}"
+    if "device" in params:
+        assert params["device"].default == "auto", name
+    if "dtype" in params:
+        assert params["dtype"].default == "auto", name
+    if "seed" in params:
+        assert params["seed"].default == 0, name
+    if "model" in params:
+        assert params["model"].param_type_name == "argument", f"{name}: MODEL is positional everywhere"
+    if "tasks" in params:
+        assert "--tasks" in params["tasks"].opts, name
+    if "limit" in params:
+        assert "--limit" in params["limit"].opts and params["limit"].default in (None, 64), name
+    if "batch_size" in params:
+        assert "--batch-size" in params["batch_size"].opts, name
+    help_text = CliRunner().invoke(app, name.split() + ["--help"], terminal_width=200).output
+    for option in ("--device", "--seed", "--json", "--out", "--tasks", "--limit"):
+        assert (option in help_text) == (option in flags), f"{name} --help and its options disagree on {option}"
+
+
+def refuse(*args, **kwargs):
+    raise AssertionError("a model was loaded before the options were validated")
+
+
+# (argv, the one-line error): one bad option per command, and a bad common option for each
+BAD = [
+    (["info", "smollm2-135m", "--device", "tpu"], "unknown device 'tpu'"),
+    (["eval", "smollm2-135m", "--limit", "0"], "--limit must be an integer >= 1"),
+    (["eval", "smollm2-135m", "--tasks", "arc_esay"], "unknown task 'arc_esay'"),
+    (["bench", "smollm2-135m", "--threads", "0"], "--threads must be at least 1"),
+    (["bench", "smollm2-135m", "--against", "smollm9"], "no model at 'smollm9'"),
+    (["prune", "smollm2-135m", "--aggregate", "median"], "unknown --aggregate 'median'"),
+    (["prune", "smollm2-135m", "--dtype", "fp8"], "unknown dtype"),
+    (["shorten", "rl", "smollm2-135m", "--max-steps", "0"], "--max-steps must be >= 1"),
+    (["shorten", "sft", "smollm2-135m", "--top-p", "0"], "--top-p must be in (0, 1]"),
+    (["shorten", "eval", "/nonexistent/model"], "no model at"),
+    (["budget", "estimate", "smollm2-135m", "--concurrency", "0"], "--concurrency must be >= 1"),
+    (["budget", "run", "smollm2-135m", "--modes", "budget:x"], "budget"),
+    (["budget", "search", "smollm2-135m", "--method", "ternary"], "unknown --method 'ternary'"),
+    (["budget", "elasticity", "smollm2-135m", "--budgets", "0"], "--budgets needs positive integers"),
+    (["budget", "train", "smollm2-135m", "--targets", "silver", "--out", "x"], "unknown --targets 'silver'"),
+    (["sparsity", "collect", "smollm2-135m", "--limit", "0", "--out", "x"], "--limit and --batch-size must be >= 1"),
+    (["sparsity", "eval", "smollm2-135m", "-p", "x", "--ffn-sparsity", "1.5"], "must be in [0, 1)"),
+    (["sparsity", "eval", "smollm2-135m", "-p", "/nonexistent/pred"], "no predictors at"),
+]
+
+
+@pytest.mark.parametrize("argv, needle", BAD, ids=[" ".join(a[:2]) + " " + a[-1] for a, _ in BAD])
+def test_bad_options_fail_before_any_model_loads(monkeypatch, argv, needle):
+    monkeypatch.setattr(load, "load_model", refuse)
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code != 0
+    error = result.exception
+    assert error is not None and not isinstance(error, AssertionError), f"{argv}: {error!r}"
+    assert needle in str(error) and "\n" not in str(error), f"{argv}: {error}"
