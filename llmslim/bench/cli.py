@@ -85,7 +85,7 @@ def validate(job: BenchJob) -> None:
     job.config()  # bad speed options and batch sizes fail here
     if job.threads is not None and job.threads < 1:
         raise BadOptionError(f"--threads must be at least 1, got {job.threads}")
-    for spec in [job.model] + ([job.against] if job.against else []):
+    for spec in ([job.against] if job.against else []) + [job.model]:
         check_spec(spec)  # a typo in --against fails before MODEL spends a minute loading
 
 

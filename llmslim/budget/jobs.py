@@ -123,10 +123,11 @@ def _save_rows(ctx: Context, name: str, rows: list[dict]) -> None:
 
 
 def validate(job: Job) -> None:
-    """What every question-answering budget command checks before it builds a backend."""
-    job.backend.check()
+    """What every question-answering budget command checks before it builds a backend (after
+    its own options: a typo in one is reported before a missing model)."""
     settings(job)
     load_questions(job.data, limit=job.limit, offset=job.offset)
+    job.backend.check()
 
 
 def _start(job: Job, ctx: Context):
@@ -149,9 +150,9 @@ def _progress(ctx: Context):
 
 # ---------------------------------------------------------------- commands
 def validate_estimate(job: Job) -> None:
-    validate(job)
     if job.options.get("regression") is not None:
         read_search(job.options["regression"])
+    validate(job)
 
 
 def run_estimate(job: Job, ctx: Context) -> dict:
@@ -176,7 +177,6 @@ def run_estimate(job: Job, ctx: Context) -> dict:
 
 
 def validate_run(job: Job) -> None:
-    validate(job)
     modes = job.options["modes"]
     if not modes:
         raise BadOptionError("--modes is empty")
@@ -186,6 +186,7 @@ def validate_run(job: Job) -> None:
         if job.options.get("searched") is None:
             raise BadOptionError("modes 'searched' and 'regression' need --searched FILE (from `budget search --out`)")
         read_search(job.options["searched"])
+    validate(job)
 
 
 def run_modes(job: Job, ctx: Context) -> dict:
@@ -209,11 +210,11 @@ def run_modes(job: Job, ctx: Context) -> dict:
 
 
 def validate_search(job: Job) -> None:
-    validate(job)
     if job.options["method"] not in ("halving", "binary"):
         raise BadOptionError(f"unknown --method {job.options['method']!r}; use halving or binary")
     if job.options["max_probes"] < 1:
         raise BadOptionError("--max-probes must be >= 1")
+    validate(job)
 
 
 def run_search(job: Job, ctx: Context) -> dict:
@@ -229,10 +230,10 @@ def run_search(job: Job, ctx: Context) -> dict:
 
 
 def validate_elasticity(job: Job) -> None:
-    validate(job)
     budgets = job.options["budgets"]
     if not budgets or any(b < 1 for b in budgets):
         raise BadOptionError("--budgets needs positive integers, e.g. 8,16,32,64,128")
+    validate(job)
 
 
 def run_elasticity(job: Job, ctx: Context) -> dict:
@@ -262,9 +263,9 @@ def validate_train(job: Job) -> None:
     if job.options["targets"] not in ("search", "gold"):
         raise BadOptionError(f"unknown --targets {job.options['targets']!r}; use search or gold")
     job.options["config"].check()
-    job.backend.check()
     if not _train_examples(job):
         raise DataError(f"{job.options['search_file']}: no training examples")
+    job.backend.check()
 
 
 def run_train(job: Job, ctx: Context) -> dict:
