@@ -11,14 +11,16 @@ PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 
 # torch: where the venv has none. The package index is pip's own configuration (PIP_INDEX_URL,
 # find-links, pip.conf), plus LLMSLIM_TORCH_INDEX if set (an index of CPU torch wheels: see the
-# README). On a machine without nvidia-smi, a torch that is not a +cpu build (PyPI's Linux
-# wheels pull multi-GB CUDA libraries) is refused before anything is downloaded.
+# README). PyPI's Linux wheels pull multi-GB CUDA libraries, so on Linux without nvidia-smi a
+# torch that is not a +cpu build is refused before anything is downloaded (macOS and Windows
+# wheels from PyPI are CPU/MPS builds already).
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
-  if command -v nvidia-smi >/dev/null 2>&1; then
-    "${PIP[@]}" install torch                        # a GPU machine: the CUDA build is wanted
+  extra=()
+  [ -n "${LLMSLIM_TORCH_INDEX:-}" ] && extra=(--extra-index-url "$LLMSLIM_TORCH_INDEX")
+  if command -v nvidia-smi >/dev/null 2>&1 || [ "$(uname -s)" != Linux ]; then
+    "${PIP[@]}" install torch==2.13.0 ${extra[@]+"${extra[@]}"}
   else
-    extra=()
-    [ -n "${LLMSLIM_TORCH_INDEX:-}" ] && extra=(--extra-index-url "$LLMSLIM_TORCH_INDEX")
+    "${PIP[@]}" install "pip>=22.2"                  # for install --dry-run --report
     version=$("${PIP[@]}" install --dry-run --ignore-installed --no-deps --report - torch==2.13.0 ${extra[@]+"${extra[@]}"} \
       | .venv/bin/python -c "import json, sys; print(json.load(sys.stdin)['install'][0]['metadata']['version'])")
     case "$version" in

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     # typer >= 0.17 raises its own (vendored) click's exceptions; older typer raises click's
     exits = (typer.Exit, click.exceptions.Exit)
     aborts = (typer.Abort, click.exceptions.Abort)
-    usage = (typer.TyperException, click.ClickException)
+    usage = (getattr(typer, "TyperException", click.ClickException), click.ClickException)
     debug = os.environ.get("LLMSLIM_DEBUG") == "1" or "--debug" in (argv or sys.argv)
     try:
         app(args=argv, standalone_mode=False)

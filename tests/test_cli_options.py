@@ -72,6 +72,7 @@ BAD = [
     (["shorten", "rl", "smollm2-135m", "--max-steps", "0"], "--max-steps must be >= 1"),
     (["shorten", "sft", "smollm2-135m", "--top-p", "0"], "--top-p must be in (0, 1]"),
     (["shorten", "eval", "/nonexistent/model"], "no model at"),
+    (["shorten", "rl", "smollm2-135m", "--sim-model", "minilm"], "--sim-model 'minilm': not a folder that exists"),
     (["budget", "estimate", "smollm2-135m", "--concurrency", "0"], "--concurrency must be >= 1"),
     (["budget", "run", "smollm2-135m", "--modes", "budget:x"], "budget"),
     (["budget", "search", "smollm2-135m", "--method", "ternary"], "unknown --method 'ternary'"),
@@ -80,6 +81,7 @@ BAD = [
     (["sparsity", "collect", "smollm2-135m", "--limit", "0", "--out", "x"], "--limit and --batch-size must be >= 1"),
     (["sparsity", "eval", "smollm2-135m", "-p", "x", "--ffn-sparsity", "1.5"], "must be in [0, 1)"),
     (["sparsity", "eval", "smollm2-135m", "-p", "/nonexistent/pred"], "no predictors at"),
+    (["sparsity", "eval", "smollm2-135m", "-p", "x", "--ppl-limit", "0", "--tasks", ""], "nothing to evaluate"),
 ]
 
 

@@ -49,9 +49,7 @@ def _job(model, api_base, api_key_env, api_tokenizer, concurrency, retries, time
 
 
 def _foot(result: dict) -> None:
-    t = result.get("timings", {})
-    secs = sum(v for k, v in t.items() if k.endswith("_s"))
-    report.stdout.print(f"{secs:.1f}s; gpt-4 token counts: {result.get('gpt4_counter', '-')}"
+    report.stdout.print(f"{result.get('timings', {}).get('total_s', 0):.1f}s; gpt-4 token counts: {result.get('gpt4_counter', '-')}"
                         + (f"; written to {result['out']}" if result.get("out") else ""))
 
 

@@ -1,6 +1,7 @@
 """The `budget` commands' halves for core/job.run_command: `validate_*` (options, templates and
 the questions file, no model) and `run_*` (build the backend - a local model or an HTTP
-endpoint - and do the work). Per-question rows go to files in --out, not into results.json."""
+endpoint - and do the work). Per-question rows go to files in --out (log.jsonl, search.jsonl,
+budgets.jsonl); results.json holds the summaries (estimate's also its budget per question)."""
 
 from __future__ import annotations
 

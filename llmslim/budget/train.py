@@ -158,6 +158,9 @@ def dpo(model, tokenizer, examples: list[dict], cfg: TrainConfig, workdir: Path,
     )
     trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                          peft_config=_lora(model, cfg), callbacks=[_progress_callback(progress)])
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # it prints every log dict on stdout (breaks --json)
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     trainer.model.eval()

@@ -50,6 +50,7 @@ class Context:
     loaded: Any
     progress: Any
     timings: dict[str, float] = field(default_factory=dict)
+    quiet: bool = False  # --quiet or --json: libraries' own progress output off too
     writers: list[Callable[[Path], None]] = field(default_factory=list)
 
     @property
@@ -100,7 +101,7 @@ def run_command(command: Command, cfg, *, json_out: bool = False, quiet: bool = 
         from llmslim.core.load import load_model  # transformers: imported once there is work
 
         loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, purpose=command.model_purpose)
-    ctx = Context(loaded, None, {"load_s": time.perf_counter() - t0} if loaded is not None else {})
+    ctx = Context(loaded, None, {"load_s": time.perf_counter() - t0} if loaded is not None else {}, quiet or json_out)
     with report.progress(enabled=not (quiet or json_out)) as bar:
         ctx.progress = bar
         result = command.run(cfg, ctx)

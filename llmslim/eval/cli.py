@@ -72,7 +72,7 @@ def validate(job: EvalJob) -> None:
 
 
 def run(job: EvalJob, ctx: Context) -> dict:
-    result = evaluate(ctx.model, ctx.tokenizer, prepare(job), progress=ctx.progress)
+    result = evaluate(ctx.model, ctx.tokenizer, prepare(job), show_progress=not ctx.quiet, progress=ctx.progress)
     result["config"].update({"model": ctx.loaded.name, "model_path": ctx.loaded.path, "device": str(ctx.loaded.device),
                              "dtype": str(ctx.loaded.dtype).replace("torch.", "")})
     generations = result.pop("samples", {}).get("generation")
@@ -85,8 +85,6 @@ def run(job: EvalJob, ctx: Context) -> dict:
 
 def render(result: dict) -> None:
     report.stdout.print(table(result))
-    if result.get("out"):
-        report.stderr.print(f"wrote {result['out']}/results.json")
 
 
 def summary(result: dict) -> dict:

@@ -145,7 +145,7 @@ def _check_units(model, job: PruneJob) -> None:
                              f"{'kv groups' if job.target == 'attn' else 'neurons'}; use a smaller ratio")
 
 
-def _evaluate(model, tokenizer, job: PruneJob, ppl_text: str | None) -> dict:
+def _evaluate(model, tokenizer, job: PruneJob, ppl_text: str | None, quiet: bool) -> dict:
     from llmslim.eval.run import headline, perplexity, run_tasks
 
     results = {}
@@ -153,7 +153,7 @@ def _evaluate(model, tokenizer, job: PruneJob, ppl_text: str | None) -> dict:
         results["wikitext2_ppl"] = perplexity(model, tokenizer, ppl_text, seqlen=job.ppl_seqlen, max_chunks=job.ppl_limit)["perplexity"]
     if job.tasks:
         tasks = [t.strip() for t in job.tasks.split(",") if t.strip()]
-        out = run_tasks(model, tokenizer, tasks, limit=job.limit, seed=job.seed)
+        out = run_tasks(model, tokenizer, tasks, limit=job.limit, seed=job.seed, show_progress=not quiet)
         results.update({f"{task}/{name}": value for task, (name, value) in headline(out["results"]).items()})
     return results
 
@@ -192,7 +192,7 @@ def run(job: PruneJob, ctx: Context) -> dict:
     rows = [dense] if evaluate else []
     if evaluate:
         t0 = time.perf_counter()
-        dense["eval"] = _evaluate(model, tokenizer, job, ppl_text)
+        dense["eval"] = _evaluate(model, tokenizer, job, ppl_text, ctx.quiet)
         ctx.timings["eval_dense_s"] = time.perf_counter() - t0
 
     # GMM clipping is the slow part of scoring: do it up front, once per input, with a bar
@@ -211,7 +211,7 @@ def run(job: PruneJob, ctx: Context) -> dict:
         row = {"method": method, "params": rep["params_after"], "width": _width(rep["widths"]), "score_s": rep["score_s"]}
         if evaluate:
             t0 = time.perf_counter()
-            row["eval"] = _evaluate(pruned, tokenizer, job, ppl_text)
+            row["eval"] = _evaluate(pruned, tokenizer, job, ppl_text, ctx.quiet)
             ctx.timings[f"eval_{method}_s"] = time.perf_counter() - t0
         rows.append(row)
         if i == 0:

@@ -85,7 +85,11 @@ def _method_config(job: TrainJob):
 
 
 def validate_train(job: TrainJob) -> None:
+    from llmslim.shorten.reward import resolve_sim_model
+
     _method_config(job).validate()
+    if job.method == "rl":
+        resolve_sim_model(job.sim_model)  # a typo here must not cost the reference answers first
     if job.max_new_tokens < 1:
         raise BadOptionError("--max-new-tokens must be >= 1")
     if job.resume and not job.work_dir.is_dir():
@@ -160,7 +164,7 @@ def run_train(job: TrainJob, ctx: Context) -> dict:
     return {"method": job.method, "model": job.model, "references": ref_info, "config": asdict(cfg),
             **({"adapter": "adapter/"} if cfg.lora else {}), **{k: v for k, v in result.items() if k != "history"},
             "last": last[-1] if last else {}, "validation": [h for h in history if "val_mean_length" in h],
-            "peak_memory_mb": peak_memory_mb(ctx.loaded.device), "history": history}
+            "peak_memory_mb": peak_memory_mb(ctx.loaded.device)}  # every step's row: history.jsonl
 
 
 @dataclass(kw_only=True)
@@ -193,8 +197,11 @@ def validate_eval(job: EvalJob) -> None:
         raise BadOptionError(f"--limit must be >= 1, got {job.limit}")
     if job.max_new_tokens < 1 or job.batch_size < 1:
         raise BadOptionError("--max-new-tokens and --batch-size must be >= 1")
-    resolve_model(job.model)  # both models exist before the first answer is generated
+    from llmslim.shorten.reward import resolve_sim_model
+
+    resolve_model(job.model)  # both models and the embedder exist before the first answer is generated
     resolve_model(job.base)
+    resolve_sim_model(job.sim_model)
     ev.questions_from(job.prompts, job.limit)
 
 

@@ -165,9 +165,17 @@ def validate_eval(job: EvalJob) -> None:
         raise BadOptionError("--limit must be >= 1, --ppl-limit >= 0 and --ppl-prompt-len >= 2")
     if not job.predictors:
         raise BadOptionError("eval needs --predictors DIR (from `llmslim sparsity train`), once per criterion")
+    if job.ppl_limit == 0 and not job.tasks:
+        raise BadOptionError("nothing to evaluate: --ppl-limit 0 and no --tasks")
+    if job.ppl_limit:
+        from llmslim.core.data import data_dir
+
+        if not (data_dir() / "wikitext2" / "wiki.test.raw").is_file():
+            raise DataError(f"perplexity needs {data_dir() / 'wikitext2' / 'wiki.test.raw'} (set LLMSLIM_DATA, or --ppl-limit 0)")
+    from llmslim.sparsity import predictor as P
+
     for folder in job.predictors:
-        if not Path(folder).exists():
-            raise DataError(f"no predictors at {folder} (run `llmslim sparsity train ... --out DIR` first)")
+        P.load(folder)  # small files: a wrong folder fails here, before the model loads
     if job.plot is not None:
         check_creatable(job.plot)
 

@@ -37,17 +37,22 @@ def _arc(root: Path, split: str) -> list[MCItem]:
     return items
 
 
+def _half(rows: list, split: str) -> list:
+    """One file, two disjoint splits: eval reads its first half from the start, train its
+    second half from the end (so small --limit values use the same items as before)."""
+    mid = len(rows) // 2
+    return rows[:mid] if split == "eval" else rows[mid:][::-1]
+
+
 def _piqa(root: Path, split: str) -> list[MCItem]:
     from llmslim.eval.local_data import piqa_rows
 
-    rows = piqa_rows(root)
-    rows = rows if split == "eval" else rows[::-1]
+    rows = _half(piqa_rows(root), split)
     return [MCItem(f"Question: {r['goal']}\nAnswer:", [" " + r["sol1"], " " + r["sol2"]], int(r["label"])) for r in rows]
 
 
 def _hellaswag(root: Path, split: str) -> list[MCItem]:
-    rows = read_records(root / "hellaswag" / "hellaswag_val_full_preprocessed.jsonl")
-    rows = rows if split == "eval" else rows[::-1]
+    rows = _half(read_records(root / "hellaswag" / "hellaswag_val_full_preprocessed.jsonl"), split)
     return [MCItem(r["ctx"], [" " + e for e in r["endings"]], int(r["label"])) for r in rows]
 
 
@@ -64,7 +69,7 @@ def parse_tasks(names: str) -> list[str]:
 
 def load_items(task: str, root: Path, split: str = "eval", limit: int | None = None) -> list[MCItem]:
     """The first `limit` items of the task's eval (or train) split; train and eval never overlap
-    for the sizes used here (the train split reads the file from its end, or ARC's Dev set)."""
+    (ARC: its Test and Dev files; PIQA, HellaSwag: the two halves of one file)."""
     if task not in READERS:
         raise BadOptionError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
     items = READERS[task](Path(root), split)

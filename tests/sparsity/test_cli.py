@@ -97,3 +97,12 @@ def test_smollm2_shadow_gathered_equals_masked(smollm2, data_dir):
         with masked(model, keep["neurons"], keep["groups"]):
             ref = model(ids).logits
     assert torch.allclose(got, ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("task", ["piqa", "hellaswag", "arc_easy"])
+def test_trace_and_eval_items_never_overlap(data_dir, task):
+    from llmslim.sparsity.tasks import load_items
+
+    evaluated = {(i.context, tuple(i.choices)) for i in load_items(task, data_dir, "eval")}  # --limit default: all
+    traced = {(i.context, tuple(i.choices)) for i in load_items(task, data_dir, "train")}
+    assert evaluated and traced and not evaluated & traced
