@@ -11,6 +11,7 @@ from llmslim.core import report
 from llmslim.core.job import Command, run_command
 from llmslim.core.options import (DEVICE, DTYPE, EVAL, MODEL, SEED, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, LimitOpt, ModelArg,
                                   OutOpt, PplLimitOpt, PplSeqlenOpt, QuietOpt, SeedOpt, TasksOpt)
+from llmslim.prune.allocate import MAX_DEVIATION
 from llmslim.prune.jobs import PruneJob, run, validate
 
 METHOD = "Method"
@@ -30,7 +31,8 @@ def prune(
     gmm_refit: Annotated[str, typer.Option(help="Per-window GMM: fit on 'every' window, or fit 'once' on the first and reuse the mixture.", rich_help_panel=METHOD)] = "every",
     feature_mode: Annotated[str, typer.Option(help="ReFer feature matrix: 'flat' (reference code: batch x all) or 'tokens' (tokens x features per window; slower).", rich_help_panel=METHOD)] = "flat",
     snip_loss: Annotated[str, typer.Option(help="SNIP's loss: 'next-token' cross-entropy, or 'reference' (AFR-St code: the last position's logits against the last input token, unshifted).", rich_help_panel=CALIB)] = "next-token",
-    allocation: Annotated[str, typer.Option(help="'uniform' ratio per layer, or one 'global' threshold.", rich_help_panel=METHOD)] = "uniform",
+    allocation: Annotated[str, typer.Option(help="'uniform' ratio per layer, one 'global' threshold, or 'adaptive': per-layer ratios from each layer's mean score (OWL's rule), within --ratio +- --max-deviation, same total.", rich_help_panel=METHOD)] = "uniform",
+    max_deviation: Annotated[float, typer.Option(help="--allocation adaptive: how far a layer's ratio may move from --ratio.", rich_help_panel=METHOD)] = MAX_DEVIATION,
     round_to: Annotated[int, typer.Option(help="Round kept widths to a multiple of N (8, 64, 128).", rich_help_panel=METHOD)] = 1,
     compare: Annotated[Optional[str], typer.Option(help="Also prune with these methods (comma list, or 'all') on the same scores and report them side by side.", rich_help_panel=METHOD)] = None,
     calib: Annotated[str, typer.Option(help="'auto' (WikiText-2 first half if the shared data exists, else self), 'self' (sampled from the model), 'wikitext2', or a corpus file.", rich_help_panel=CALIB)] = "auto",
@@ -54,7 +56,7 @@ def prune(
     """Remove FFN neurons (or attention kv groups) by AFR or a baseline; save a smaller model transformers loads."""
     job = PruneJob(
         model=model, ratio=ratio, target=target, method=method, aggregate=aggregate, gmm_scope=gmm_scope, afr_recipe=afr_recipe,
-        group=group, accumulate=accumulate, gmm_refit=gmm_refit, feature_mode=feature_mode, snip_loss=snip_loss, allocation=allocation, round_to=round_to, compare=compare,
+        group=group, accumulate=accumulate, gmm_refit=gmm_refit, feature_mode=feature_mode, snip_loss=snip_loss, allocation=allocation, max_deviation=max_deviation, round_to=round_to, compare=compare,
         calib=calib, nsamples=nsamples, seqlen=seqlen, save_scores=save_scores, scores=scores,
         tasks=tasks, limit=limit, ppl=ppl, ppl_seqlen=ppl_seqlen, ppl_limit=ppl_limit,
         out=out, force=force, seed=seed, device=device, dtype=dtype,

@@ -18,7 +18,7 @@ from llmslim.core.save import save_model
 from llmslim.prune import calibrate
 from llmslim.prune.accumulate import ACCUMULATIONS, GMM_REFITS
 from llmslim.prune.aggregate import AGGREGATIONS, GROUPINGS, SCOPES
-from llmslim.prune.allocate import ALLOCATIONS
+from llmslim.prune.allocate import ALLOCATIONS, MAX_DEVIATION
 from llmslim.prune.run import (PruneConfig, calibration_windows, check_fingerprint, collect_for, parse_method, prune_model,
                                read_stats, save_stats)
 from llmslim.prune.scores import AFR_RECIPES, ScoreConfig, clipped, gmm_inputs
@@ -44,6 +44,7 @@ class PruneJob(CommonOptions):
     feature_mode: str = "flat"
     snip_loss: str = "next-token"
     allocation: str = "uniform"
+    max_deviation: float = MAX_DEVIATION
     round_to: int = 1
     compare: str | None = None
     calib: str = "auto"
@@ -107,7 +108,9 @@ def validate(job: PruneJob) -> None:
     if not 0.0 < job.ratio < 1.0:
         raise BadOptionError(f"--ratio must be between 0 and 1 (exclusive), got {job.ratio}")
     if job.allocation not in ALLOCATIONS:
-        raise BadOptionError(f"unknown --allocation {job.allocation!r}; use {' or '.join(ALLOCATIONS)}")
+        raise BadOptionError(f"unknown --allocation {job.allocation!r}; use {', '.join(ALLOCATIONS)}")
+    if not 0.0 <= job.max_deviation < 1.0:
+        raise BadOptionError(f"--max-deviation must be in [0, 1), got {job.max_deviation}")
     if job.snip_loss not in calibrate.SNIP_LOSSES:
         raise BadOptionError(f"unknown --snip-loss {job.snip_loss!r}; use {' or '.join(calibrate.SNIP_LOSSES)}")
     if job.feature_mode not in calibrate.FEATURE_MODES:
@@ -206,8 +209,8 @@ def run(job: PruneJob, ctx: Context) -> dict:
     primary = None
     for i, method in enumerate(methods):
         pruned = model if i == len(methods) - 1 else copy.deepcopy(model)  # the last one may prune in place
-        rep = prune_model(pruned, stats, PruneConfig(ratio=job.ratio, method=method, scores=base,
-                                                     allocation=job.allocation, round_to=job.round_to))
+        rep = prune_model(pruned, stats, PruneConfig(ratio=job.ratio, method=method, scores=base, allocation=job.allocation,
+                                                     round_to=job.round_to, max_deviation=job.max_deviation))
         row = {"method": method, "params": rep["params_after"], "width": _width(rep["widths"]), "score_s": rep["score_s"]}
         if evaluate:
             t0 = time.perf_counter()

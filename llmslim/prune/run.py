@@ -20,7 +20,7 @@ from llmslim.core import data as data_mod
 from llmslim.core.arch import adapter_for, text_config
 from llmslim.core.errors import BadOptionError, DataError
 from llmslim.prune.aggregate import AGGREGATIONS
-from llmslim.prune.allocate import allocate
+from llmslim.prune.allocate import MAX_DEVIATION, allocate
 from llmslim.prune.apply import check_head_pruning, count_params, flap_bias, prune_units
 from llmslim.prune.accumulate import PerWindow, window_keys
 from llmslim.prune.calibrate import CalibStats, collect
@@ -40,6 +40,7 @@ class PruneConfig:
     scores: ScoreConfig = field(default_factory=ScoreConfig)
     allocation: str = "uniform"
     round_to: int = 1
+    max_deviation: float = MAX_DEVIATION  # --allocation adaptive: per-layer ratios within ratio +- this
     flap_bias: bool = True  # FLAP's bias compensation, applied only with method "flap"
 
 
@@ -156,7 +157,7 @@ def prune_model(model, stats: CalibStats, cfg: PruneConfig) -> dict:
     t_score = time.perf_counter() - t0
     if target == "attn" and cfg.allocation != "uniform":
         raise BadOptionError("--target attn supports --allocation uniform only (transformers configs hold one head count)")
-    keep = allocate(scores, cfg.ratio, cfg.allocation, cfg.round_to)
+    keep = allocate(scores, cfg.ratio, cfg.allocation, cfg.round_to, cfg.max_deviation)
     if cfg.method.partition(":")[0] == "flap" and cfg.flap_bias:
         flap_bias(model, keep, stats.act_mean, target)
     widths = prune_units(model, keep, target)

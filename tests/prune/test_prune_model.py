@@ -56,14 +56,16 @@ def test_flap_bias_saved_and_reloaded(tmp_path, stats_and_model):
         torch.testing.assert_close(reloaded(WINDOWS).logits, model(WINDOWS).logits)
 
 
+@pytest.mark.parametrize("allocation", ["global", "adaptive"])
 @pytest.mark.parametrize("device", DEVICES)
-def test_global_widths_reload_through_llmslim(tmp_path, stats_and_model, tiny_llama_dir, device):
+def test_per_layer_widths_reload_through_llmslim(tmp_path, stats_and_model, tiny_llama_dir, device, allocation):
     from llmslim.core.load import load_model
 
     stats, _ = stats_and_model
     model = tiny_model("llama")
-    rep = prune_model(model, stats, PruneConfig(ratio=0.5, method="magnitude", allocation="global"))
+    rep = prune_model(model, stats, PruneConfig(ratio=0.5, method="magnitude", allocation=allocation))
     assert len(set(rep["widths"])) > 1, rep["widths"]
+    assert sum(rep["widths"]) == round(0.5 * 96 * len(rep["widths"]))
     model.save_pretrained(tmp_path)
     for f in tiny_llama_dir.iterdir():
         if f.name.startswith(("tokenizer", "special_tokens")):
