@@ -13,7 +13,7 @@ INTERNAL_ERROR = 2  # exit code of an unexpected exception; 1 is bad input
 
 app = typer.Typer(
     name="llmslim",
-    help="Make large language models cheaper to run: prune, shorten, budget, sparsity, eval, bench.",
+    help="Make large language models cheaper to run: prune, recover, shorten, budget, sparsity, eval, bench.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -26,6 +26,7 @@ def _register() -> None:
     from llmslim.eval.cli import eval_command
     from llmslim.info.cli import info
     from llmslim.prune.cli import prune
+    from llmslim.recover.cli import recover
     from llmslim.shorten.cli import app as shorten_app
     from llmslim.sparsity.cli import app as sparsity_app
 
@@ -33,6 +34,7 @@ def _register() -> None:
     app.command("eval")(eval_command)
     app.command("bench")(bench)
     app.command("prune")(prune)
+    app.command("recover")(recover)
     app.add_typer(shorten_app, name="shorten")
     app.add_typer(budget_app, name="budget")
     app.add_typer(sparsity_app, name="sparsity")

@@ -27,7 +27,7 @@ RETIRED = {"--eval", "--eval-limit", "--n", "--steps", "--rank", "--ppl-windows"
 
 def test_every_command_is_seen():
     names = {name for name, _ in COMMANDS}
-    assert {"info", "eval", "bench", "prune", "shorten rl", "shorten sft", "shorten eval", "budget estimate", "budget run",
+    assert {"info", "eval", "bench", "prune", "recover", "shorten rl", "shorten sft", "shorten eval", "budget estimate", "budget run",
             "budget search", "budget elasticity", "budget train", "budget serve", "sparsity collect", "sparsity train",
             "sparsity eval"} == names
 
@@ -69,6 +69,8 @@ BAD = [
     (["bench", "smollm2-135m", "--against", "smollm9"], "no model at 'smollm9'"),
     (["prune", "smollm2-135m", "--aggregate", "median"], "unknown --aggregate 'median'"),
     (["prune", "smollm2-135m", "--dtype", "fp8"], "unknown dtype"),
+    (["recover", "smollm2-135m", "--teacher", "smollm2-135m", "--kd", "1.5", "--out", "x"], "--kd must be in [0, 1]"),
+    (["recover", "smollm2-135m", "--data", "/nonexistent.txt", "--out", "x"], "--data: use wikitext2, alpaca or a text file"),
     (["shorten", "rl", "smollm2-135m", "--max-steps", "0"], "--max-steps must be >= 1"),
     (["shorten", "sft", "smollm2-135m", "--top-p", "0"], "--top-p must be in (0, 1]"),
     (["shorten", "eval", "/nonexistent/model"], "no model at"),

@@ -71,6 +71,20 @@ def headline(results: dict) -> dict[str, tuple[str, float]]:
     return out
 
 
+def summary_metrics(model, tokenizer, *, ppl_text: str | None = None, ppl_seqlen: int = 1024, ppl_limit: int | None = None,
+                    tasks: str | None = None, limit: int | None = None, seed: int = 0, quiet: bool = False) -> dict:
+    """The before/after numbers prune and recover report: WikiText-2 perplexity on `ppl_text`
+    ({"wikitext2_ppl": ...}) and each task's headline accuracy ({"arc_easy/acc": ...})."""
+    results = {}
+    if ppl_text is not None:
+        results["wikitext2_ppl"] = perplexity(model, tokenizer, ppl_text, seqlen=ppl_seqlen, max_chunks=ppl_limit)["perplexity"]
+    if tasks:
+        names = [t.strip() for t in tasks.split(",") if t.strip()]
+        out = run_tasks(model, tokenizer, names, limit=limit, seed=seed, show_progress=not quiet)
+        results.update({f"{task}/{name}": value for task, (name, value) in headline(out["results"]).items()})
+    return results
+
+
 def _positive(name: str, value: int | None, minimum: int = 1) -> None:
     if value is not None and value < minimum:
         raise BadOptionError(f"{name} must be an integer >= {minimum} (got {value})")

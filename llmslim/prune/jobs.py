@@ -149,16 +149,10 @@ def _check_units(model, job: PruneJob) -> None:
 
 
 def _evaluate(model, tokenizer, job: PruneJob, ppl_text: str | None, quiet: bool) -> dict:
-    from llmslim.eval.run import headline, perplexity, run_tasks
+    from llmslim.eval.run import summary_metrics
 
-    results = {}
-    if ppl_text is not None:
-        results["wikitext2_ppl"] = perplexity(model, tokenizer, ppl_text, seqlen=job.ppl_seqlen, max_chunks=job.ppl_limit)["perplexity"]
-    if job.tasks:
-        tasks = [t.strip() for t in job.tasks.split(",") if t.strip()]
-        out = run_tasks(model, tokenizer, tasks, limit=job.limit, seed=job.seed, show_progress=not quiet)
-        results.update({f"{task}/{name}": value for task, (name, value) in headline(out["results"]).items()})
-    return results
+    return summary_metrics(model, tokenizer, ppl_text=ppl_text, ppl_seqlen=job.ppl_seqlen, ppl_limit=job.ppl_limit,
+                           tasks=job.tasks, limit=job.limit, seed=job.seed, quiet=quiet)
 
 
 def _calibrate(job: PruneJob, ctx: Context, methods: list[str], base: ScoreConfig):

@@ -1,0 +1,66 @@
+"""`llmslim recover PRUNED [--teacher DENSE] --out DIR`: options -> RecoverJob -> core/job.run_command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from llmslim.core import report
+from llmslim.core.job import Command, run_command
+from llmslim.core.options import (DEVICE, DTYPE, SEED, BatchSizeOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, LimitOpt, LoraROpt,
+                                  MaxStepsOpt, ModelArg, OutOpt, PplLimitOpt, PplSeqlenOpt, QuietOpt, SeedOpt, TasksOpt)
+from llmslim.recover.jobs import RecoverJob, run, validate
+
+TRAIN = "Training"
+EVAL = "Evaluation"
+
+
+def recover(
+    model: ModelArg,
+    teacher: Annotated[Optional[str], typer.Option("--teacher", help="The dense model to distil from (with --kd > 0).", rich_help_panel=TRAIN)] = None,
+    kd: Annotated[Optional[float], typer.Option("--kd", help="Weight of KL(teacher || student) against next-token CE; default 0.5 with --teacher, 0 without (LLM-Pruner's plain recovery).", rich_help_panel=TRAIN)] = None,
+    temperature: Annotated[float, typer.Option("--temperature", help="Softens both distributions in the KL (T^2-scaled).", rich_help_panel=TRAIN)] = 1.0,
+    data: Annotated[str, typer.Option("--data", help="wikitext2 (first half of the shared test file), alpaca (instruction records, chat template), or a text file.", rich_help_panel=TRAIN)] = "wikitext2",
+    seqlen: Annotated[int, typer.Option("--seqlen", help="Tokens per training window.", rich_help_panel=TRAIN)] = 256,
+    max_steps: MaxStepsOpt = 100,
+    batch_size: BatchSizeOpt = 4,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate; default 2e-4 for LoRA, 2e-5 with --full.", rich_help_panel=TRAIN)] = None,
+    lora_r: LoraROpt = 8,
+    full: Annotated[bool, typer.Option("--full", help="Train every weight instead of LoRA adapters.", rich_help_panel=TRAIN)] = False,
+    save_every: Annotated[int, typer.Option("--save-every", help="Checkpoint every N steps into --checkpoint-dir (0: none).", rich_help_panel=TRAIN)] = 0,
+    checkpoint_dir: Annotated[Optional[Path], typer.Option("--checkpoint-dir", help="Checkpoints folder (default: OUT-checkpoints).", rich_help_panel=TRAIN)] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in --checkpoint-dir.", rich_help_panel=TRAIN)] = False,
+    ppl: Annotated[bool, typer.Option("--ppl/--no-ppl", help="WikiText-2 perplexity (second half of the test file) before and after.", rich_help_panel=EVAL)] = False,
+    ppl_seqlen: PplSeqlenOpt = 1024,
+    ppl_limit: PplLimitOpt = None,
+    tasks: TasksOpt = None,
+    limit: LimitOpt = None,
+    out: OutOpt = None,
+    force: ForceOpt = False,
+    json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    seed: SeedOpt = SEED,
+    device: DeviceOpt = DEVICE,
+    dtype: DtypeOpt = DTYPE,
+) -> None:
+    """Fine-tune a pruned model back towards quality: LoRA (or --full) with distillation from --teacher and next-token loss."""
+    job = RecoverJob(model=model, teacher=teacher, kd=kd, temperature=temperature, data=data, seqlen=seqlen,
+                     max_steps=max_steps, batch_size=batch_size, lr=lr, lora_r=lora_r, full=full, save_every=save_every,
+                     checkpoint_dir=checkpoint_dir, resume=resume, ppl=ppl, ppl_seqlen=ppl_seqlen, ppl_limit=ppl_limit,
+                     tasks=tasks, limit=limit, out=out, force=force, seed=seed, device=device, dtype=dtype)
+    run_command(RECOVER, job, json_out=json, quiet=quiet)
+
+
+def render(result: dict) -> None:
+    metrics = sorted(set(result["before"]) | set(result["after"]))
+    rows = [[name] + [result[when].get(m) for m in metrics] for name, when in (("pruned", "before"), ("recovered", "after"))]
+    if metrics:
+        report.stdout.print(report.table(f"recover {result['model']} (kd {result['kd']:g}, {result['steps']} steps)", [""] + metrics, rows))
+    report.stdout.print(f"{result['steps']} steps, {result['tokens']:,} tokens, {result['trainable_params']:,} trainable parameters; "
+                        f"loss {result['first_loss']:.3f} -> {result['last_loss']:.3f}; train {result['timings']['train_s']:.0f}s"
+                        + (f"; saved to {result['out']}" if result.get("out") else ""))
+
+
+RECOVER = Command("recover", validate, run, render, model_purpose="gradients", needs_out=True)

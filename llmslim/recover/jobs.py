@@ -1,0 +1,191 @@
+"""`llmslim recover PRUNED --teacher DENSE --out DIR`: LoRA (or full) fine-tuning of a pruned
+model on text windows with transformers' Trainer and the kd_loss of recover/kd.py, evaluated
+before and after; the output folder holds the merged model (and adapter/)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from llmslim.core.device import peak_memory_mb
+from llmslim.core.errors import BadOptionError, DataError
+from llmslim.core.job import CommonOptions, Context
+
+DATA_SOURCES = ("wikitext2", "alpaca")
+DEFAULT_KD = 0.5  # with a teacher; without one the loss is next-token CE only (LLM-Pruner's recovery)
+LR = {"lora": 2e-4, "full": 2e-5}  # LLM-Pruner's LoRA recovery: 1e-4 (Llama-7B); full fine-tuning 10x lower
+
+
+@dataclass(kw_only=True)
+class RecoverJob(CommonOptions):
+    model: str  # the pruned model
+    teacher: str | None = None
+    kd: float | None = None  # None: DEFAULT_KD with a teacher, 0 without
+    temperature: float = 1.0
+    data: str = "wikitext2"
+    seqlen: int = 256
+    max_steps: int = 100
+    batch_size: int = 4
+    lr: float | None = None  # None: LR["full" or "lora"]
+    lora_r: int = 8
+    full: bool = False
+    ppl: bool = False
+    ppl_seqlen: int = 1024
+    ppl_limit: int | None = None
+    tasks: str | None = None
+    limit: int | None = None
+    save_every: int = 0
+    resume: bool = False
+    checkpoint_dir: Path | None = None
+
+    @property
+    def kd_weight(self) -> float:
+        return self.kd if self.kd is not None else (DEFAULT_KD if self.teacher else 0.0)
+
+    @property
+    def work_dir(self) -> Path:
+        return self.checkpoint_dir or Path(f"{self.out}-checkpoints")
+
+
+def validate(job: RecoverJob) -> None:
+    from llmslim.core.load import resolve_model
+
+    if not 0.0 <= job.kd_weight <= 1.0:
+        raise BadOptionError(f"--kd must be in [0, 1], got {job.kd}")
+    if job.kd_weight > 0 and not job.teacher:
+        raise BadOptionError("--kd > 0 needs --teacher (the dense model); --kd 0 is plain recovery")
+    if job.temperature <= 0 or job.seqlen < 2 or job.max_steps < 1 or job.batch_size < 1 or job.lora_r < 1:
+        raise BadOptionError("--temperature must be > 0, --seqlen >= 2, --max-steps, --batch-size and --lora-r >= 1")
+    if job.lr is not None and job.lr <= 0:
+        raise BadOptionError(f"--lr must be > 0, got {job.lr}")
+    if job.resume and not job.work_dir.is_dir():
+        raise BadOptionError(f"--resume: no checkpoint folder {job.work_dir}")
+    if job.data not in DATA_SOURCES and not Path(job.data).is_file():
+        raise BadOptionError(f"--data: use {', '.join(DATA_SOURCES)} or a text file (no such file: {job.data})")
+    if job.tasks:
+        from llmslim.eval.harness import check_data, resolve_tasks
+
+        check_data(resolve_tasks(job.tasks))
+    _text(job.data, None)  # the data files exist
+    if job.ppl:
+        from llmslim.core.data import wikitext2_halves
+
+        wikitext2_halves()
+    for spec in filter(None, (job.teacher, job.model)):
+        resolve_model(spec)
+
+
+def _text(source: str, tokenizer) -> str:
+    """Training text: the first half of WikiText-2 (the second is for --ppl), Alpaca's records
+    rendered with the chat template and answered, or a text file."""
+    from llmslim.core.data import read_records, read_text, wikitext2_halves
+
+    if source == "wikitext2":
+        return wikitext2_halves()[0]
+    if source == "alpaca":
+        from llmslim.core.data import data_dir
+        from llmslim.core.generate import render_prompt
+
+        records = read_records(data_dir() / "alpaca" / "alpaca_200.json")
+        if tokenizer is None:
+            return ""
+        eos = tokenizer.eos_token or ""
+        prompt = lambda r: r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else "")  # noqa: E731
+        return "\n".join(render_prompt(tokenizer, prompt(r)) + r["output"] + eos for r in records)
+    return read_text(Path(source))
+
+
+def windows(tokenizer, text: str, seqlen: int) -> torch.Tensor:
+    """The corpus tokenized once and cut into consecutive windows of seqlen tokens."""
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids[0]
+    n = ids.numel() // seqlen
+    if n < 1:
+        raise DataError(f"the training text has {ids.numel()} tokens, fewer than one window of {seqlen}")
+    return ids[: n * seqlen].view(n, seqlen)
+
+
+def _prepare_student(model, job: RecoverJob):
+    """LoRA adapters on every linear layer but the head (PEFT's "all-linear"), or every weight."""
+    if job.full:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(model, LoraConfig(r=job.lora_r, lora_alpha=2 * job.lora_r, lora_dropout=0.0,
+                                            target_modules="all-linear", task_type="CAUSAL_LM"))
+
+
+def _training_args(job: RecoverJob, device: torch.device, dtype: torch.dtype):
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(job.work_dir), per_device_train_batch_size=job.batch_size,
+        learning_rate=job.lr or LR["full" if job.full else "lora"], max_steps=job.max_steps,
+        lr_scheduler_type="cosine", warmup_steps=max(1, job.max_steps // 10), weight_decay=0.0, max_grad_norm=1.0,
+        logging_steps=1, save_strategy="steps" if job.save_every else "no", save_steps=job.save_every or 500,
+        report_to=[], disable_tqdm=True, remove_unused_columns=False, dataloader_num_workers=0,
+        use_cpu=device.type == "cpu", bf16=device.type == "cuda" and dtype == torch.bfloat16,
+        seed=job.seed, data_seed=job.seed,
+    )
+
+
+def run(job: RecoverJob, ctx: Context) -> dict:
+    from datasets import Dataset
+    from transformers.trainer_callback import PrinterCallback, TrainerCallback
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from llmslim.core.data import wikitext2_halves
+    from llmslim.core.load import load_model
+    from llmslim.core.save import save_model
+    from llmslim.eval.run import summary_metrics
+    from llmslim.recover.kd import DistillTrainer
+
+    model, tokenizer = ctx.model, ctx.tokenizer
+    ppl_text = wikitext2_halves()[1] if job.ppl else None
+
+    def metrics(m):
+        m.eval()
+        return summary_metrics(m, tokenizer, ppl_text=ppl_text, ppl_seqlen=job.ppl_seqlen, ppl_limit=job.ppl_limit,
+                               tasks=job.tasks, limit=job.limit, seed=job.seed, quiet=ctx.quiet)
+
+    before = metrics(model) if (job.ppl or job.tasks) else {}
+    teacher = None
+    if job.kd_weight > 0:
+        teacher = load_model(job.teacher, device=job.device, dtype=job.dtype, purpose="inference").model
+        if teacher.config.vocab_size != model.config.vocab_size:
+            raise BadOptionError(f"--teacher has {teacher.config.vocab_size} tokens, the model {model.config.vocab_size}")
+    data = windows(tokenizer, _text(job.data, tokenizer), job.seqlen)
+    student = _prepare_student(model, job)
+    trainable = sum(p.numel() for p in student.parameters() if p.requires_grad)
+    advance = ctx.step(f"recover ({'full' if job.full else 'LoRA'}, kd {job.kd_weight:g})", job.max_steps)
+
+    class Advance(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            advance(1)
+
+    created_work = not job.work_dir.exists()
+    trainer = DistillTrainer(
+        model=student, args=_training_args(job, next(model.parameters()).device, next(model.parameters()).dtype),
+        train_dataset=Dataset.from_dict({"input_ids": data.tolist(), "labels": data.tolist()}).with_format("torch"),
+        teacher=teacher, kd=job.kd_weight, temperature=job.temperature, callbacks=[Advance()],
+    )
+    trainer.remove_callback(PrinterCallback)  # it prints every log dict on stdout (breaks --json)
+    t0 = time.perf_counter()
+    trainer.train(resume_from_checkpoint=get_last_checkpoint(str(job.work_dir)) if job.resume else None)
+    ctx.timings["train_s"] = time.perf_counter() - t0
+    if created_work and not job.save_every and job.work_dir.is_dir():
+        shutil.rmtree(job.work_dir, ignore_errors=True)
+    after = metrics(trainer.model) if (job.ppl or job.tasks) else {}
+    ctx.save(lambda folder: save_model(trainer.model, tokenizer, folder))  # merges a LoRA adapter
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {"model": job.model, "teacher": job.teacher, "kd": job.kd_weight, "temperature": job.temperature,
+            "data": job.data, "steps": trainer.state.global_step, "tokens": trainer.state.global_step * job.batch_size * job.seqlen,
+            "trainable_params": trainable, "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
+            "losses": losses, "loss_parts": {"first": trainer.parts[0], "last": trainer.parts[-1]} if trainer.parts else {},
+            "before": before, "after": after,
+            "peak_memory_mb": peak_memory_mb(next(model.parameters()).device)}

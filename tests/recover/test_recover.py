@@ -1,0 +1,80 @@
+"""recover: the KD loss against a hand computation; a tiny pruned model recovers end to end."""
+
+import json
+import math
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from llmslim.cli import app
+from llmslim.recover.kd import kd_loss
+
+
+def test_kd_loss_by_hand():
+    g = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(1, 4, 5, generator=g), torch.randn(1, 4, 5, generator=g)
+    labels = torch.tensor([[3, 1, -100, 2]])  # position 1 predicts token 1... the -100 one is not scored
+    T, kd = 2.0, 0.3
+    ce_terms, kl_terms = [], []
+    for pos, target in ((0, 1), (2, 2)):  # logits at t predict labels[t + 1]; labels[2] is -100
+        s, t = student[0, pos], teacher[0, pos]
+        ce_terms.append(-(s[target].item() - math.log(sum(math.exp(v) for v in s.tolist()))))
+        ps = [math.exp(v / T) for v in s.tolist()]
+        pt = [math.exp(v / T) for v in t.tolist()]
+        ps, pt = [v / sum(ps) for v in ps], [v / sum(pt) for v in pt]
+        kl_terms.append(sum(b * math.log(b / a) for a, b in zip(ps, pt)))
+    ce, kl = sum(ce_terms) / 2, sum(kl_terms) / 2 * T * T
+    loss, parts = kd_loss(student, teacher, labels, kd, T)
+    assert parts["ce"].item() == pytest.approx(ce, rel=1e-5) and parts["kl"].item() == pytest.approx(kl, rel=1e-5)
+    assert loss.item() == pytest.approx(kd * kl + (1 - kd) * ce, rel=1e-5)
+    same, _ = kd_loss(student, student, labels, 1.0, T)
+    assert same.item() == pytest.approx(0.0, abs=1e-6)  # no gap to the teacher, no loss
+    plain, parts = kd_loss(student, None, labels, 0.0)
+    assert plain.item() == pytest.approx(ce, rel=1e-5) and "kl" not in parts
+
+
+@pytest.fixture
+def pruned_dir(tmp_path, tiny_llama_dir):
+    """The tiny llama with half of every FFN removed, saved with its tokenizer."""
+    from llmslim.core.load import load_model
+    from llmslim.core.save import save_model
+    from llmslim.prune.run import PruneConfig, collect_for, prune_model
+
+    loaded = load_model(str(tiny_llama_dir), device="cpu", dtype="float32")
+    windows = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(0))
+    prune_model(loaded.model, collect_for(loaded.model, windows, ["magnitude"]), PruneConfig(ratio=0.5, method="magnitude"))
+    save_model(loaded.model, loaded.tokenizer, tmp_path / "pruned")
+    return tmp_path / "pruned"
+
+
+@pytest.mark.parametrize("extra", [["--teacher", "DENSE", "--kd", "0.5", "--temperature", "2"], ["--kd", "0", "--full"]])
+def test_recover_lowers_the_loss_and_saves_a_model_transformers_loads(tmp_path, tiny_llama_dir, pruned_dir, extra):
+    from transformers import AutoModelForCausalLM
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(" ".join(f"w{(i * 7) % 40}" for i in range(2000)))
+    before = {k: v.clone() for k, v in AutoModelForCausalLM.from_pretrained(pruned_dir).state_dict().items()}
+    out = tmp_path / "recovered"
+    args = ["recover", str(pruned_dir), *[str(tiny_llama_dir) if a == "DENSE" else a for a in extra], "--data", str(corpus),
+            "--seqlen", "32", "--max-steps", "12", "--batch-size", "4", "--lr", "1e-2", "--device", "cpu", "--out", str(out), "--json"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    result = json.loads(res.stdout)
+    assert result["steps"] == 12 and result["tokens"] == 12 * 4 * 32
+    losses = result["losses"]
+    assert len(losses) == 12 and sum(losses[-3:]) < 0.95 * sum(losses[:3])  # a 40-word cycle: the loss must fall
+    if "--teacher" in extra:
+        assert result["kd"] == 0.5 and result["loss_parts"]["last"]["kl"] >= 0
+    recovered = AutoModelForCausalLM.from_pretrained(out)  # plain transformers, merged weights
+    assert set(recovered.state_dict()) == set(before)
+    assert any(not torch.equal(before[k], v) for k, v in recovered.state_dict().items())
+    assert {k: v for k, v in AutoModelForCausalLM.from_pretrained(pruned_dir).state_dict().items()}.keys() == before.keys()
+    assert all(torch.equal(before[k], v) for k, v in AutoModelForCausalLM.from_pretrained(pruned_dir).state_dict().items())  # input untouched
+    assert (out / "results.json").is_file() and (out / "run.json").is_file()
+    assert ((out / "adapter").is_dir()) == ("--full" not in extra)
+
+
+def test_kd_without_teacher_is_refused_before_loading(pruned_dir, tmp_path):
+    res = CliRunner().invoke(app, ["recover", str(pruned_dir), "--kd", "0.5", "--out", str(tmp_path / "x")])
+    assert res.exit_code != 0 and "--kd > 0 needs --teacher" in str(res.exception)
