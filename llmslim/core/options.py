@@ -39,3 +39,9 @@ BatchSizeOpt = Annotated[int, typer.Option("--batch-size", "-b", help="Sequences
 MaxNewTokensOpt = Annotated[int, typer.Option("--max-new-tokens", help="Token limit per generated answer.")]
 MaxStepsOpt = Annotated[Optional[int], typer.Option("--max-steps", help="Optimizer steps (overrides --epochs where a command has it).")]
 LoraROpt = Annotated[int, typer.Option("--lora-r", help="LoRA rank r (alpha = 2r).")]
+
+# training commands (shorten rl/sft, recover): checkpoints
+TRAINING = "Training"
+SaveEveryOpt = Annotated[int, typer.Option("--save-every", help="Checkpoint every N steps into --checkpoint-dir (0: none).", rich_help_panel=TRAINING)]
+CheckpointDirOpt = Annotated[Optional[Path], typer.Option("--checkpoint-dir", help="Checkpoints folder (default: OUT-checkpoints).", rich_help_panel=TRAINING)]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in --checkpoint-dir.", rich_help_panel=TRAINING)]

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from llmslim.core import report
 from llmslim.core.job import Command, run_command
-from llmslim.core.options import (DEVICE, DTYPE, SEED, BatchSizeOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, LimitOpt, LoraROpt,
-                                  MaxStepsOpt, ModelArg, OutOpt, PplLimitOpt, PplSeqlenOpt, QuietOpt, SeedOpt, TasksOpt)
+from llmslim.core.options import (DEVICE, DTYPE, EVAL, SEED, TRAINING, BatchSizeOpt, CheckpointDirOpt, DeviceOpt, DtypeOpt,
+                                  ForceOpt, JsonOpt, LimitOpt, LoraROpt, MaxStepsOpt, ModelArg, OutOpt, PplLimitOpt, PplSeqlenOpt,
+                                  QuietOpt, ResumeOpt, SaveEveryOpt, SeedOpt, TasksOpt)
 from llmslim.recover.jobs import RecoverJob, run, validate
 
-TRAIN = "Training"
-EVAL = "Evaluation"
+TRAIN = TRAINING
 
 
 def recover(
@@ -29,9 +28,9 @@ def recover(
     lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate; default 2e-4 for LoRA, 2e-5 with --full.", rich_help_panel=TRAIN)] = None,
     lora_r: LoraROpt = 8,
     full: Annotated[bool, typer.Option("--full", help="Train every weight instead of LoRA adapters.", rich_help_panel=TRAIN)] = False,
-    save_every: Annotated[int, typer.Option("--save-every", help="Checkpoint every N steps into --checkpoint-dir (0: none).", rich_help_panel=TRAIN)] = 0,
-    checkpoint_dir: Annotated[Optional[Path], typer.Option("--checkpoint-dir", help="Checkpoints folder (default: OUT-checkpoints).", rich_help_panel=TRAIN)] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in --checkpoint-dir.", rich_help_panel=TRAIN)] = False,
+    save_every: SaveEveryOpt = 0,
+    checkpoint_dir: CheckpointDirOpt = None,
+    resume: ResumeOpt = False,
     ppl: Annotated[bool, typer.Option("--ppl/--no-ppl", help="WikiText-2 perplexity (second half of the test file) before and after.", rich_help_panel=EVAL)] = False,
     ppl_seqlen: PplSeqlenOpt = 1024,
     ppl_limit: PplLimitOpt = None,

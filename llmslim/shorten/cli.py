@@ -9,8 +9,8 @@ import typer
 
 from llmslim.core import report
 from llmslim.core.job import Command, run_command
-from llmslim.core.options import (DEVICE, DTYPE, MODEL, SEED, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, LoraROpt, MaxStepsOpt,
-                                  ModelArg, OutOpt, QuietOpt, SeedOpt)
+from llmslim.core.options import (DEVICE, DTYPE, MODEL, SEED, CheckpointDirOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, LoraROpt,
+                                  MaxStepsOpt, ModelArg, OutOpt, QuietOpt, ResumeOpt, SaveEveryOpt, SeedOpt)
 from llmslim.shorten import jobs
 from llmslim.shorten.params import DEFAULT_MODULES
 
@@ -33,9 +33,6 @@ LrOpt = Annotated[float, typer.Option("--lr", help="Learning rate (AdamW).", ric
 ModulesOpt = Annotated[str, typer.Option("--train-modules", help="Modules trained (the rest frozen); paper: attention input projections.", rich_help_panel=TRAIN)]
 LoraOpt = Annotated[bool, typer.Option("--lora", help="Train LoRA adapters on --train-modules instead; the output folder holds the merged model and adapter/.", rich_help_panel=TRAIN)]
 EvalEveryOpt = Annotated[int, typer.Option("--eval-every", help="Validation pass every K steps (0: off).", rich_help_panel=TRAIN)]
-SaveEveryOpt = Annotated[int, typer.Option("--save-every", help="Checkpoint every N steps into --checkpoint-dir (0: none).", rich_help_panel=TRAIN)]
-CkptOpt = Annotated[Optional[Path], typer.Option("--checkpoint-dir", help="Checkpoints folder (default: OUT-checkpoints).", rich_help_panel=TRAIN)]
-ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in --checkpoint-dir.", rich_help_panel=TRAIN)]
 SimOpt = Annotated[Optional[str], typer.Option("--sim-model", help="sentence-transformers model (folder or hub id); default: packaged all-MiniLM-L6-v2.", rich_help_panel=METHOD)]
 
 
@@ -67,7 +64,7 @@ def rl(
     lora_r: LoraROpt = 16,
     eval_every: EvalEveryOpt = 0,
     save_every: SaveEveryOpt = 0,
-    checkpoint_dir: CkptOpt = None,
+    checkpoint_dir: CheckpointDirOpt = None,
     resume: ResumeOpt = False,
     prompts: PromptsOpt = None,
     limit: LimitOpt = None,
@@ -114,7 +111,7 @@ def sft(
     lora_r: LoraROpt = 16,
     eval_every: EvalEveryOpt = 0,
     save_every: SaveEveryOpt = 0,
-    checkpoint_dir: CkptOpt = None,
+    checkpoint_dir: CheckpointDirOpt = None,
     resume: ResumeOpt = False,
     prompts: PromptsOpt = None,
     limit: LimitOpt = None,
