@@ -4,6 +4,7 @@ before and after; the output folder holds the merged model (and adapter/)."""
 
 from __future__ import annotations
 
+import copy
 import shutil
 import time
 from dataclasses import dataclass
@@ -180,8 +181,10 @@ def run(job: RecoverJob, ctx: Context) -> dict:
     ctx.timings["train_s"] = time.perf_counter() - t0
     if created_work and not job.save_every and job.work_dir.is_dir():
         shutil.rmtree(job.work_dir, ignore_errors=True)
-    after = metrics(trainer.model) if (job.ppl or job.tasks) else {}
-    ctx.save(lambda folder: save_model(trainer.model, tokenizer, folder))  # merges a LoRA adapter
+    after = {}
+    if job.ppl or job.tasks:  # on a merged copy: plain weights as saved (lm-eval wants a plain model), faster
+        after = metrics(trainer.model if job.full else copy.deepcopy(trainer.model).merge_and_unload())
+    ctx.save(lambda folder: save_model(trainer.model, tokenizer, folder))  # merges a LoRA adapter, keeps it in adapter/
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {"model": job.model, "teacher": job.teacher, "kd": job.kd_weight, "temperature": job.temperature,
             "data": job.data, "steps": trainer.state.global_step, "tokens": trainer.state.global_step * job.batch_size * job.seqlen,

@@ -49,7 +49,7 @@ def pruned_dir(tmp_path, tiny_llama_dir):
 
 
 @pytest.mark.parametrize("extra", [["--teacher", "DENSE", "--kd", "0.5", "--temperature", "2"], ["--kd", "0", "--full"]])
-def test_recover_lowers_the_loss_and_saves_a_model_transformers_loads(tmp_path, tiny_llama_dir, pruned_dir, extra):
+def test_recover_lowers_the_loss_and_saves_a_model_transformers_loads(tmp_path, tiny_llama_dir, pruned_dir, extra, data_dir):
     from transformers import AutoModelForCausalLM
 
     corpus = tmp_path / "corpus.txt"
@@ -57,7 +57,8 @@ def test_recover_lowers_the_loss_and_saves_a_model_transformers_loads(tmp_path, 
     before = {k: v.clone() for k, v in AutoModelForCausalLM.from_pretrained(pruned_dir).state_dict().items()}
     out = tmp_path / "recovered"
     args = ["recover", str(pruned_dir), *[str(tiny_llama_dir) if a == "DENSE" else a for a in extra], "--data", str(corpus),
-            "--seqlen", "32", "--max-steps", "12", "--batch-size", "4", "--lr", "1e-2", "--device", "cpu", "--out", str(out), "--json"]
+            "--seqlen", "32", "--max-steps", "12", "--batch-size", "4", "--lr", "1e-2", "--device", "cpu", "--out", str(out), "--json",
+            "--ppl", "--ppl-seqlen", "64", "--ppl-limit", "2", "--tasks", "arc_easy", "--limit", "4"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     result = json.loads(res.stdout)
@@ -66,6 +67,9 @@ def test_recover_lowers_the_loss_and_saves_a_model_transformers_loads(tmp_path, 
     assert len(losses) == 12 and sum(losses[-3:]) < 0.95 * sum(losses[:3])  # a 40-word cycle: the loss must fall
     if "--teacher" in extra:
         assert result["kd"] == 0.5 and result["loss_parts"]["last"]["kl"] >= 0
+    for when in ("before", "after"):  # evaluated on the pruned and on the recovered model
+        assert set(result[when]) == {"wikitext2_ppl", "arc_easy/acc"} and result[when]["wikitext2_ppl"] > 1
+    assert result["after"]["wikitext2_ppl"] != result["before"]["wikitext2_ppl"]
     recovered = AutoModelForCausalLM.from_pretrained(out)  # plain transformers, merged weights
     assert set(recovered.state_dict()) == set(before)
     assert any(not torch.equal(before[k], v) for k, v in recovered.state_dict().items())
