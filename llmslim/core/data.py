@@ -85,13 +85,14 @@ def _hub_records(dataset_id: str, split: str) -> list[dict]:
         raise DataError(f"cannot load dataset {dataset_id!r} from the hub: {str(err).splitlines()[0]}") from None
 
 
-def read_torch_file(path: Path, *, missing: str, unreadable: str):
+def read_torch_file(path: Path, *, missing: str, unreadable: str, mmap: bool = False):
     """torch.load (CPU, weights only) of a file llmslim wrote; a missing or foreign file is one
-    DataError line: `missing`, or `unreadable` plus the exception's kind."""
+    DataError line: `missing`, or `unreadable` plus the exception's kind. `mmap`: tensors are
+    read from the file when used, not at load."""
     if not Path(path).is_file():
         raise DataError(missing)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # noqa: BLE001 - a corrupt or foreign file is the same user error
         raise DataError(f"{unreadable} ({type(err).__name__})") from None
 

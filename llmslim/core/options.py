@@ -33,6 +33,7 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite --out if it e
 # evaluation on the shared benchmark files (lm-eval's names)
 TasksOpt = Annotated[Optional[str], typer.Option("--tasks", "-t", help="Benchmarks, comma list (arc_easy, arc_challenge, piqa, winogrande, boolq, hellaswag, lambada, mmlu...).", rich_help_panel=EVAL)]
 LimitOpt = Annotated[Optional[int], typer.Option("--limit", "-l", help="Items per task (the first N); default: all.", rich_help_panel=EVAL)]
+PplOpt = Annotated[bool, typer.Option("--ppl/--no-ppl", help="WikiText-2 perplexity (second half of the test file) before and after.", rich_help_panel=EVAL)]
 PplSeqlenOpt = Annotated[int, typer.Option("--ppl-seqlen", help="Perplexity window in tokens (capped at the model's context).", rich_help_panel=EVAL)]
 PplLimitOpt = Annotated[Optional[int], typer.Option("--ppl-limit", help="Perplexity windows (the first N); default: all.", rich_help_panel=EVAL)]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", "-b", help="Sequences per forward pass (or per optimizer step when training).")]

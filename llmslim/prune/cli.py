@@ -9,8 +9,8 @@ import typer
 
 from llmslim.core import report
 from llmslim.core.job import Command, run_command
-from llmslim.core.options import (DEVICE, DTYPE, EVAL, MODEL, SEED, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, LimitOpt, ModelArg,
-                                  OutOpt, PplLimitOpt, PplSeqlenOpt, QuietOpt, SeedOpt, TasksOpt)
+from llmslim.core.options import (DEVICE, DTYPE, MODEL, SEED, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, LimitOpt, ModelArg,
+                                  OutOpt, PplLimitOpt, PplOpt, PplSeqlenOpt, QuietOpt, SeedOpt, TasksOpt)
 from llmslim.prune.allocate import MAX_DEVIATION
 from llmslim.prune.jobs import PruneJob, run, validate
 
@@ -42,7 +42,7 @@ def prune(
     scores: Annotated[Optional[Path], typer.Option(help="Reuse scores from --save-scores: no forward/backward pass.", rich_help_panel=CALIB)] = None,
     tasks: TasksOpt = None,
     limit: LimitOpt = None,
-    ppl: Annotated[bool, typer.Option("--ppl/--no-ppl", help="WikiText-2 perplexity (second half of the test file) before and after.", rich_help_panel=EVAL)] = False,
+    ppl: PplOpt = False,
     ppl_seqlen: PplSeqlenOpt = 1024,
     ppl_limit: PplLimitOpt = None,
     out: OutOpt = None,

@@ -116,9 +116,10 @@ def save_stats(path: Path, stats: CalibStats, model) -> None:
 
 def read_stats(path: Path) -> tuple[CalibStats, str | None]:
     """The scores file and the fingerprint of the model it was computed on (no model needed,
-    so a bad file fails before one is loaded)."""
+    so a bad file fails before one is loaded). Memory-mapped: `prune` reads it once to validate
+    before loading and again to prune, and an old per-weight file is 640 MB."""
     payload = data_mod.read_torch_file(path, missing=f"scores file not found: {path}",
-                                       unreadable=f"{path} is not an llmslim scores file")
+                                       unreadable=f"{path} is not an llmslim scores file", mmap=True)
     if not isinstance(payload, dict):
         raise DataError(f"{path} is not an llmslim scores file (holds a {type(payload).__name__})")
     fingerprint = payload.pop("fingerprint", None)

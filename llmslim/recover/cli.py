@@ -8,8 +8,8 @@ import typer
 
 from llmslim.core import report
 from llmslim.core.job import Command, run_command
-from llmslim.core.options import (DEVICE, DTYPE, EVAL, SEED, TRAINING, BatchSizeOpt, CheckpointDirOpt, DeviceOpt, DtypeOpt,
-                                  ForceOpt, JsonOpt, LimitOpt, LoraROpt, MaxStepsOpt, ModelArg, OutOpt, PplLimitOpt, PplSeqlenOpt,
+from llmslim.core.options import (DEVICE, DTYPE, SEED, TRAINING, BatchSizeOpt, CheckpointDirOpt, DeviceOpt, DtypeOpt,
+                                  ForceOpt, JsonOpt, LimitOpt, LoraROpt, MaxStepsOpt, ModelArg, OutOpt, PplLimitOpt, PplOpt, PplSeqlenOpt,
                                   QuietOpt, ResumeOpt, SaveEveryOpt, SeedOpt, TasksOpt)
 from llmslim.recover.jobs import RecoverJob, run, validate
 
@@ -31,7 +31,7 @@ def recover(
     save_every: SaveEveryOpt = 0,
     checkpoint_dir: CheckpointDirOpt = None,
     resume: ResumeOpt = False,
-    ppl: Annotated[bool, typer.Option("--ppl/--no-ppl", help="WikiText-2 perplexity (second half of the test file) before and after.", rich_help_panel=EVAL)] = False,
+    ppl: PplOpt = False,
     ppl_seqlen: PplSeqlenOpt = 1024,
     ppl_limit: PplLimitOpt = None,
     tasks: TasksOpt = None,
