@@ -71,7 +71,8 @@ def validate(job: RecoverJob) -> None:
         from llmslim.eval.harness import check_data, resolve_tasks
 
         check_data(resolve_tasks(job.tasks))
-    _text(job.data, None)  # the data files exist
+    if job.data != "alpaca" and not _text(job.data, None).strip():  # alpaca's records are read (and checked) here too
+        raise DataError(f"--data {job.data}: no text to train on")
     if job.ppl:
         from llmslim.core.data import wikitext2_halves
 

@@ -79,6 +79,15 @@ def test_recover_lowers_the_loss_and_saves_a_model_transformers_loads(tmp_path, 
     assert ((out / "adapter").is_dir()) == ("--full" not in extra)
 
 
-def test_kd_without_teacher_is_refused_before_loading(pruned_dir, tmp_path):
+def test_bad_recover_input_is_refused_before_loading(monkeypatch, pruned_dir, tmp_path):
+    from llmslim.core import load
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the options were validated")
+
+    monkeypatch.setattr(load, "load_model", refuse)
     res = CliRunner().invoke(app, ["recover", str(pruned_dir), "--kd", "0.5", "--out", str(tmp_path / "x")])
     assert res.exit_code != 0 and "--kd > 0 needs --teacher" in str(res.exception)
+    (tmp_path / "empty.txt").write_text("\n")
+    res = CliRunner().invoke(app, ["recover", str(pruned_dir), "--data", str(tmp_path / "empty.txt"), "--out", str(tmp_path / "x")])
+    assert res.exit_code != 0 and "no text to train on" in str(res.exception)
