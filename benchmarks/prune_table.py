@@ -1,5 +1,7 @@
 """AFR Table 2/3 analogue on SmolLM2-135M-Instruct: every AFR aggregation and every baseline,
-in both accumulation orders, pruned from one calibration pass, no recovery training.
+in both accumulation orders, pruned from one calibration pass; with --recover-steps N each
+pruned model is also recovered (recover/jobs.train: LoRA or --recover-full, KD from the dense
+model) with the same budget and evaluated again.
 
     .venv/bin/python benchmarks/prune_table.py                       # paper setting (slow on CPU)
     .venv/bin/python benchmarks/prune_table.py --nsamples 32 --seqlen 512 --tasks "" --ppl-limit 16 \
@@ -7,7 +9,7 @@ in both accumulation orders, pruned from one calibration pass, no recovery train
 
 Method specs: "afr:abs" (per-window accumulation, the default), "afr:abs@signed-sum" (the
 other order), "@reference" / "@sum" pick --afr-recipe / --group (the AFR-St code is
-"afr:trim@reference@sum"). One calibration pass collects every per-window buffer the specs
+"afr:trim@reference@sum"), "@adaptive" / "@global" pick --allocation. One calibration pass collects every per-window buffer the specs
 need (one per grouping) and, where a spec asks for it, the signed per-weight sums.
 
 Calibration: windows from the first half of WikiText-2 raw test; perplexity on its second half
@@ -36,6 +38,7 @@ from llmslim.prune.calibrate import collect
 from llmslim.prune.jobs import ALL_METHODS
 from llmslim.core.data import wikitext2_halves
 from llmslim.prune.run import PruneConfig, load_stats, needs, parse_method, prune_model, save_stats
+from llmslim.prune.allocate import ALLOCATIONS
 from llmslim.prune.scores import ScoreConfig
 
 # every AFR aggregation and SNIP in both orders, the reference code's recipe, the baselines
@@ -62,6 +65,11 @@ parser.add_argument("--out", default="benchmarks/results/prune_table.json")
 parser.add_argument("--seed", type=int, default=0)
 parser.add_argument("--threads", type=int, default=None, help="torch threads (1 on a busy machine)")
 parser.add_argument("--resume", action="store_true", help="keep the rows of OUT.partial and run only the missing ones")
+parser.add_argument("--recover-steps", type=int, default=0, help="also recover each pruned model for N steps (0: no recovery)")
+parser.add_argument("--recover-full", action="store_true", help="recover every weight instead of LoRA adapters")
+parser.add_argument("--recover-lr", type=float, default=None, help="recover's --lr (default: recover's)")
+parser.add_argument("--recover-kd", type=float, default=0.5, help="recover's --kd (the dense model is the teacher)")
+parser.add_argument("--plot", action="store_true", help="also write OUT with .png: mean accuracy against parameters")
 args = parser.parse_args()
 if args.print_orders:
     print(",".join(BOTH_ORDERS))
@@ -69,15 +77,18 @@ if args.print_orders:
 if args.threads:
     torch.set_num_threads(args.threads)
 
-def score_config(spec: str) -> tuple[str, ScoreConfig]:
-    """"afr:abs@reference@sum" -> ("afr:abs", ScoreConfig(afr_recipe="reference", group="sum"))."""
+def score_config(spec: str) -> tuple[str, ScoreConfig, str]:
+    """"afr:abs@reference@sum@adaptive" -> ("afr:abs", ScoreConfig(afr_recipe="reference", group="sum"), "adaptive")."""
     method, *options = spec.split("@")
-    cfg = ScoreConfig(seed=args.seed)
+    cfg, allocation = ScoreConfig(seed=args.seed), "uniform"
     for opt in options:
+        if opt in ALLOCATIONS:
+            allocation = opt
+            continue
         field = ("afr_recipe" if opt in ("paper", "reference") else
                  "accumulate" if opt in ("per-window", "signed-sum") else "group")
         cfg = replace(cfg, **{field: opt})
-    return method, cfg
+    return method, cfg, allocation
 
 
 seed_everything(args.seed)
@@ -92,7 +103,7 @@ if scores_path.is_file():
     print(f"reusing scores from {scores_path} ({stats.windows} x {stats.meta['seqlen']} tokens)")
 else:
     windows = calibration_windows(tok, calib_text, args.nsamples, args.seqlen, args.seed)
-    specs = [score_config(spec) for spec in args.methods.split(",")]
+    specs = [score_config(spec)[:2] for spec in args.methods.split(",")]
     folders = []
     for group in ("concat", "sum"):
         triples = [(name, c.aggregate, c.afr_recipe) for name, c in
@@ -129,26 +140,56 @@ def evaluate(m) -> dict:
 
 
 
+def recover(pruned) -> tuple[torch.nn.Module, dict]:
+    """recover/jobs.train on a pruned copy, the dense model in memory as teacher (no_grad)."""
+    import tempfile
+
+    from llmslim.recover.jobs import RecoverJob, merged, train
+
+    with tempfile.TemporaryDirectory(prefix="prune-table-recover-") as work:
+        job = RecoverJob(model=args.model, teacher=args.model, kd=args.recover_kd, max_steps=args.recover_steps,
+                         full=args.recover_full, lr=args.recover_lr, seed=args.seed, device="cpu", dtype="float32",
+                         checkpoint_dir=Path(work))
+        trained, summary = train(pruned, tok, model if job.kd_weight > 0 else None, job)
+    plain = merged(trained, job.full).eval()
+    return plain, {k: summary[k] for k in ("steps", "tokens", "train_s", "kd", "lr", "full", "trainable_params", "first_loss", "last_loss")}
+
+
 partial = Path(args.out + ".partial")
 rows = json.loads(partial.read_text()) if args.resume and partial.is_file() else []
 done = {(r["ratio"], r["method"]) for r in rows}
+
+
+def keep(row: dict) -> None:
+    rows.append(row)
+    print(row, flush=True)
+    partial.write_text(json.dumps(rows, indent=2) + "\n")  # a cut-short run keeps its rows (--resume)
+
+
+if (0.0, "dense") not in done:  # first: every percentage in the table is of it
+    t0 = time.perf_counter()
+    keep({"ratio": 0.0, "method": "dense", "params": sum(p.numel() for p in model.parameters()), **evaluate(model),
+          "eval_s": time.perf_counter() - t0})
 for ratio in [float(r) for r in args.ratios.split(",")]:
     for spec in args.methods.split(","):
-        if (ratio, spec) in done:
+        recovered_name = f"{spec} + recover {args.recover_steps}"
+        if (ratio, spec) in done and (not args.recover_steps or (ratio, recovered_name) in done):
             continue
-        t0 = time.perf_counter()
-        method, cfg = score_config(spec)
+        method, cfg, allocation = score_config(spec)
         pruned = copy.deepcopy(model)
-        rep = prune_model(pruned, stats, PruneConfig(ratio=ratio, method=method, scores=cfg))
-        method = spec
-        rows.append({"ratio": ratio, "method": method, "params": rep["params_after"], **evaluate(pruned)})
-        print(rows[-1], f"{time.perf_counter() - t0:.0f}s", flush=True)
-        partial.write_text(json.dumps(rows, indent=2) + "\n")  # a cut-short run keeps its rows (--resume)
+        rep = prune_model(pruned, stats, PruneConfig(ratio=ratio, method=method, scores=cfg, allocation=allocation))
+        if (ratio, spec) not in done:
+            t0 = time.perf_counter()
+            keep({"ratio": ratio, "method": spec, "params": rep["params_after"], **evaluate(pruned),
+                  "eval_s": time.perf_counter() - t0})
+        if args.recover_steps:
+            recovered, info = recover(pruned)
+            t0 = time.perf_counter()
+            keep({"ratio": ratio, "method": recovered_name, "params": rep["params_after"], **evaluate(recovered),
+                  "eval_s": time.perf_counter() - t0, "recover": info})
+            del recovered
         del pruned
-# dense last: the pruned rows are what a cut-short run most needs
-t0 = time.perf_counter()
-rows.insert(0, {"ratio": 0.0, "method": "dense", "params": sum(p.numel() for p in model.parameters()), **evaluate(model)})
-print(rows[0], f"{time.perf_counter() - t0:.0f}s", flush=True)
+rows.sort(key=lambda r: (r["ratio"], r["method"] != "dense"))
 
 cols = ["ratio", "method", "params", "wikitext2_ppl", *tasks] + (["mean_acc"] if tasks else [])
 lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -160,5 +201,27 @@ table = "\n".join(lines)
 print(table)
 Path(args.out).parent.mkdir(parents=True, exist_ok=True)
 Path(args.out).write_text(json.dumps({
-    "args": vars(args), "calibration_s": calib_s, "calibration": {"windows": stats.windows, **stats.meta}, "peak_memory_mb": peak_memory_mb(), "rows": rows, "table": table,
+    "args": vars(args), "date": time.strftime("%Y-%m-%d"), "calibration_s": calib_s, "calibration": {"windows": stats.windows, **stats.meta}, "peak_memory_mb": peak_memory_mb(), "rows": rows, "table": table,
 }, indent=2) + "\n")
+
+if args.plot and tasks:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        recovered = "+ recover" in r["method"]
+        base = r["method"].split(" + ")[0]
+        ax.scatter(r["params"] / 1e6, r["mean_acc"], marker="*" if base == "dense" else "o" if recovered else "x",
+                   s=80 if base == "dense" else 40, label=r["method"] if r["ratio"] == max(x["ratio"] for x in rows) or base == "dense" else None,
+                   color=f"C{sorted({x['method'].split(' + ')[0] for x in rows}).index(base)}")
+    ax.set_xlabel("parameters (M)")
+    ax.set_ylabel(f"mean accuracy ({', '.join(tasks)})")
+    ax.set_title(f"{args.model}: pruned (x) and recovered (o), FFN ratios {args.ratios}")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(Path(args.out).with_suffix(".png"), dpi=120)
+    print("wrote", Path(args.out).with_suffix(".png"))

@@ -57,6 +57,16 @@ class PruneJob(CommonOptions):
     ppl: bool = False
     ppl_seqlen: int = 1024
     ppl_limit: int | None = None
+    recover_steps: int = 0  # > 0: `llmslim recover` straight after pruning, the dense model as teacher
+
+
+def _recover_job(job: PruneJob, work_dir: Path | None = None):
+    """The recovery `prune --recover-steps` runs: recover's defaults (LoRA, kd 0.5 from the
+    dense model, WikiText-2 first half), job.recover_steps steps."""
+    from llmslim.recover.jobs import RecoverJob
+
+    return RecoverJob(model=job.model, teacher=job.model, max_steps=job.recover_steps, seed=job.seed,
+                      device=job.device, dtype=job.dtype, checkpoint_dir=work_dir)
 
 
 def _methods(job: PruneJob) -> list[str]:
@@ -125,6 +135,12 @@ def validate(job: PruneJob) -> None:
         raise BadOptionError(f"unknown --gmm-scope {job.gmm_scope!r}; use {' or '.join(SCOPES)}")
     for m in _methods(job):
         parse_method(m, base)
+    if job.recover_steps < 0:
+        raise BadOptionError(f"--recover-steps must be >= 0, got {job.recover_steps}")
+    if job.recover_steps:
+        from llmslim.recover.jobs import validate as validate_recovery
+
+        validate_recovery(_recover_job(job))
     if job.save_scores is not None:
         check_creatable(job.save_scores)
     if job.scores:
@@ -212,15 +228,42 @@ def run(job: PruneJob, ctx: Context) -> dict:
             ctx.timings[f"eval_{method}_s"] = time.perf_counter() - t0
         rows.append(row)
         if i == 0:
-            primary = (pruned, rep)
-    ctx.save(lambda folder: save_model(primary[0], tokenizer, folder))
+            primary, primary_row = (pruned, rep), row
+    shipped, recovery = primary[0], None
+    if job.recover_steps:
+        shipped, recovery = _recover(primary[0], job, ctx)
+        if evaluate:
+            from llmslim.recover.jobs import merged
+
+            t0 = time.perf_counter()
+            rows.append({"method": f"{methods[0]} + recover", "params": primary_row["params"], "width": primary_row["width"],
+                         "eval": _evaluate(merged(shipped, full=False), tokenizer, job, ppl_text, ctx.quiet)})
+            ctx.timings["eval_recovered_s"] = time.perf_counter() - t0
+    ctx.save(lambda folder: save_model(shipped, tokenizer, folder))
     return {
         "model": job.model, "ratio": job.ratio, "target": job.target, "allocation": job.allocation,
         "accumulate": job.accumulate,
         "calibration": {"source": calib_desc, "nsamples": stats.windows, "tokens": stats.tokens, **stats.meta},
         "params_before": dense["params"], "params_after": primary[1]["params_after"], "widths": primary[1]["widths"],
-        "rows": rows, "peak_memory_mb": peak_memory_mb(ctx.loaded.device),
+        "rows": rows, "recover": recovery, "peak_memory_mb": peak_memory_mb(ctx.loaded.device),
     }
+
+
+def _recover(pruned, job: PruneJob, ctx: Context):
+    """recover's training on the pruned model, the dense model (loaded again: the one in memory
+    was pruned in place) as teacher. -> (the trained PEFT model, recover's summary)."""
+    import tempfile
+
+    from llmslim.recover.jobs import load_teacher, train
+
+    with tempfile.TemporaryDirectory(prefix="llmslim-recover-") as work:
+        rjob = _recover_job(job, Path(work))
+        teacher = load_teacher(rjob, pruned.config.vocab_size)
+        advance = ctx.step(f"recover (LoRA, kd {rjob.kd_weight:g}, dense teacher)", rjob.max_steps)
+        trained, summary = train(pruned, ctx.tokenizer, teacher, rjob, advance)
+    ctx.timings["recover_s"] = summary.pop("train_s")
+    del teacher
+    return trained, summary
 
 
 def _width(widths: list[int]):

@@ -136,39 +136,25 @@ def _training_args(job: RecoverJob, device: torch.device, dtype: torch.dtype):
     )
 
 
-def run(job: RecoverJob, ctx: Context) -> dict:
+def train(model, tokenizer, teacher, job: RecoverJob, advance=None) -> tuple[torch.nn.Module, dict]:
+    """Recovery training of `model` (in place) on job.data with transformers' Trainer:
+    LoRA adapters (or every weight with job.full), kd_loss against `teacher` (None when
+    job.kd_weight is 0). Used by `recover` and by `prune --recover-steps`.
+    -> (the trained model: a PEFT model unless job.full, its training summary)."""
     from datasets import Dataset
     from transformers.trainer_callback import PrinterCallback, TrainerCallback
     from transformers.trainer_utils import get_last_checkpoint
 
-    from llmslim.core.data import wikitext2_halves
-    from llmslim.core.load import load_model
-    from llmslim.core.save import save_model
-    from llmslim.eval.run import summary_metrics
     from llmslim.recover.kd import DistillTrainer
 
-    model, tokenizer = ctx.model, ctx.tokenizer
-    ppl_text = wikitext2_halves()[1] if job.ppl else None
-
-    def metrics(m):
-        m.eval()
-        return summary_metrics(m, tokenizer, ppl_text=ppl_text, ppl_seqlen=job.ppl_seqlen, ppl_limit=job.ppl_limit,
-                               tasks=job.tasks, limit=job.limit, seed=job.seed, quiet=ctx.quiet)
-
-    before = metrics(model) if (job.ppl or job.tasks) else {}
-    teacher = None
-    if job.kd_weight > 0:
-        teacher = load_model(job.teacher, device=job.device, dtype=job.dtype, purpose="inference").model
-        if teacher.config.vocab_size != model.config.vocab_size:
-            raise BadOptionError(f"--teacher has {teacher.config.vocab_size} tokens, the model {model.config.vocab_size}")
     data = windows(tokenizer, _text(job.data, tokenizer), job.seqlen)
     student = _prepare_student(model, job)
     trainable = sum(p.numel() for p in student.parameters() if p.requires_grad)
-    advance = ctx.step(f"recover ({'full' if job.full else 'LoRA'}, kd {job.kd_weight:g})", job.max_steps)
 
     class Advance(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            advance(1)
+            if advance:
+                advance(1)
 
     created_work = not job.work_dir.exists()
     trainer = DistillTrainer(
@@ -179,17 +165,56 @@ def run(job: RecoverJob, ctx: Context) -> dict:
     trainer.remove_callback(PrinterCallback)  # it prints every log dict on stdout (breaks --json)
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=get_last_checkpoint(str(job.work_dir)) if job.resume else None)
-    ctx.timings["train_s"] = time.perf_counter() - t0
+    train_s = time.perf_counter() - t0
     if created_work and not job.save_every and job.work_dir.is_dir():
         shutil.rmtree(job.work_dir, ignore_errors=True)
-    after = {}
-    if job.ppl or job.tasks:  # on a merged copy: plain weights as saved (lm-eval wants a plain model), faster
-        after = metrics(trainer.model if job.full else copy.deepcopy(trainer.model).merge_and_unload())
-    ctx.save(lambda folder: save_model(trainer.model, tokenizer, folder))  # merges a LoRA adapter, keeps it in adapter/
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return {"model": job.model, "teacher": job.teacher, "kd": job.kd_weight, "temperature": job.temperature,
-            "data": job.data, "steps": trainer.state.global_step, "tokens": trainer.state.global_step * job.batch_size * job.seqlen,
-            "trainable_params": trainable, "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
-            "losses": losses, "loss_parts": {"first": trainer.parts[0], "last": trainer.parts[-1]} if trainer.parts else {},
-            "before": before, "after": after,
+    steps = trainer.state.global_step
+    return trainer.model, {
+        "kd": job.kd_weight, "temperature": job.temperature, "data": job.data, "full": job.full,
+        "lr": job.lr or LR["full" if job.full else "lora"], "steps": steps, "tokens": steps * job.batch_size * job.seqlen,
+        "train_s": train_s, "trainable_params": trainable, "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None, "losses": losses,
+        "loss_parts": {"first": trainer.parts[0], "last": trainer.parts[-1]} if trainer.parts else {}}
+
+
+def merged(trained, full: bool):
+    """Plain weights as they are saved (lm-eval wants a plain model; faster too): a merged copy
+    of a LoRA model, or the fully trained model itself."""
+    return trained if full else copy.deepcopy(trained).merge_and_unload()
+
+
+def load_teacher(job: RecoverJob, vocab_size: int):
+    """The --teacher in no_grad inference form, or None when the loss has no KD term."""
+    from llmslim.core.load import load_model
+
+    if job.kd_weight == 0:
+        return None
+    teacher = load_model(job.teacher, device=job.device, dtype=job.dtype, purpose="inference").model
+    if teacher.config.vocab_size != vocab_size:
+        raise BadOptionError(f"--teacher has {teacher.config.vocab_size} tokens, the model {vocab_size}")
+    return teacher
+
+
+def run(job: RecoverJob, ctx: Context) -> dict:
+    from llmslim.core.data import wikitext2_halves
+    from llmslim.core.save import save_model
+    from llmslim.eval.run import summary_metrics
+
+    model, tokenizer = ctx.model, ctx.tokenizer
+    ppl_text = wikitext2_halves()[1] if job.ppl else None
+
+    def metrics(m):
+        m.eval()
+        return summary_metrics(m, tokenizer, ppl_text=ppl_text, ppl_seqlen=job.ppl_seqlen, ppl_limit=job.ppl_limit,
+                               tasks=job.tasks, limit=job.limit, seed=job.seed, quiet=ctx.quiet)
+
+    before = metrics(model) if (job.ppl or job.tasks) else {}
+    teacher = load_teacher(job, model.config.vocab_size)
+    advance = ctx.step(f"recover ({'full' if job.full else 'LoRA'}, kd {job.kd_weight:g})", job.max_steps)
+    trained, summary = train(model, tokenizer, teacher, job, advance)
+    ctx.timings["train_s"] = summary.pop("train_s")
+    after = metrics(merged(trained, job.full)) if (job.ppl or job.tasks) else {}
+    ctx.save(lambda folder: save_model(trained, tokenizer, folder))  # merges a LoRA adapter, keeps it in adapter/
+    return {"model": job.model, "teacher": job.teacher, **summary, "before": before, "after": after,
             "peak_memory_mb": peak_memory_mb(next(model.parameters()).device)}
