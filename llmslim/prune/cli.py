@@ -41,6 +41,7 @@ def prune(
     save_scores: Annotated[Optional[Path], typer.Option(help="Write the calibration scores here for re-pruning.", rich_help_panel=CALIB)] = None,
     scores: Annotated[Optional[Path], typer.Option(help="Reuse scores from --save-scores: no forward/backward pass.", rich_help_panel=CALIB)] = None,
     recover_steps: Annotated[int, typer.Option(help="After pruning, run `llmslim recover` for N steps with its defaults (LoRA r 8, kd 0.5 from the dense model, WikiText-2 first half) and save the recovered model; 0: no recovery.", rich_help_panel=TRAINING)] = 0,
+    recover_full: Annotated[bool, typer.Option(help="--recover-steps: train every weight (recover --full) instead of LoRA adapters.", rich_help_panel=TRAINING)] = False,
     tasks: TasksOpt = None,
     limit: LimitOpt = None,
     ppl: PplOpt = False,
@@ -58,7 +59,7 @@ def prune(
     job = PruneJob(
         model=model, ratio=ratio, target=target, method=method, aggregate=aggregate, gmm_scope=gmm_scope, afr_recipe=afr_recipe,
         group=group, accumulate=accumulate, gmm_refit=gmm_refit, feature_mode=feature_mode, snip_loss=snip_loss, allocation=allocation, max_deviation=max_deviation, round_to=round_to, compare=compare,
-        calib=calib, nsamples=nsamples, seqlen=seqlen, save_scores=save_scores, scores=scores, recover_steps=recover_steps,
+        calib=calib, nsamples=nsamples, seqlen=seqlen, save_scores=save_scores, scores=scores, recover_steps=recover_steps, recover_full=recover_full,
         tasks=tasks, limit=limit, ppl=ppl, ppl_seqlen=ppl_seqlen, ppl_limit=ppl_limit,
         out=out, force=force, seed=seed, device=device, dtype=dtype,
     )

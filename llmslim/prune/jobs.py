@@ -58,14 +58,15 @@ class PruneJob(CommonOptions):
     ppl_seqlen: int = 1024
     ppl_limit: int | None = None
     recover_steps: int = 0  # > 0: `llmslim recover` straight after pruning, the dense model as teacher
+    recover_full: bool = False  # recover every weight (recover --full) instead of LoRA adapters
 
 
 def _recover_job(job: PruneJob, work_dir: Path | None = None):
-    """The recovery `prune --recover-steps` runs: recover's defaults (LoRA, kd 0.5 from the
-    dense model, WikiText-2 first half), job.recover_steps steps."""
+    """The recovery `prune --recover-steps` runs: recover's defaults (kd 0.5 from the dense
+    model, WikiText-2 first half, LoRA or --recover-full), job.recover_steps steps."""
     from llmslim.recover.jobs import RecoverJob
 
-    return RecoverJob(model=job.model, teacher=job.model, max_steps=job.recover_steps, seed=job.seed,
+    return RecoverJob(model=job.model, teacher=job.model, max_steps=job.recover_steps, full=job.recover_full, seed=job.seed,
                       device=job.device, dtype=job.dtype, checkpoint_dir=work_dir)
 
 
@@ -137,6 +138,8 @@ def validate(job: PruneJob) -> None:
         parse_method(m, base)
     if job.recover_steps < 0:
         raise BadOptionError(f"--recover-steps must be >= 0, got {job.recover_steps}")
+    if job.recover_full and not job.recover_steps:
+        raise BadOptionError("--recover-full needs --recover-steps N (N > 0)")
     if job.recover_steps:
         from llmslim.recover.jobs import validate as validate_recovery
 
@@ -237,7 +240,7 @@ def run(job: PruneJob, ctx: Context) -> dict:
 
             t0 = time.perf_counter()
             rows.append({"method": f"{methods[0]} + recover", "params": primary_row["params"], "width": primary_row["width"],
-                         "eval": _evaluate(merged(shipped, full=False), tokenizer, job, ppl_text, ctx.quiet)})
+                         "eval": _evaluate(merged(shipped, job.recover_full), tokenizer, job, ppl_text, ctx.quiet)})
             ctx.timings["eval_recovered_s"] = time.perf_counter() - t0
     ctx.save(lambda folder: save_model(shipped, tokenizer, folder))
     return {
@@ -251,7 +254,8 @@ def run(job: PruneJob, ctx: Context) -> dict:
 
 def _recover(pruned, job: PruneJob, ctx: Context):
     """recover's training on the pruned model, the dense model (loaded again: the one in memory
-    was pruned in place) as teacher. -> (the trained PEFT model, recover's summary)."""
+    was pruned in place) as teacher. -> (the trained model, a PEFT one unless --recover-full;
+    recover's summary)."""
     import tempfile
 
     from llmslim.recover.jobs import load_teacher, train
@@ -259,7 +263,7 @@ def _recover(pruned, job: PruneJob, ctx: Context):
     with tempfile.TemporaryDirectory(prefix="llmslim-recover-") as work:
         rjob = _recover_job(job, Path(work))
         teacher = load_teacher(rjob, pruned.config.vocab_size)
-        advance = ctx.step(f"recover (LoRA, kd {rjob.kd_weight:g}, dense teacher)", rjob.max_steps)
+        advance = ctx.step(f"recover ({'full' if rjob.full else 'LoRA'}, kd {rjob.kd_weight:g}, dense teacher)", rjob.max_steps)
         trained, summary = train(pruned, ctx.tokenizer, teacher, rjob, advance)
     ctx.timings["recover_s"] = summary.pop("train_s")
     del teacher

@@ -25,7 +25,7 @@ def recover(
     seqlen: Annotated[int, typer.Option("--seqlen", help="Tokens per training window.", rich_help_panel=TRAIN)] = 256,
     max_steps: MaxStepsOpt = 100,
     batch_size: BatchSizeOpt = 4,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate; default 2e-4 for LoRA, 2e-5 with --full.", rich_help_panel=TRAIN)] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate; default 2e-4 for LoRA, 5e-5 with --full.", rich_help_panel=TRAIN)] = None,
     lora_r: LoraROpt = 8,
     full: Annotated[bool, typer.Option("--full", help="Train every weight instead of LoRA adapters.", rich_help_panel=TRAIN)] = False,
     save_every: SaveEveryOpt = 0,

@@ -93,7 +93,8 @@ def test_bad_recover_input_is_refused_before_loading(monkeypatch, pruned_dir, tm
     assert res.exit_code != 0 and "no text to train on" in str(res.exception)
 
 
-def test_prune_recover_steps_trains_the_pruned_model_against_the_dense_one(tmp_path, tiny_llama_dir, data_dir):
+@pytest.mark.parametrize("full", [False, True])
+def test_prune_recover_steps_trains_the_pruned_model_against_the_dense_one(tmp_path, tiny_llama_dir, data_dir, full):
     """`prune --recover-steps`: the saved model is the recovered one (same shape as the pruned
     model, other weights), and its teacher is the dense model: the first KL is not zero (a
     teacher taken from the in-place pruned model would match the student exactly)."""
@@ -102,7 +103,8 @@ def test_prune_recover_steps_trains_the_pruned_model_against_the_dense_one(tmp_p
     common = ["prune", str(tiny_llama_dir), "--method", "magnitude", "--ratio", "0.5", "--calib", "self", "--nsamples", "2",
               "--seqlen", "8", "--device", "cpu", "--json", "--ppl", "--ppl-seqlen", "64", "--ppl-limit", "2"]
     plain = CliRunner().invoke(app, [*common, "--out", str(tmp_path / "pruned")])
-    res = CliRunner().invoke(app, [*common, "--recover-steps", "3", "--out", str(tmp_path / "recovered")])
+    res = CliRunner().invoke(app, [*common, "--recover-steps", "3", *(["--recover-full"] if full else []),
+                                   "--out", str(tmp_path / "recovered")])
     assert plain.exit_code == 0 and res.exit_code == 0, plain.output + res.output
     result = json.loads(res.stdout)
     assert result["recover"]["steps"] == 3 and result["recover"]["kd"] == 0.5
@@ -113,4 +115,4 @@ def test_prune_recover_steps_trains_the_pruned_model_against_the_dense_one(tmp_p
     recovered = AutoModelForCausalLM.from_pretrained(tmp_path / "recovered").state_dict()
     assert {k: v.shape for k, v in pruned.items()} == {k: v.shape for k, v in recovered.items()}
     assert any(not torch.equal(pruned[k], recovered[k]) for k in pruned)
-    assert (tmp_path / "recovered" / "adapter").is_dir()
+    assert (tmp_path / "recovered" / "adapter").is_dir() == (not full) and result["recover"]["full"] == full
