@@ -13,7 +13,7 @@ INTERNAL_ERROR = 2  # exit code of an unexpected exception; 1 is bad input
 
 app = typer.Typer(
     name="llmslim",
-    help="Make large language models cheaper to run: prune, recover, shorten, budget, sparsity, eval, bench.",
+    help="Make large language models cheaper to run: prune, recover, shorten, budget, sparsity, diffuse, eval, bench.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -23,6 +23,7 @@ app = typer.Typer(
 def _register() -> None:
     from llmslim.bench.cli import bench
     from llmslim.budget.cli import budget_app
+    from llmslim.diffuse.cli import app as diffuse_app
     from llmslim.eval.cli import eval_command
     from llmslim.info.cli import info
     from llmslim.prune.cli import prune
@@ -38,6 +39,7 @@ def _register() -> None:
     app.add_typer(shorten_app, name="shorten")
     app.add_typer(budget_app, name="budget")
     app.add_typer(sparsity_app, name="sparsity")
+    app.add_typer(diffuse_app, name="diffuse")
 
 
 def _print_version(value: bool) -> None:

@@ -29,7 +29,7 @@ def test_every_command_is_seen():
     names = {name for name, _ in COMMANDS}
     assert {"info", "eval", "bench", "prune", "recover", "shorten rl", "shorten sft", "shorten eval", "budget estimate", "budget run",
             "budget search", "budget elasticity", "budget train", "budget serve", "sparsity collect", "sparsity train",
-            "sparsity eval"} == names
+            "sparsity eval", "diffuse adapt", "diffuse distill", "diffuse sample", "diffuse eval"} == names
 
 
 @pytest.mark.parametrize("name, command", COMMANDS, ids=[name for name, _ in COMMANDS])
@@ -74,6 +74,12 @@ BAD = [
     (["recover", "smollm2-135m", "--teacher", "smollm2-135m", "--kd", "1.5", "--out", "x"], "--kd must be in [0, 1]"),
     (["recover", "smollm2-135m", "--data", "/nonexistent.txt", "--out", "x"], "--data: use wikitext2, alpaca or a text file"),
     (["shorten", "rl", "smollm2-135m", "--max-steps", "0"], "--max-steps must be >= 1"),
+    (["diffuse", "adapt", "smollm2-135m", "--data", "nope.txt", "--out", "x"], "--data: use wikitext2, alpaca or a text file"),
+    (["diffuse", "distill", "smollm2-135m", "--divergence", "js", "--out", "x"], "unknown --divergence 'js'"),
+    (["diffuse", "distill", "smollm2-135m", "--rounds", "8", "--start-sampling-steps", "16", "--out", "x"], "cannot be divided by 2 8 times"),
+    (["diffuse", "sample", "smollm2-135m", "--sampling-steps", "0"], "--sampling-steps must be >= 1"),
+    (["diffuse", "eval", "smollm2-135m", "--sampling-steps", "8,x"], "comma list of integers"),
+    (["diffuse", "sample", "smollm2-135m"], "smollm2-135m is not a diffusion model"),
     (["shorten", "sft", "smollm2-135m", "--top-p", "0"], "--top-p must be in (0, 1]"),
     (["shorten", "eval", "/nonexistent/model"], "no model at"),
     (["shorten", "rl", "smollm2-135m", "--sim-model", "minilm"], "--sim-model 'minilm': not a folder that exists"),

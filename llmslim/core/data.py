@@ -193,3 +193,54 @@ def self_calibration(model, tokenizer, nsamples: int, seqlen: int, seed: int, ba
         )
         out.append(seqs[:, :seqlen].cpu())
     return torch.cat(out)
+
+
+TEXT_SOURCES = ("wikitext2", "alpaca")  # named training texts; anything else is a file
+
+
+def check_text_source(source: str) -> None:
+    """Refuse a --data that names no text (a comma list of TEXT_SOURCES and text files) before
+    any model loads."""
+    for part in source.split(","):
+        if part not in TEXT_SOURCES and not Path(part).is_file():
+            raise DataError(f"--data: use {', '.join(TEXT_SOURCES)} or a text file, or a comma list of them (no such file: {part})")
+        if part == "wikitext2":
+            wikitext2_halves()
+        elif part == "alpaca":
+            read_records(data_dir() / "alpaca" / "alpaca_200.json")
+        elif not read_text(Path(part)).strip():
+            raise DataError(f"--data {part}: no text to train on")
+
+
+def training_text(source: str, tokenizer) -> str:
+    """Training text, a comma list joined by newlines: `wikitext2` is the first half of the
+    shared WikiText-2 test file (the second stays unseen for --ppl), `alpaca` the shared
+    instruction records rendered with the chat template and answered, anything else a file."""
+    from llmslim.core.generate import render_prompt
+
+    texts = []
+    for part in source.split(","):
+        if part == "wikitext2":
+            texts.append(wikitext2_halves()[0])
+        elif part == "alpaca":
+            eos = tokenizer.eos_token or ""
+            records = read_records(data_dir() / "alpaca" / "alpaca_200.json")
+            prompt = lambda r: r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else "")  # noqa: E731
+            texts.append("\n".join(render_prompt(tokenizer, prompt(r)) + r["output"] + eos for r in records))
+        else:
+            texts.append(read_text(Path(part)))
+    return "\n".join(texts)
+
+
+def token_windows(tokenizer, text: str, seqlen: int, first_token: int | None = None) -> torch.Tensor:
+    """The text tokenized once and cut into consecutive windows of seqlen tokens ([N, seqlen]);
+    with first_token, each window is that token and seqlen - 1 tokens of text."""
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids[0]
+    width = seqlen - (first_token is not None)
+    n = ids.numel() // width if width else 0
+    if n < 1:
+        raise DataError(f"the training text has {ids.numel()} tokens, fewer than one window of {seqlen}")
+    windows = ids[: n * width].view(n, width)
+    if first_token is not None:
+        windows = torch.cat([torch.full((n, 1), first_token, dtype=windows.dtype), windows], dim=1)
+    return windows

@@ -13,10 +13,9 @@ from pathlib import Path
 import torch
 
 from llmslim.core.device import peak_memory_mb
-from llmslim.core.errors import BadOptionError, DataError
+from llmslim.core.errors import BadOptionError
 from llmslim.core.job import CommonOptions, Context
 
-DATA_SOURCES = ("wikitext2", "alpaca")
 DEFAULT_KD = 0.5  # with a teacher; without one the loss is next-token CE only (LLM-Pruner's recovery)
 # LoRA: LLM-Pruner's recovery used 1e-4 on Llama-7B. Full: on SmolLM2 at 20% FFN, 40 steps
 # (docs/recover.md) with 5e-5 closed 67% of the perplexity gap, LoRA at 2e-4 39%.
@@ -55,6 +54,7 @@ class RecoverJob(CommonOptions):
 
 
 def validate(job: RecoverJob) -> None:
+    from llmslim.core.data import check_text_source
     from llmslim.core.load import resolve_model
 
     if not 0.0 <= job.kd_weight <= 1.0:
@@ -67,49 +67,17 @@ def validate(job: RecoverJob) -> None:
         raise BadOptionError(f"--lr must be > 0, got {job.lr}")
     if job.resume and not job.work_dir.is_dir():
         raise BadOptionError(f"--resume: no checkpoint folder {job.work_dir}")
-    if job.data not in DATA_SOURCES and not Path(job.data).is_file():
-        raise BadOptionError(f"--data: use {', '.join(DATA_SOURCES)} or a text file (no such file: {job.data})")
+    check_text_source(job.data)
     if job.tasks:
         from llmslim.eval.harness import check_data, resolve_tasks
 
         check_data(resolve_tasks(job.tasks))
-    if job.data != "alpaca" and not _text(job.data, None).strip():  # alpaca's records are read (and checked) here too
-        raise DataError(f"--data {job.data}: no text to train on")
     if job.ppl:
         from llmslim.core.data import wikitext2_halves
 
         wikitext2_halves()
     for spec in filter(None, (job.teacher, job.model)):
         resolve_model(spec)
-
-
-def _text(source: str, tokenizer) -> str:
-    """Training text: the first half of WikiText-2 (the second is for --ppl), Alpaca's records
-    rendered with the chat template and answered, or a text file."""
-    from llmslim.core.data import read_records, read_text, wikitext2_halves
-
-    if source == "wikitext2":
-        return wikitext2_halves()[0]
-    if source == "alpaca":
-        from llmslim.core.data import data_dir
-        from llmslim.core.generate import render_prompt
-
-        records = read_records(data_dir() / "alpaca" / "alpaca_200.json")
-        if tokenizer is None:
-            return ""
-        eos = tokenizer.eos_token or ""
-        prompt = lambda r: r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else "")  # noqa: E731
-        return "\n".join(render_prompt(tokenizer, prompt(r)) + r["output"] + eos for r in records)
-    return read_text(Path(source))
-
-
-def windows(tokenizer, text: str, seqlen: int) -> torch.Tensor:
-    """The corpus tokenized once and cut into consecutive windows of seqlen tokens."""
-    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids[0]
-    n = ids.numel() // seqlen
-    if n < 1:
-        raise DataError(f"the training text has {ids.numel()} tokens, fewer than one window of {seqlen}")
-    return ids[: n * seqlen].view(n, seqlen)
 
 
 def _prepare_student(model, job: RecoverJob):
@@ -147,9 +115,10 @@ def train(model, tokenizer, teacher, job: RecoverJob, advance=None) -> tuple[tor
     from transformers.trainer_callback import PrinterCallback, TrainerCallback
     from transformers.trainer_utils import get_last_checkpoint
 
+    from llmslim.core.data import token_windows, training_text
     from llmslim.recover.kd import DistillTrainer
 
-    data = windows(tokenizer, _text(job.data, tokenizer), job.seqlen)
+    data = token_windows(tokenizer, training_text(job.data, tokenizer), job.seqlen)
     student = _prepare_student(model, job)
     trainable = sum(p.numel() for p in student.parameters() if p.requires_grad)
 

@@ -1,0 +1,1 @@
+"""Masked diffusion from an AR model (MDLM + DiffuLLaMA) and few-step distillation (SDTT)."""

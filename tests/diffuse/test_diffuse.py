@@ -1,0 +1,170 @@
+"""diffuse: MDLM's loss and SUBS, the bidirectional forward, the sampler, SDTT's targets and loss,
+and adapt -> distill -> sample -> eval through the CLI on a tiny random llama."""
+
+import json
+import math
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from llmslim.cli import app
+from llmslim.diffuse.mdlm import NEG, add_noise, antithetic_times, denoise, mdlm_loss, subs
+from llmslim.diffuse.sample import sample
+from llmslim.diffuse.sdtt import divergence, sdtt_loss, teacher_targets
+
+from tests.conftest import tiny_model
+
+MASK = 127  # the tiny llama's last id stands in for MASK in the unit tests
+
+
+def test_subs_gives_mask_no_mass_and_carries_unmasked_tokens():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 6, 128, generator=g)
+    xt = torch.tensor([[5, MASK, 7, MASK, MASK, 9], [3, 4, MASK, 6, MASK, MASK]])
+    log_p = subs(logits, xt, MASK)
+    p = log_p.exp()
+    assert torch.all(p[..., MASK] == 0)
+    assert torch.allclose(p.sum(-1), torch.ones(2, 6))
+    unmasked = xt != MASK
+    assert torch.all(p[unmasked].argmax(-1) == xt[unmasked]) and torch.all(p[unmasked].max(-1).values == 1)
+    # the shift: position j's distribution is logit j - 1's (MASK excluded)
+    expected = torch.log_softmax(torch.cat([logits[0, 0, :MASK], torch.tensor([NEG])]), -1)
+    assert torch.allclose(log_p[0, 1], expected, atol=1e-5)
+
+
+def test_mdlm_loss_counts_masked_positions_only_weighted_by_one_over_t():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 5, 128, generator=g)
+    x0 = torch.randint(0, 100, (2, 5), generator=g)
+    xt = x0.clone()
+    xt[0, 2], xt[1, 1], xt[1, 4] = MASK, MASK, MASK
+    t = torch.tensor([0.25, 0.5])
+    loss = mdlm_loss(subs(logits, xt, MASK), x0, t)
+    by_hand = 0.0
+    for b, j in ((0, 2), (1, 1), (1, 4)):
+        row = torch.log_softmax(logits[b, j - 1, :MASK], -1)  # the shift; MASK gets no mass
+        by_hand += -row[x0[b, j]].item() / t[b].item()
+    assert loss.item() == pytest.approx(by_hand / x0.numel(), rel=1e-5)
+    changed = logits.clone()
+    changed[0, 0] += 5 * torch.randn(128, generator=g)  # predicts position 1, which is unmasked in row 0
+    assert mdlm_loss(subs(changed, xt, MASK), x0, t).item() == pytest.approx(loss.item(), rel=1e-6)
+
+
+def test_noise_keeps_position_zero_and_masks_about_t():
+    g = torch.Generator().manual_seed(2)
+    x0 = torch.randint(0, 100, (64, 200), generator=g)
+    t = antithetic_times(64, g)
+    assert t.min() >= 1e-3 and t.max() <= 1 and torch.allclose(t.sort().values.diff().mean(), torch.tensor(1 / 64), atol=0.01)
+    xt = add_noise(x0, t, MASK, g)
+    assert torch.all(xt[:, 0] == x0[:, 0])
+    frac = (xt[:, 1:] == MASK).float().mean(1)
+    assert torch.allclose(frac, (1 - 1e-3) * t, atol=0.12)
+
+
+def test_denoise_attends_both_ways():
+    """A token changed late in the sequence changes the prediction early on (the model was
+    causal; a None mask would let SDPA fall back to causal attention)."""
+    model = tiny_model("llama")
+    x = torch.tensor([[1, MASK, MASK, 4, 5, 6, 7, 8]])
+    y = x.clone()
+    y[0, 6] = 50
+    assert not torch.allclose(denoise(model, x, MASK)[0, 1], denoise(model, y, MASK)[0, 1])
+    model.config._attn_implementation = "eager"
+    assert not torch.allclose(denoise(model, x, MASK)[0, 1], denoise(model, y, MASK)[0, 1])
+
+
+def test_sampler_unmasks_everything_and_the_cache_changes_no_sample():
+    model = tiny_model("llama")
+    prefix = torch.tensor([125, 3])
+    outs = {}
+    for cache in (True, False):
+        g = torch.Generator().manual_seed(3)
+        outs[cache] = sample(model, MASK, steps=6, length=12, batch=3, prefix=prefix, generator=g, cache=cache)
+    tokens = outs[True].tokens
+    assert torch.equal(tokens, outs[False].tokens)
+    assert not (tokens == MASK).any() and torch.all(tokens[:, :2] == prefix)
+    assert outs[False].forward_passes >= 6 and outs[True].forward_passes <= outs[False].forward_passes
+    assert sum(outs[True].unmasked_per_step) <= 3 * 10
+    one = sample(model, MASK, steps=1, length=12, batch=2, prefix=prefix, generator=torch.Generator().manual_seed(0))
+    assert not (one.tokens == MASK).any() and one.forward_passes <= 2
+
+
+def test_teacher_targets_one_step_are_the_teachers_prediction():
+    model = tiny_model("llama")
+    g = torch.Generator().manual_seed(4)
+    xt = add_noise(torch.randint(0, 100, (2, 10), generator=g), torch.tensor([0.6, 0.9]), MASK, g)
+    targets = teacher_targets(model, xt, torch.tensor([0.6, 0.9]), 0.1, MASK, k=1, generator=g)
+    masked = xt == MASK
+    assert torch.allclose(targets[masked], denoise(model, xt, MASK)[masked])
+    # a step from t down to 0 reveals every mask in the first step: the targets are that step's
+    two = teacher_targets(model, xt, torch.tensor([0.6, 0.9]), 0.95, MASK, k=2, generator=g)
+    assert torch.allclose(two[masked], denoise(model, xt, MASK)[masked])
+
+
+def test_divergences_by_hand():
+    g = torch.Generator().manual_seed(5)
+    s, t = torch.log_softmax(torch.randn(3, 6, generator=g), -1), torch.log_softmax(torch.randn(3, 6, generator=g), -1)
+    s[:, 5], t[:, 5] = NEG, NEG  # the MASK column
+    ps, pt = s[:, :5].exp(), t[:, :5].exp()
+    assert divergence(s, t, "kl", 5).item() == pytest.approx((ps * (ps / pt).log()).sum(-1).mean().item(), rel=1e-5)
+    assert divergence(s, t, "kl-fwd", 5).item() == pytest.approx((pt * (pt / ps).log()).sum(-1).mean().item(), rel=1e-5)
+    assert divergence(s, t, "tvd", 5).item() == pytest.approx(0.5 * (ps - pt).abs().sum(-1).mean().item(), rel=1e-5)
+    assert 0 < divergence(s, t, "tvd", 5).item() <= 1
+    assert divergence(s, s, "kl", 5).item() == pytest.approx(0, abs=1e-6)
+
+
+def test_one_distillation_step_lowers_the_divergence():
+    teacher, student = tiny_model("llama", seed=0), tiny_model("llama", seed=1)
+    x0 = torch.randint(0, 100, (4, 16), generator=torch.Generator().manual_seed(6))
+    opt = torch.optim.Adam(student.parameters(), lr=3e-3)
+
+    def loss():
+        return sdtt_loss(student, teacher, x0, 1 / 8, MASK, "kl", generator=torch.Generator().manual_seed(7))
+
+    before = loss()
+    before.backward()
+    opt.step()
+    with torch.no_grad():
+        after = loss()
+    assert after.item() < before.item()
+
+
+def test_adapt_distill_sample_eval_through_the_cli(tmp_path, tiny_llama_dir, data_dir):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(" ".join(f"w{(i * 7) % 40}" for i in range(3000)))
+    common = ["--device", "cpu", "--json", "--quiet"]
+    res = CliRunner().invoke(app, ["diffuse", "adapt", str(tiny_llama_dir), "--data", str(corpus), "--seqlen", "16",
+                                   "--max-steps", "12", "--batch-size", "4", "--lr", "3e-3", "--warmup-steps", "0",
+                                   "--out", str(tmp_path / "teacher"), *common])
+    assert res.exit_code == 0, res.output
+    adapted = json.loads(res.stdout)
+    assert adapted["steps"] == 12 and adapted["mask_token_id"] == 128  # a new token: the tokenizer had no mask token
+    assert sum(adapted["losses"][-3:]) < sum(adapted["losses"][:3])
+    config = json.loads((tmp_path / "teacher" / "config.json").read_text())
+    assert config["llmslim_diffusion"]["mask_token_id"] == 128 and config["vocab_size"] == 129
+
+    res = CliRunner().invoke(app, ["diffuse", "distill", str(tmp_path / "teacher"), "--data", str(corpus), "--rounds", "2",
+                                   "--steps-per-round", "3", "--start-sampling-steps", "8", "--batch-size", "4",
+                                   "--out", str(tmp_path / "students"), *common])
+    assert res.exit_code == 0, res.output
+    rounds = json.loads(res.stdout)["rounds"]
+    assert [(r["teacher_sampling_steps"], r["student_sampling_steps"]) for r in rounds] == [(8, 4), (4, 2)]
+    assert (tmp_path / "students" / "round-1" / "config.json").is_file()
+    assert not (tmp_path / "students-checkpoints").exists()
+
+    res = CliRunner().invoke(app, ["diffuse", "sample", str(tmp_path / "students" / "round-1"), "--sampling-steps", "2",
+                                   "--length", "10", "-n", "2", "--prompt", "w3 w10", *common])
+    assert res.exit_code == 0, res.output
+    sampled = json.loads(res.stdout)
+    assert len(sampled["samples"]) == 2 and sampled["forward_passes"] <= 3
+    assert all(len(text.split()) == 7 and "mdlm_mask" not in text for text in sampled["samples"])
+
+    res = CliRunner().invoke(app, ["diffuse", "eval", str(tmp_path / "teacher"), "--sampling-steps", "2,4", "-n", "4", "--length", "12",
+                                   "--evaluator", str(tiny_llama_dir), "--lambada", "3", "--latency-batch", "2",
+                                   "--out", str(tmp_path / "eval"), *common])
+    assert res.exit_code == 0, res.output
+    ev = json.loads(res.stdout)
+    assert [r["steps"] for r in ev["rows"]] == [2, 4]
+    assert all(1 < r["gen_ppl"] < 1000 and 0 < r["entropy"] <= math.log(11) for r in ev["rows"])
+    assert ev["lambada"]["items"] == 3 and [r["steps"] for r in ev["latency"]["diffusion"]] == [2, 4]
