@@ -244,3 +244,18 @@ def token_windows(tokenizer, text: str, seqlen: int, first_token: int | None = N
     if first_token is not None:
         windows = torch.cat([torch.full((n, 1), first_token, dtype=windows.dtype), windows], dim=1)
     return windows
+
+
+class WindowDataset(torch.utils.data.Dataset):
+    """Token windows as the Trainer reads them ({"input_ids": row}, plus "labels": row for a
+    loss that wants them), without the datasets library."""
+
+    def __init__(self, windows: torch.Tensor, labels: bool = False):
+        self.windows, self.labels = windows, labels
+
+    def __len__(self) -> int:
+        return self.windows.shape[0]
+
+    def __getitem__(self, i: int) -> dict:
+        row = self.windows[i]
+        return {"input_ids": row, "labels": row} if self.labels else {"input_ids": row}

@@ -88,11 +88,10 @@ def run_adapt(job: AdaptJob, ctx: Context) -> dict:
     from transformers.trainer_callback import PrinterCallback
     from transformers.trainer_utils import get_last_checkpoint
 
-    from llmslim.core.data import token_windows, training_text
+    from llmslim.core.data import WindowDataset, token_windows, training_text
     from llmslim.core.save import save_model
     from llmslim.diffuse.mdlm import DiffusionConfig
-    from llmslim.diffuse.train import (Advance, MaskedDiffusionTrainer, add_mask_token, dataset, small_config,
-                                       training_args)
+    from llmslim.diffuse.train import Advance, MaskedDiffusionTrainer, add_mask_token, small_config, training_args
 
     model, tokenizer = ctx.model, ctx.tokenizer
     if job.from_scratch:
@@ -109,7 +108,7 @@ def run_adapt(job: AdaptJob, ctx: Context) -> dict:
         model=model, args=training_args(job.work_dir, batch_size=job.batch_size, lr=job.lr, max_steps=job.max_steps,
                                         warmup_steps=job.warmup_steps, seed=job.seed, device=model.device,
                                         dtype=model.dtype, save_every=job.save_every),
-        train_dataset=dataset(windows), mask_id=mask_id, anneal_steps=job.anneal_steps,
+        train_dataset=WindowDataset(windows), mask_id=mask_id, anneal_steps=job.anneal_steps,
         callbacks=[Advance(ctx.step("adapting to masked diffusion (MDLM loss)", job.max_steps))],
     )
     trainer.remove_callback(PrinterCallback)  # it prints every log dict on stdout (breaks --json)
@@ -184,10 +183,10 @@ def run_distill(job: DistillJob, ctx: Context) -> dict:
     finishes (--resume skips the rounds found there), then moved into --out."""
     from transformers.trainer_callback import PrinterCallback
 
-    from llmslim.core.data import token_windows, training_text
+    from llmslim.core.data import WindowDataset, token_windows, training_text
     from llmslim.core.outputs import atomic_dir
     from llmslim.core.save import save_model
-    from llmslim.diffuse.train import EMA, Advance, EMAUpdate, SDTTTrainer, dataset, training_args
+    from llmslim.diffuse.train import EMA, Advance, EMAUpdate, SDTTTrainer, training_args
 
     student, tokenizer = ctx.model, ctx.tokenizer
     cfg = _diffusion_config(student)
@@ -217,7 +216,7 @@ def run_distill(job: DistillJob, ctx: Context) -> dict:
             model=student, args=training_args(work, batch_size=job.batch_size, lr=job.lr, max_steps=job.steps_per_round,
                                               warmup_steps=job.warmup_steps if r == 0 else 0, seed=job.seed + r,
                                               device=student.device, dtype=student.dtype),
-            train_dataset=dataset(windows), teacher=teacher, dt=dt, mask_id=cfg.mask_token_id, divergence=job.divergence,
+            train_dataset=WindowDataset(windows), teacher=teacher, dt=dt, mask_id=cfg.mask_token_id, divergence=job.divergence,
             teacher_steps=job.teacher_steps, callbacks=[EMAUpdate(ema, student), Advance(advance)],
         )
         trainer.remove_callback(PrinterCallback)
@@ -394,4 +393,5 @@ def _latency(job: EvalJob, model, ar_model, cfg, prefix: torch.Tensor, device) -
         s = latency(lambda: sample(model, cfg.mask_token_id, steps=steps, length=job.length, batch=job.latency_batch,
                                    prefix=prefix, generator=gen, eps=cfg.eps), device)
         rows.append({"steps": steps, "seconds": s, "speedup_vs_ar": ar_s / s})
-    return {"device": str(device), "batch": job.latency_batch, "new_tokens": new, "ar_kv_cache_s": ar_s, "diffusion": rows}
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    return {"device": name, "batch": job.latency_batch, "new_tokens": new, "ar_kv_cache_s": ar_s, "diffusion": rows}

@@ -135,9 +135,3 @@ def training_args(work_dir, *, batch_size: int, lr: float, max_steps: int, warmu
         report_to=[], disable_tqdm=True, remove_unused_columns=False, dataloader_num_workers=0,
         use_cpu=device.type == "cpu", bf16=device.type == "cuda" and dtype == torch.bfloat16, seed=seed, data_seed=seed,
     )
-
-
-def dataset(windows: torch.Tensor):
-    from datasets import Dataset
-
-    return Dataset.from_dict({"input_ids": windows.tolist()}).with_format("torch")

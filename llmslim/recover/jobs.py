@@ -111,11 +111,10 @@ def train(model, tokenizer, teacher, job: RecoverJob, advance=None) -> tuple[tor
     LoRA adapters (or every weight with job.full), kd_loss against `teacher` (None when
     job.kd_weight is 0). Used by `recover` and by `prune --recover-steps`.
     -> (the trained model: a PEFT model unless job.full, its training summary)."""
-    from datasets import Dataset
     from transformers.trainer_callback import PrinterCallback, TrainerCallback
     from transformers.trainer_utils import get_last_checkpoint
 
-    from llmslim.core.data import token_windows, training_text
+    from llmslim.core.data import WindowDataset, token_windows, training_text
     from llmslim.recover.kd import DistillTrainer
 
     data = token_windows(tokenizer, training_text(job.data, tokenizer), job.seqlen)
@@ -130,7 +129,7 @@ def train(model, tokenizer, teacher, job: RecoverJob, advance=None) -> tuple[tor
     created_work = not job.work_dir.exists()
     trainer = DistillTrainer(
         model=student, args=_training_args(job, next(model.parameters()).device, next(model.parameters()).dtype),
-        train_dataset=Dataset.from_dict({"input_ids": data.tolist(), "labels": data.tolist()}).with_format("torch"),
+        train_dataset=WindowDataset(data, labels=True),
         teacher=teacher, kd=job.kd_weight, temperature=job.temperature, callbacks=[Advance()],
     )
     trainer.remove_callback(PrinterCallback)  # it prints every log dict on stdout (breaks --json)

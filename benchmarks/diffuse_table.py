@@ -1,0 +1,127 @@
+"""Issue 14's proof: adapt SmolLM2 to masked diffusion, distil it with SDTT, and measure every
+model's gen-PPL and entropy at several step counts next to the AR model's own samples, plus
+LAMBADA and latency. Resumable: each stage is skipped when its output exists.
+
+    .venv/bin/python benchmarks/diffuse_table.py                         # the full run (hours on a CPU)
+    .venv/bin/python benchmarks/diffuse_table.py --adapt-steps 20 --steps-per-round 5 --samples 8 \
+        --sampling-steps 8,16 --lambada 50 --work runs/diffuse-small --out benchmarks/results/diffuse_small.json
+
+Stages: WORK/teacher (`diffuse adapt`), WORK/sdtt/round-K (`diffuse distill`), then `diffuse
+eval` of the teacher and of each round (WORK/eval-NAME/results.json), then the AR model's greedy
+and nucleus (p = 0.95) samples scored by the same evaluator. Writes OUT (JSON), a markdown
+table, and OUT with .png: gen-PPL against sampling steps, teacher and students.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from llmslim.core.job import run_command
+from llmslim.diffuse import cli, jobs
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--model", default="smollm2-135m")
+parser.add_argument("--data", default="wikitext2,alpaca")
+parser.add_argument("--seqlen", type=int, default=128)
+parser.add_argument("--adapt-steps", type=int, default=1000)
+parser.add_argument("--batch-size", type=int, default=8)
+parser.add_argument("--lr", type=float, default=1e-4)
+parser.add_argument("--rounds", type=int, default=3)
+parser.add_argument("--steps-per-round", type=int, default=200)
+parser.add_argument("--start-sampling-steps", type=int, default=128)
+parser.add_argument("--sampling-steps", default="8,16,32,64,128")
+parser.add_argument("--samples", type=int, default=64)
+parser.add_argument("--lambada", type=int, default=500)
+parser.add_argument("--device", default="auto")
+parser.add_argument("--dtype", default="auto")
+parser.add_argument("--seed", type=int, default=0)
+parser.add_argument("--work", default="runs/diffuse")
+parser.add_argument("--out", default="benchmarks/results/diffuse_table.json")
+args = parser.parse_args()
+
+work = Path(args.work)
+common = dict(seed=args.seed, device=args.device, dtype=args.dtype)
+t_start = time.perf_counter()
+
+teacher = work / "teacher"
+if not teacher.is_dir():
+    run_command(cli.ADAPT, jobs.AdaptJob(model=args.model, data=args.data, seqlen=args.seqlen, max_steps=args.adapt_steps,
+                                         batch_size=args.batch_size, lr=args.lr, save_every=100, out=teacher,
+                                         checkpoint_dir=work / "teacher-checkpoints",
+                                         resume=(work / "teacher-checkpoints").is_dir(), **common), quiet=True)
+students = work / "sdtt"
+if not students.is_dir():
+    run_command(cli.DISTILL, jobs.DistillJob(model=str(teacher), rounds=args.rounds, steps_per_round=args.steps_per_round,
+                                             start_steps=args.start_sampling_steps, data=args.data, batch_size=args.batch_size,
+                                             out=students, checkpoint_dir=work / "sdtt-checkpoints",
+                                             resume=(work / "sdtt-checkpoints").is_dir(), **common), quiet=True)
+
+models = {"teacher": teacher} | {f"round {r}": students / f"round-{r}" for r in range(args.rounds)}
+evals = {}
+for name, folder in models.items():
+    out = work / f"eval-{name.replace(' ', '-')}"
+    if not (out / "results.json").is_file():
+        run_command(cli.EVAL, jobs.EvalJob(model=str(folder), steps=args.sampling_steps, num_samples=args.samples,
+                                           length=args.seqlen, evaluator=args.model, lambada=args.lambada, out=out,
+                                           force=True, **common), quiet=True)
+    evals[name] = json.loads((out / "results.json").read_text())
+
+ar_file = work / "ar_samples.json"
+if not ar_file.is_file():
+    from llmslim.core.load import load_model
+    from llmslim.diffuse.evaluate import ar_decode, generative_perplexity, unigram_entropy
+
+    loaded = load_model(args.model, device=args.device, dtype=args.dtype)
+    first = loaded.tokenizer.bos_token_id if loaded.tokenizer.bos_token_id is not None else loaded.tokenizer.eos_token_id
+    prefix = torch.tensor([first])
+    ar = {}
+    for name, sampled in (("greedy", False), ("nucleus 0.95", True)):
+        tokens = ar_decode(loaded.model, prefix, args.seqlen - 1, args.samples, do_sample=sampled, top_p=0.95,
+                           generator_seed=args.seed).cpu()
+        ar[name] = {"gen_ppl": generative_perplexity(loaded.model, tokens, 1), "entropy": unigram_entropy(tokens[:, 1:]),
+                    "example": loaded.tokenizer.decode(tokens[0, 1:])}
+    ar_file.write_text(json.dumps(ar, indent=2) + "\n")
+ar = json.loads(ar_file.read_text())
+
+steps = [int(s) for s in args.sampling_steps.split(",")]
+lines = ["| model | " + " | ".join(f"{s} steps: gen-PPL / entropy" for s in steps) + " | LAMBADA |",
+         "|---|" + "---|" * (len(steps) + 1)]
+for name, ev in evals.items():
+    by = {r["steps"]: r for r in ev["rows"]}
+    cells = [f"{by[s]['gen_ppl']:.1f} / {by[s]['entropy']:.2f}" for s in steps]
+    lines.append(f"| {name} | " + " | ".join(cells) + f" | {ev.get('lambada', {}).get('diffusion_acc', float('nan')):.3f} |")
+for name, row in ar.items():
+    ar_lambada = next(iter(evals.values())).get("lambada", {}).get("evaluator_ar_acc", float("nan"))
+    lines.append(f"| AR {name} (KV cache) | " + " | ".join([f"{row['gen_ppl']:.1f} / {row['entropy']:.2f}"] + [""] * (len(steps) - 1))
+                 + f" | {ar_lambada:.3f} |")
+table = "\n".join(lines)
+print(table)
+Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+device_name = torch.cuda.get_device_name(0) if args.device != "cpu" and torch.cuda.is_available() else "cpu"
+Path(args.out).write_text(json.dumps({"args": vars(args), "date": time.strftime("%Y-%m-%d"), "device": device_name, "evals": evals, "ar": ar, "table": table, "wall_s": time.perf_counter() - t_start}, indent=2) + "\n")
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+fig, ax = plt.subplots(figsize=(6.5, 4))
+for name, ev in evals.items():
+    rows = sorted(ev["rows"], key=lambda r: r["steps"])
+    ax.plot([r["steps"] for r in rows], [r["gen_ppl"] for r in rows], marker="o", label=name)
+for i, (name, row) in enumerate(ar.items()):
+    ax.axhline(row["gen_ppl"], ls="--", color=f"C{len(evals) + i}", label=f"AR {name}")
+ax.set_xscale("log", base=2)
+ax.set_xlabel("sampling steps")
+ax.set_ylabel(f"gen-PPL ({args.model} evaluator)")
+ax.set_title(f"SDTT on {args.model}: {args.samples} samples x {args.seqlen} tokens")
+ax.legend(fontsize=7)
+ax.grid(alpha=0.3)
+fig.tight_layout()
+fig.savefig(Path(args.out).with_suffix(".png"), dpi=120)
+print("wrote", args.out, Path(args.out).with_suffix(".png"))
