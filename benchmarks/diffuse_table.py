@@ -117,6 +117,7 @@ for name, ev in evals.items():
 for i, (name, row) in enumerate(ar.items()):
     ax.axhline(row["gen_ppl"], ls="--", color=f"C{len(evals) + i}", label=f"AR {name}")
 ax.set_xscale("log", base=2)
+ax.set_yscale("log")
 ax.set_xlabel("sampling steps")
 ax.set_ylabel(f"gen-PPL ({args.model} evaluator)")
 ax.set_title(f"SDTT on {args.model}: {args.samples} samples x {args.seqlen} tokens")

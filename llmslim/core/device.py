@@ -27,9 +27,11 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def resolve_dtype(name: str, device: torch.device, purpose: str = "inference") -> torch.dtype:
-    """`auto`: bf16 on CUDA; fp16 on MPS (fp32 for gradients); fp32 on CPU.
+    """`auto`: bf16 on CUDA; fp16 on MPS (fp32 for gradients); fp32 on CPU; fp32 everywhere
+    for "training" (weights an optimizer updates: a bf16 weight near 1 cannot move by less than
+    2^-8, so small AdamW steps round away; on CUDA the Trainer computes in bf16 by autocast).
 
-    `purpose` is "gradients", "inference" or "generation". CPU stays fp32 for every purpose:
+    `purpose` is "gradients" (calibration, no optimizer), "training", "inference" or "generation". CPU stays fp32 for every purpose:
     without AMX/AVX512-BF16 units, bf16 decode measured 3.3x slower than fp32 on this project's
     CI CPU (SmolLM2: 4.7 vs 15.5 tokens/s); `--dtype bfloat16` still asks for it.
     """
@@ -37,6 +39,8 @@ def resolve_dtype(name: str, device: torch.device, purpose: str = "inference") -
         if name not in DTYPES:
             raise BadOptionError(f"unknown dtype {name!r}; choose auto or one of {', '.join(DTYPES)}")
         return DTYPES[name]
+    if purpose == "training":
+        return torch.float32
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "mps":

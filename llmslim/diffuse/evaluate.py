@@ -51,12 +51,13 @@ def lambada_items(tokenizer, texts: list[str], max_context: int = 1024) -> list[
 
 
 @torch.no_grad()
-def lambada_diffusion(model, items, mask_id: int) -> float:
-    """All tokens of the last word masked, one forward pass, argmax at each: correct when every
-    token matches."""
+def lambada_diffusion(model, items, mask_id: int, first_token: int) -> float:
+    """The passage after the start token every training window had, all tokens of the last
+    word masked, one forward pass, argmax at each: correct when every token matches."""
     device = next(model.parameters()).device
     correct = 0
     for ctx, target in items:
+        ctx = torch.cat([torch.tensor([first_token]), ctx])
         x = torch.cat([ctx, torch.full_like(target, mask_id)])[None].to(device)
         guess = denoise(model, x, mask_id)[0, ctx.numel():].argmax(-1).cpu()
         correct += bool(torch.equal(guess, target))

@@ -17,6 +17,7 @@ from llmslim.core.job import CommonOptions, Context
 
 ROUND_DIR = "round-{}"
 RAW_WEIGHTS = "student_raw.pt"  # a round's raw (not averaged) student: the next round's teacher and start
+ROUND_RECORD = "round.json"  # a round's settings, steps and losses (--resume checks the settings)
 
 
 def _positive(**values) -> None:
@@ -172,7 +173,7 @@ def validate_distill(job: DistillJob) -> None:
 
 
 def _round_done(out: Path, r: int) -> bool:
-    return (out / ROUND_DIR.format(r) / RAW_WEIGHTS).is_file()
+    return (out / ROUND_DIR.format(r) / ROUND_RECORD).is_file()
 
 
 def run_distill(job: DistillJob, ctx: Context) -> dict:
@@ -194,15 +195,21 @@ def run_distill(job: DistillJob, ctx: Context) -> dict:
     windows = token_windows(tokenizer, training_text(job.data, tokenizer), cfg.seqlen, first_token=first)
     out = job.work_dir
     out.mkdir(parents=True, exist_ok=True)
+    settings = {"start_sampling_steps": job.start_steps, "teacher_steps": job.teacher_steps, "divergence": job.divergence,
+                "steps_per_round": job.steps_per_round, "ema": job.ema}
     ema, rounds, start_round = None, [], 0
     if job.resume:
         while _round_done(out, start_round):
+            record = json.loads((out / ROUND_DIR.format(start_round) / ROUND_RECORD).read_text())
+            if record["settings"] != settings:
+                raise BadOptionError(f"--resume: {out / ROUND_DIR.format(start_round)} was made with {record['settings']}, "
+                                     f"not {settings}")
+            rounds.append(record)
             start_round += 1
         if start_round:
             saved = torch.load(out / ROUND_DIR.format(start_round - 1) / RAW_WEIGHTS, weights_only=True)
             student.load_state_dict(saved["student"])
             ema = EMA(student, job.ema, saved["ema_updates"], saved["ema"])
-            rounds = json.loads((out / "rounds.json").read_text())[:start_round]
     ema = ema or EMA(student, job.ema)
     advance = ctx.step(f"SDTT ({job.rounds} rounds x {job.steps_per_round} steps, {job.divergence})",
                        (job.rounds - start_round) * job.steps_per_round)
@@ -227,12 +234,13 @@ def run_distill(job: DistillJob, ctx: Context) -> dict:
         rounds.append({"round": r, "teacher_sampling_steps": teacher_sampling_steps,
                        "student_sampling_steps": teacher_sampling_steps // job.teacher_steps, "dt": dt,
                        "steps": trainer.state.global_step, "train_s": time.perf_counter() - t0,
-                       "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None})
+                       "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
+                       "settings": settings})
         averaged = ema.copy_to(student).eval()
-        with atomic_dir(out / ROUND_DIR.format(r), force=True) as folder:
+        with atomic_dir(out / ROUND_DIR.format(r), force=True) as folder:  # weights, raw state and record together
             save_model(averaged, tokenizer, folder)
+            (folder / ROUND_RECORD).write_text(json.dumps(rounds[-1], indent=2) + "\n")
             torch.save({"student": student.state_dict(), "ema": ema.shadow, "ema_updates": ema.updates}, folder / RAW_WEIGHTS)
-        (out / "rounds.json").write_text(json.dumps(rounds, indent=2) + "\n")
         del teacher, averaged
     student.eval()
     ctx.save(lambda folder: _publish_rounds(out, folder, job.rounds))  # the emptied checkpoint folder goes after
@@ -246,7 +254,6 @@ def _publish_rounds(work: Path, folder: Path, n: int) -> None:
     atomically by run_command); the checkpoint folder is then removed."""
     for r in range(n):
         shutil.move(str(work / ROUND_DIR.format(r)), str(folder / ROUND_DIR.format(r)))
-    shutil.move(str(work / "rounds.json"), str(folder / "rounds.json"))
     shutil.rmtree(work, ignore_errors=True)
 
 
@@ -285,10 +292,9 @@ def run_sample(job: SampleJob, ctx: Context) -> dict:
     prefix = _prefix(ctx.tokenizer, job.prompt)
     if prefix.numel() >= job.length:
         raise BadOptionError(f"the prompt is {prefix.numel()} tokens; --length {job.length} leaves nothing to generate")
-    gen = torch.Generator(device=next(ctx.model.parameters()).device).manual_seed(job.seed)
     t0 = time.perf_counter()
     out = sample(ctx.model, cfg.mask_token_id, steps=job.steps, length=job.length, batch=job.num_samples, prefix=prefix,
-                 generator=gen, cache=job.cache, eps=cfg.eps, progress=ctx.step(f"sampling ({job.steps} steps)", job.steps))
+                 seed=job.seed, cache=job.cache, eps=cfg.eps, progress=ctx.step(f"sampling ({job.steps} steps)", job.steps))
     ctx.timings["sample_s"] = time.perf_counter() - t0
     texts = ctx.tokenizer.batch_decode(out.tokens[:, prefix.numel():], skip_special_tokens=False)
     return {"model": job.model, "steps": job.steps, "length": job.length, "prompt": job.prompt,
@@ -352,13 +358,13 @@ def run_eval(job: EvalJob, ctx: Context) -> dict:
     prefix = _prefix(tokenizer, None)
     rows = []
     for steps in _steps(job):
-        gen = torch.Generator(device=device).manual_seed(job.seed)
         chunks, passes = [], 0
         advance = ctx.step(f"{steps} steps: {job.num_samples} samples", job.num_samples)
         t0 = time.perf_counter()
         for i in range(0, job.num_samples, job.batch_size):
             n = min(job.batch_size, job.num_samples - i)
-            out = sample(model, cfg.mask_token_id, steps=steps, length=job.length, batch=n, prefix=prefix, generator=gen, eps=cfg.eps)
+            out = sample(model, cfg.mask_token_id, steps=steps, length=job.length, batch=n, prefix=prefix,
+                         seed=job.seed * 100_003 + i, eps=cfg.eps)  # each batch its own draws, the same at every step count
             chunks.append(out.tokens.cpu())
             passes += out.forward_passes
             advance(n)
@@ -372,7 +378,7 @@ def run_eval(job: EvalJob, ctx: Context) -> dict:
     if job.lambada:
         texts = [r["text"] for r in read_records(data_dir() / "lambada" / "lambada_test.jsonl")][: job.lambada]
         items = evaluate.lambada_items(tokenizer, texts)
-        result["lambada"] = {"items": len(items), "diffusion_acc": evaluate.lambada_diffusion(model, items, cfg.mask_token_id),
+        result["lambada"] = {"items": len(items), "diffusion_acc": evaluate.lambada_diffusion(model, items, cfg.mask_token_id, int(prefix[0])),
                              "evaluator_ar_acc": evaluate.lambada_ar(evaluator, items)}
     if job.latency:
         result["latency"] = _latency(job, model, evaluator, cfg, prefix, device)
@@ -389,9 +395,8 @@ def _latency(job: EvalJob, model, ar_model, cfg, prefix: torch.Tensor, device) -
     ar_s = latency(lambda: ar_decode(ar_model, prefix, new, job.latency_batch), device)
     rows = []
     for steps in _steps(job):
-        gen = torch.Generator(device=device).manual_seed(job.seed)
         s = latency(lambda: sample(model, cfg.mask_token_id, steps=steps, length=job.length, batch=job.latency_batch,
-                                   prefix=prefix, generator=gen, eps=cfg.eps), device)
+                                   prefix=prefix, seed=job.seed, eps=cfg.eps), device)
         rows.append({"steps": steps, "seconds": s, "speedup_vs_ar": ar_s / s})
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     return {"device": name, "batch": job.latency_batch, "new_tokens": new, "ar_kv_cache_s": ar_s, "diffusion": rows}

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from llmslim.core.errors import BadOptionError
+
 EPS = 1e-3  # MDLM's noise eps (LogLinearNoise) and its training sampling_eps
 NEG = -1e6  # MDLM's "neg_infinity": finite, so 0 * NEG stays 0 in the loss
 
@@ -75,9 +77,12 @@ def attention_mask(batch: int, length: int, dtype: torch.dtype, device, attn_imp
         upper = torch.rand(length, length, generator=generator, device=device) >= causal_fraction
         allowed = torch.tril(allowed) | upper
     allowed = allowed[None, None].expand(batch, 1, length, length)
-    if attn_implementation == "sdpa" or attn_implementation == "flex_attention":
+    if attn_implementation == "sdpa":
         return allowed
-    return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
+    if attn_implementation == "eager":  # added to the scores
+        return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
+    # flash attention ignores a 4D mask (is_causal stays on); flex adds a bool mask to the scores
+    raise BadOptionError(f"masked diffusion needs sdpa or eager attention, not {attn_implementation!r}")
 
 
 def denoise(model, xt: torch.Tensor, mask_id: int, causal_fraction: float = 0.0,
@@ -85,7 +90,7 @@ def denoise(model, xt: torch.Tensor, mask_id: int, causal_fraction: float = 0.0,
     """log p_theta(x_0 | x_t) with SUBS and the shift: [B, L, V] float32 log-probabilities."""
     mask4d = attention_mask(xt.shape[0], xt.shape[1], model.dtype, xt.device,
                             model.config._attn_implementation, causal_fraction, generator)
-    logits = model(input_ids=xt, attention_mask=mask4d).logits.float()
+    logits = model(input_ids=xt, attention_mask=mask4d, use_cache=False).logits.float()
     return subs(logits, xt, mask_id)
 
 

@@ -28,37 +28,63 @@ class Sampled:
     unmasked_per_step: list[int] = field(default_factory=list)
 
 
+def draw_device(device: torch.device, generator: torch.Generator | None = None) -> torch.device:
+    """Where float64 draws happen: the generator's device, else the tensor's (MPS has no
+    float64: its draws go to the CPU)."""
+    if generator is not None:
+        return generator.device
+    return torch.device("cpu") if device.type == "mps" else device
+
+
 def gumbel_categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """argmax(probs / Exp(1)) = a draw proportional to probs (no normalisation needed), in float64."""
-    probs = probs.double()
-    noise = -torch.log(torch.rand(probs.shape, generator=generator, device=probs.device, dtype=torch.float64) + 1e-20)
-    return (probs / (noise + 1e-20)).argmax(-1)
+    work = draw_device(probs.device, generator)
+    p = probs.to(work, torch.float64)
+    noise = -torch.log(torch.rand(p.shape, generator=generator, device=work, dtype=torch.float64) + 1e-20)
+    return (p / (noise + 1e-20)).argmax(-1).to(probs.device)
+
+
+def transition(log_p: torch.Tensor, x: torch.Tensor, mask_id: int, mc_t: torch.Tensor, mc_s: torch.Tensor,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """One ancestral step from time t to s (move chances mc_t > mc_s, scalars or one per row):
+    a masked position becomes token v with probability p(x_0 = v) (mc_t - mc_s) / mc_t and
+    stays MASK with probability mc_s / mc_t; unmasked tokens are copied."""
+    work = draw_device(log_p.device, generator)
+    mc_t = torch.as_tensor(mc_t, dtype=torch.float64, device=work).reshape(-1, 1, 1)
+    mc_s = torch.as_tensor(mc_s, dtype=torch.float64, device=work).reshape(-1, 1, 1)
+    probs = log_p.to(work, torch.float64).exp() * (mc_t - mc_s)
+    probs[..., mask_id] = mc_s[..., 0]
+    proposal = gumbel_categorical(probs, generator).to(x.device)
+    return torch.where(x == mask_id, proposal, x)
+
+
+def output_device(model) -> torch.device:
+    """The device the logits come out on (the last one when a model is spread over GPUs)."""
+    return model.get_output_embeddings().weight.device
 
 
 @torch.no_grad()
 def sample(model, mask_id: int, *, steps: int, length: int, batch: int = 1, prefix: torch.Tensor | None = None,
-           generator: torch.Generator | None = None, cache: bool = True, eps: float = EPS, progress=None) -> Sampled:
+           seed: int | None = None, cache: bool = True, eps: float = EPS, progress=None) -> Sampled:
     """`batch` sequences of `length` tokens in `steps` denoising steps; `prefix` ([P] or [B, P] ids,
-    at least one token: the shift needs a position 0) stays fixed at the start."""
+    at least one token: the shift needs a position 0) stays fixed at the start. `seed` makes
+    the draws repeatable (a generator where the draws happen)."""
     device = next(model.parameters()).device
     if prefix is None:
         raise ValueError("a prefix of at least one token is needed (position 0 is never masked)")
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=draw_device(output_device(model))).manual_seed(seed)
     prefix = prefix.to(device).reshape(-1, prefix.shape[-1]).expand(batch, -1)
     x = torch.full((batch, length), mask_id, dtype=torch.long, device=device)
     x[:, : prefix.shape[1]] = prefix
     times = torch.linspace(1, SAMPLE_EPS, steps + 1, dtype=torch.float64)
     log_p, passes, unmasked_counts = None, 0, []
     for i in range(steps):
-        t, s = times[i], times[i + 1]
         if log_p is None:
             log_p = denoise(model, x, mask_id)
             passes += 1
-        mc_t, mc_s = move_chance(t, eps).item(), move_chance(s, eps).item()
-        probs = log_p.double().exp() * (mc_t - mc_s)
-        probs[..., mask_id] = mc_s
-        proposal = gumbel_categorical(probs, generator)
-        masked = x == mask_id
-        x_next = torch.where(masked, proposal, x)
+        x_next = transition(log_p, x, mask_id, move_chance(times[i], eps), move_chance(times[i + 1], eps), generator)
         changed = int((x_next != x).sum())
         unmasked_counts.append(changed)
         if changed or not cache:
@@ -70,5 +96,5 @@ def sample(model, mask_id: int, *, steps: int, length: int, batch: int = 1, pref
         if log_p is None:
             log_p = denoise(model, x, mask_id)
             passes += 1
-        x = torch.where(x == mask_id, log_p.argmax(-1), x)
+        x = torch.where(x == mask_id, log_p.argmax(-1).to(x.device), x)
     return Sampled(tokens=x, forward_passes=passes, steps=steps, unmasked_per_step=unmasked_counts)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from llmslim.diffuse.mdlm import EPS, add_noise, denoise, move_chance
-from llmslim.diffuse.sample import SAMPLE_EPS, gumbel_categorical
+from llmslim.diffuse.sample import SAMPLE_EPS, transition
 
 DIVERGENCES = ("kl", "kl-fwd", "mse", "tvd")
 TEACHER_STEPS = 2  # k: SDTT's num_distill_steps
@@ -44,15 +44,12 @@ def teacher_targets(teacher, xt: torch.Tensor, t: torch.Tensor, dt: float, mask_
         start = (t - i * dt).clamp(min=0)
         end = (t - (i + 1) * dt).clamp(min=0)
         log_p = denoise(teacher, x, mask_id)
-        mc_t, mc_s = move_chance(start.double(), eps), move_chance(end.double(), eps)
-        probs = log_p.double().exp() * (mc_t - mc_s)[:, None, None]
-        probs[..., mask_id] = mc_s[:, None]
-        masked = x == mask_id
-        x_next = torch.where(masked, gumbel_categorical(probs, generator), x)
-        revealed = (x_next != x)[..., None]
+        x_next = transition(log_p, x, mask_id, move_chance(start.cpu().double(), eps), move_chance(end.cpu().double(), eps),
+                            generator)
+        revealed = (x_next != x)[..., None].to(log_p.device)
         targets = torch.where(revealed, log_p, log_p if targets is None else targets)
         x, last = x_next, log_p
-    still_masked = (x == mask_id)[..., None]
+    still_masked = (x == mask_id)[..., None].to(last.device)
     return torch.where(still_masked, last, targets)
 
 

@@ -128,10 +128,12 @@ def training_args(work_dir, *, batch_size: int, lr: float, max_steps: int, warmu
     gradient clipping 1.0 (both references), no weight decay."""
     from transformers import TrainingArguments
 
+    from llmslim.recover.jobs import mixed_bf16
+
     return TrainingArguments(
         output_dir=str(work_dir), per_device_train_batch_size=batch_size, learning_rate=lr, max_steps=max_steps,
         lr_scheduler_type="constant_with_warmup", warmup_steps=warmup_steps, weight_decay=0.0, max_grad_norm=1.0,
         logging_steps=1, save_strategy="steps" if save_every else "no", save_steps=save_every or 500,
         report_to=[], disable_tqdm=True, remove_unused_columns=False, dataloader_num_workers=0,
-        use_cpu=device.type == "cpu", bf16=device.type == "cuda" and dtype == torch.bfloat16, seed=seed, data_seed=seed,
+        use_cpu=device.type == "cpu", bf16=mixed_bf16(device, dtype), seed=seed, data_seed=seed,
     )

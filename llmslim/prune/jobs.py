@@ -264,7 +264,9 @@ def _recover(pruned, job: PruneJob, ctx: Context):
         rjob = _recover_job(job, Path(work))
         teacher = load_teacher(rjob, pruned.config.vocab_size)
         advance = ctx.step(f"recover ({'full' if rjob.full else 'LoRA'}, kd {rjob.kd_weight:g}, dense teacher)", rjob.max_steps)
-        trained, summary = train(pruned, ctx.tokenizer, teacher, rjob, advance)
+        loaded_dtype = next(pruned.parameters()).dtype  # bf16 on CUDA (calibration): trained in fp32, saved as loaded
+        trained, summary = train(pruned.float(), ctx.tokenizer, teacher, rjob, advance)
+        trained.to(loaded_dtype)
     ctx.timings["recover_s"] = summary.pop("train_s")
     del teacher
     return trained, summary

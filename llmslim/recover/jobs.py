@@ -92,6 +92,12 @@ def _prepare_student(model, job: RecoverJob):
                                             target_modules="all-linear", task_type="CAUSAL_LM"))
 
 
+def mixed_bf16(device: torch.device, dtype: torch.dtype) -> bool:
+    """The Trainer's bf16 flag: on a CUDA card with bf16, fp32 weights compute in bf16 by
+    autocast (and bf16 weights, asked for with --dtype, stay bf16)."""
+    return device.type == "cuda" and dtype in (torch.float32, torch.bfloat16) and torch.cuda.is_bf16_supported()
+
+
 def _training_args(job: RecoverJob, device: torch.device, dtype: torch.dtype):
     from transformers import TrainingArguments
 
@@ -101,7 +107,7 @@ def _training_args(job: RecoverJob, device: torch.device, dtype: torch.dtype):
         lr_scheduler_type="cosine", warmup_steps=max(1, job.max_steps // 10), weight_decay=0.0, max_grad_norm=1.0,
         logging_steps=1, save_strategy="steps" if job.save_every else "no", save_steps=job.save_every or 500,
         report_to=[], disable_tqdm=True, remove_unused_columns=False, dataloader_num_workers=0,
-        use_cpu=device.type == "cpu", bf16=device.type == "cuda" and dtype == torch.bfloat16,
+        use_cpu=device.type == "cpu", bf16=mixed_bf16(device, dtype),
         seed=job.seed, data_seed=job.seed,
     )
 

@@ -28,3 +28,11 @@ def test_peak_memory_is_in_mib_on_cpu_and_cuda(monkeypatch):
     assert peak_memory_mb("cpu") == 3072.0
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a, **k: 5 * 2**30)  # bytes
     assert peak_memory_mb("cuda") == 5120.0
+
+
+def test_training_weights_are_fp32_on_every_device():
+    """An optimizer's small steps round away on bf16 weights: trained weights load in fp32 (the
+    Trainer computes in bf16 by autocast on CUDA)."""
+    for kind in ("cpu", "cuda", "mps"):
+        assert resolve_dtype("auto", torch.device(kind), "training") == torch.float32
+    assert resolve_dtype("bfloat16", torch.device("cuda"), "training") == torch.bfloat16  # asked for explicitly
