@@ -223,3 +223,18 @@ def describe(model: nn.Module) -> dict:
             "other": total - embeddings - attention - ffn - lm_head,
         },
     }
+
+
+def model_fingerprint(model) -> str:
+    """Identifies the weights a saved artefact (prune scores, sparsity traces and predictors) was
+    computed on: the config plus a checksum of every FFN output matrix."""
+    import hashlib
+    import json
+
+    adapter = adapter_for(model)
+    config = text_config(model.config)
+    h = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode())
+    for layer in adapter.decoder_layers(model):
+        w = adapter.ffn(layer, config).output.weight
+        h.update(f"{w.shape}:{w.double().sum().item():.6e}".encode())
+    return h.hexdigest()[:16]

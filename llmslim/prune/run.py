@@ -8,8 +8,6 @@ From Python:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,7 +15,7 @@ from pathlib import Path
 import torch
 
 from llmslim.core import data as data_mod
-from llmslim.core.arch import adapter_for, text_config
+from llmslim.core.arch import model_fingerprint
 from llmslim.core.errors import BadOptionError, DataError
 from llmslim.prune.aggregate import AGGREGATIONS
 from llmslim.prune.allocate import MAX_DEVIATION, allocate
@@ -96,17 +94,6 @@ def calibration_windows(model, tokenizer, source: str, nsamples: int, seqlen: in
 
 
 # ------------------------------------------------------------------ scores cache
-def model_fingerprint(model) -> str:
-    """Identifies the weights scores were computed on: config plus a checksum of the FFNs."""
-    adapter = adapter_for(model)
-    config = text_config(model.config)
-    h = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode())
-    for layer in adapter.decoder_layers(model):
-        w = adapter.ffn(layer, config).output.weight
-        h.update(f"{w.shape}:{w.double().sum().item():.6e}".encode())
-    return h.hexdigest()[:16]
-
-
 def save_stats(path: Path, stats: CalibStats, model) -> None:
     from llmslim.core.outputs import atomic_write_bytes
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from llmslim.core.arch import adapter_for, text_config
+from llmslim.core.arch import adapter_for, model_fingerprint, text_config
 from llmslim.core.data import read_torch_file
 from llmslim.core.errors import DataError
 from llmslim.core.params import trainable_only
@@ -178,7 +178,8 @@ def collect(model, examples: list[Example], criteria: list[str], *, batch_size: 
         layer_inputs=cat("layer_inputs").half(),
         heads={c: torch.cat([p["heads"][c] for p in parts]) for c in crits},
         neurons={c: torch.cat([p["neurons"][c] for p in parts]) for c in crits},
-        meta={**shape(model), "criteria": crits, "n": len(examples), "collect_s": time.perf_counter() - t0,
+        meta={**shape(model), "fingerprint": model_fingerprint(model), "criteria": crits, "n": len(examples),
+              "collect_s": time.perf_counter() - t0,
               "sources": sorted({e.source for e in examples}), "tokens": sum(e.ids.numel() for e in examples)},
     )
 

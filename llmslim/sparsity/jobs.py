@@ -196,6 +196,8 @@ def run_eval(job: EvalJob, ctx: Context) -> dict:
 
     model, tokenizer = ctx.model, ctx.tokenizer
     preds = [P.load(p) for p in job.predictors]
+    for folder, pr in zip(job.predictors, preds):
+        P.check_model(pr, model, folder)
     tasks = parse_tasks(job.tasks) if job.tasks else []
     items = {t: load_items(t, data_dir(), "eval", job.limit) for t in tasks}
     windows = ppl_windows(tokenizer, wikitext2_halves()[1], job.ppl_prompt_len, job.ppl_limit) if job.ppl_limit else None

@@ -299,3 +299,18 @@ def load(folder) -> dict:
             nets[k] = net.eval()
         out["dejavu"] = DejaVuPredictor(nets, blob["dejavu"]["mean"], blob["dejavu"]["std"])
     return out
+
+
+def check_model(pred: dict, model, where) -> None:
+    """Refuse predictors trained on another model's traces: their scores rank another model's
+    units (a fingerprint of the config and FFN weights, recorded when the traces were collected)."""
+    from llmslim.core.arch import model_fingerprint
+    from llmslim.core.errors import DataError
+
+    saved = pred["meta"].get("fingerprint")
+    if saved is None:
+        raise DataError(f"{where}: the predictors record no model fingerprint (made by an older llmslim); "
+                        f"collect and train them again")
+    if saved != model_fingerprint(model):
+        raise DataError(f"{where}: these predictors were trained on another model's traces "
+                        f"({pred['meta'].get('model', 'unknown')}; fingerprint mismatch)")

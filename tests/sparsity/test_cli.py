@@ -4,6 +4,7 @@ model goes through all three steps and writes its files atomically."""
 import json
 
 import pytest
+import torch
 
 from llmslim.cli import main
 
@@ -70,6 +71,20 @@ def test_collect_train_eval_on_a_tiny_model(capsys, tmp_path, tiny_llama_dir, da
     assert [r["method"] for r in rows] == ["dense", "static", "shadow", "dejavu", "oracle"]
     assert all(r["ppl"] > 1 for r in rows)
     assert (res / "sparsity.png").stat().st_size > 0 and (res / "results.json").is_file()
+
+    # the same shape with other weights: its units rank differently, so the predictors are refused
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_llama_dir, other)
+    changed = AutoModelForCausalLM.from_pretrained(other)
+    with torch.no_grad():
+        changed.model.layers[0].mlp.down_proj.weight.mul_(1.5)
+    changed.save_pretrained(other)
+    one_line_error(run(capsys, "eval", str(other), "-p", str(pred), "--ffn-sparsity", "0.5", "--tasks", "", "--ppl-limit", "1",
+                       "--ppl-prompt-len", "8"), "trained on another model's traces")
 
 
 @pytest.mark.integration
