@@ -28,7 +28,8 @@ def collect(
     model: ModelArg = MODEL,
     data: Annotated[str, typer.Option(help="Comma list of sources: wikitext2 (first half of the test file, windows), arc_easy, piqa, hellaswag (contexts of items the eval never uses), or a text file.", rich_help_panel=DATA)] = "wikitext2,arc_easy,piqa,hellaswag",
     limit: Annotated[int, typer.Option("--limit", "-l", help="Examples per source.", rich_help_panel=DATA)] = 64,
-    seqlen: Annotated[int, typer.Option(help="Tokens per text window (the mask is decided at its last token).", rich_help_panel=DATA)] = 64,
+    seqlen: Annotated[int, typer.Option(help="Tokens per text window (decided at the end of its first half; with --importance prompt at its last token).", rich_help_panel=DATA)] = 64,
+    importance: Annotated[str, typer.Option(help="The loss a unit's importance measures: 'continuation' (a task's gold answer, a window's second half; ShadowLLM's code) or 'prompt' (the prompt's own tokens).", rich_help_panel=DATA)] = "continuation",
     criteria: Annotated[str, typer.Option(help="Comma list of plainact, l2norm, fisher, snip, gradnorm, or 'all'.", rich_help_panel=DATA)] = "plainact,l2norm",
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Equal-length examples per forward+backward.", rich_help_panel=DATA)] = 8,
     out: OutOpt = None,
@@ -40,7 +41,7 @@ def collect(
     dtype: DtypeOpt = DTYPE,
 ) -> None:
     """Trace a dataset: layer-0 attention output (the predictor's input), each layer's input, and every head's and FFN neuron's importance per example."""
-    job = jobs.CollectJob(model=model, data=data, limit=limit, seqlen=seqlen, criteria=criteria, batch_size=batch_size,
+    job = jobs.CollectJob(model=model, data=data, limit=limit, seqlen=seqlen, criteria=criteria, batch_size=batch_size, importance=importance,
                           out=out, force=force, seed=seed, device=device, dtype=dtype)
     run_command(COLLECT, job, json_out=json, quiet=quiet)
 
@@ -64,6 +65,7 @@ def train(
     which: Annotated[str, typer.Option(help="shadow (one MLP at layer 0), dejavu (one low-rank predictor per layer), or both.", rich_help_panel=TRAIN)] = "shadow,dejavu",
     hidden: Annotated[int, typer.Option(help="ShadowLLM MLP hidden width.", rich_help_panel=TRAIN)] = 256,
     head: Annotated[str, typer.Option(help="ShadowLLM output head: full (hidden -> layers*units, the paper's) or lowrank:R (hidden -> R -> layers*units).", rich_help_panel=TRAIN)] = "lowrank:16",
+    feature: Annotated[str, typer.Option(help="ShadowLLM's input: layer 0's attention output 'post' o_proj, or its context 'pre' o_proj (the reference code's).", rich_help_panel=TRAIN)] = "post",
     dejavu_rank: Annotated[int, typer.Option(help="DejaVu per-layer predictor rank.", rich_help_panel=TRAIN)] = 16,
     epochs: Annotated[int, typer.Option(help="Training epochs (AdamW, cosine schedule).", rich_help_panel=TRAIN)] = 30,
     lr: Annotated[float, typer.Option(help="Peak learning rate.", rich_help_panel=TRAIN)] = 1e-3,
@@ -78,7 +80,7 @@ def train(
     """Train ShadowLLM and DejaVu-style predictors on traces; report Spearman's rho on a held-out split."""
     from llmslim.sparsity.predictor import TrainConfig
 
-    cfg = TrainConfig(hidden=hidden, head=head, dejavu_rank=dejavu_rank, epochs=epochs, batch_size=batch_size, lr=lr,
+    cfg = TrainConfig(hidden=hidden, head=head, feature=feature, dejavu_rank=dejavu_rank, epochs=epochs, batch_size=batch_size, lr=lr,
                       holdout=holdout, seed=seed)
     job = jobs.TrainJob(traces=traces, criterion=criterion, kinds=kinds, which=which, out=out, force=force, seed=seed, cfg=cfg)
     run_command(TRAIN_COMMAND, job, json_out=json, quiet=quiet)

@@ -6,7 +6,9 @@ window, or the last context token of a multiple-choice prompt): the mask for the
 chosen from the hidden states there.
 
 - `features`      [N, hidden]    layer 0's attention output (after o_proj) at decide_at: the
-                                 ShadowLLM predictor's input
+                                 ShadowLLM predictor's input (`--feature post`)
+- `features_pre`  [N, H*hd]      layer 0's attention context before o_proj (the concatenated
+                                 heads) at decide_at: the reference code's input (`--feature pre`)
 - `layer_inputs`  [N, L, hidden] each decoder layer's input (residual stream) at decide_at: the
                                  DejaVu-style per-layer predictors' inputs (stored as float16)
 - `heads[c]`      [N, L, H]      criterion c of every query head (see criteria.py)
@@ -14,7 +16,11 @@ chosen from the hidden states there.
 
 One forward (+ one backward to the activations when a criterion needs the gradient; no weight
 gradients are formed) per batch of equal-length examples. The loss of an example is its mean
-next-token cross-entropy, summed over the batch, so each example's gradients are its own.
+next-token cross-entropy over the tokens from `loss_from` on, summed over the batch, so each
+example's gradients are its own. IMPORTANCE picks those tokens: `continuation` (the default, as
+ShadowLLM's code scores a unit by the loss on the answer) scores the tokens after the decision
+point (a task's gold answer, a text window's second half); `prompt` scores the prompt itself
+(the decision at its last token).
 """
 
 from __future__ import annotations
@@ -35,11 +41,15 @@ from llmslim.sparsity import criteria as C
 TRACE_FILE = "traces.pt"
 
 
+IMPORTANCE = ("continuation", "prompt")
+
+
 @dataclass
 class Example:
     ids: torch.Tensor  # [T] token ids
     decide_at: int  # position whose hidden states choose the mask
     source: str = ""
+    loss_from: int = 1  # the first token the loss scores (1: every next-token prediction)
 
 
 @dataclass
@@ -49,6 +59,15 @@ class Traces:
     heads: dict[str, torch.Tensor]
     neurons: dict[str, torch.Tensor]
     meta: dict = field(default_factory=dict)
+    features_pre: torch.Tensor | None = None
+
+    def feature(self, where: str) -> torch.Tensor:
+        """The predictor input: layer 0's attention output ("post" o_proj) or context ("pre")."""
+        if where == "pre":
+            if self.features_pre is None:
+                raise DataError("these traces hold no pre-o_proj features (collected by an older llmslim); collect again")
+            return self.features_pre
+        return self.features
 
     def __len__(self) -> int:
         return self.features.shape[0]
@@ -61,8 +80,8 @@ class Traces:
 
     def save(self, folder: Path) -> Path:
         path = Path(folder) / TRACE_FILE
-        torch.save({"features": self.features, "layer_inputs": self.layer_inputs, "heads": self.heads,
-                    "neurons": self.neurons, "meta": self.meta}, path)
+        torch.save({"features": self.features, "features_pre": self.features_pre, "layer_inputs": self.layer_inputs,
+                    "heads": self.heads, "neurons": self.neurons, "meta": self.meta}, path)
         return path
 
     @classmethod
@@ -73,7 +92,7 @@ class Traces:
                             unreadable=f"{path}: not a traces file")
         if not isinstance(d, dict) or "features" not in d:
             raise DataError(f"{path}: not a traces file")
-        return cls(d["features"], d["layer_inputs"], d["heads"], d["neurons"], d.get("meta", {}))
+        return cls(d["features"], d["layer_inputs"], d["heads"], d["neurons"], d.get("meta", {}), d.get("features_pre"))
 
 
 def shape(model) -> dict:
@@ -91,8 +110,9 @@ def _hidden_arg(args, kwargs):
     return args[0] if args else kwargs["hidden_states"]
 
 
-def trace_batch(model, ids: torch.Tensor, decide_at: list[int], crits: list[str]) -> dict:
-    """Scores and features of one batch of equal-length examples ([B, T] ids)."""
+def trace_batch(model, ids: torch.Tensor, decide_at: list[int], crits: list[str], loss_from: list[int] | None = None) -> dict:
+    """Scores and features of one batch of equal-length examples ([B, T] ids); example b's loss
+    scores its tokens from loss_from[b] on (default: all)."""
     adapter = adapter_for(model)
     config = text_config(model.config)
     layers = adapter.decoder_layers(model)
@@ -131,14 +151,18 @@ def trace_batch(model, ids: torch.Tensor, decide_at: list[int], crits: list[str]
             logits = model(inputs_embeds=embeds, use_cache=False).logits
             if need_grad:
                 nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="none")
-                loss = nll.view(ids.shape[0], -1).mean(1).sum()
+                targets = torch.arange(1, ids.shape[1], device=device)[None]  # target j is predicted at j - 1
+                first = torch.tensor(loss_from or [1] * ids.shape[0], device=device)[:, None]
+                scored = (targets >= first).float()
+                loss = ((nll.view(ids.shape[0], -1) * scored).sum(1) / scored.sum(1)).sum()
                 loss.backward()
     finally:
         for h in handles:
             h.remove()
     L, H, hd = len(layers), attns[0].n_heads, attns[0].head_dim
     B, T = ids.shape
-    out = {"features": feature[0], "layer_inputs": torch.stack(layer_in, 1),
+    out = {"features": feature[0], "features_pre": heads_in[0].detach()[rows, at].float().cpu(),
+           "layer_inputs": torch.stack(layer_in, 1),
            "heads": {c: torch.zeros(B, L, H) for c in crits}, "neurons": {c: torch.zeros(B, L, ffns[0].width) for c in crits}}
     for i in range(L):
         a_h = heads_in[i].detach().view(B, T, H, hd)
@@ -168,13 +192,15 @@ def collect(model, examples: list[Example], criteria: list[str], *, batch_size: 
             while n < batch_size and i + n < len(examples) and examples[i + n].ids.numel() == examples[i].ids.numel():
                 n += 1
             chunk = examples[i : i + n]
-            parts.append(trace_batch(model, torch.stack([e.ids for e in chunk]), [e.decide_at for e in chunk], crits))
+            parts.append(trace_batch(model, torch.stack([e.ids for e in chunk]), [e.decide_at for e in chunk], crits,
+                                     [e.loss_from for e in chunk]))
             i += n
             if progress:
                 progress(n)
     cat = lambda key: torch.cat([p[key] for p in parts])  # noqa: E731
     return Traces(
         features=cat("features"),
+        features_pre=cat("features_pre"),
         layer_inputs=cat("layer_inputs").half(),
         heads={c: torch.cat([p["heads"][c] for p in parts]) for c in crits},
         neurons={c: torch.cat([p["neurons"][c] for p in parts]) for c in crits},
@@ -185,20 +211,32 @@ def collect(model, examples: list[Example], criteria: list[str], *, batch_size: 
 
 
 # ---------------------------------------------------------------- example builders
-def window_examples(tokenizer, text: str, n: int, seqlen: int, seed: int) -> list[Example]:
-    """`n` WikiText-style windows of `seqlen` tokens at seeded offsets; decide at the last token."""
+def window_examples(tokenizer, text: str, n: int, seqlen: int, seed: int, importance: str = "continuation") -> list[Example]:
+    """`n` WikiText-style windows of `seqlen` tokens at seeded offsets. continuation: decide at
+    the end of the first half, the loss on the second; prompt: decide at the last token, the loss
+    on the whole window."""
     from llmslim.core.data import calibration_windows
 
     windows = calibration_windows(tokenizer, text, n, seqlen, seed)
+    if importance == "continuation":
+        half = seqlen // 2
+        return [Example(w, half - 1, "text", loss_from=half) for w in windows]
     return [Example(w, seqlen - 1, "text") for w in windows]
 
 
-def context_examples(tokenizer, contexts: list[str], source: str, max_len: int = 256) -> list[Example]:
-    """One example per prompt context (the tokenizer's special tokens first, as lm-eval encodes);
-    decide at its last token."""
+def context_examples(tokenizer, contexts: list[str], source: str, max_len: int = 256,
+                     answers: list[str] | None = None) -> list[Example]:
+    """One example per prompt context (the tokenizer's special tokens first, as lm-eval encodes),
+    decided at its last token; with `answers` (continuation importance) the gold answer follows
+    and the loss scores it alone."""
     out = []
-    for text in contexts:
+    for i, text in enumerate(contexts):
         ids = tokenizer(text, return_tensors="pt").input_ids[0][-max_len:]
-        if ids.numel() >= 2:
+        if ids.numel() < 2:
+            continue
+        if answers is None:
             out.append(Example(ids, ids.numel() - 1, source))
+            continue
+        answer = tokenizer(answers[i], return_tensors="pt", add_special_tokens=False).input_ids[0]
+        out.append(Example(torch.cat([ids, answer]), ids.numel() - 1, source, loss_from=ids.numel()))
     return out

@@ -6,7 +6,9 @@ Both use the split "prompt -> mask -> the rest":
 - multiple choice (tasks.py): the mask is chosen at the last context token; all choices of an
   item run as one batch that shares it (their common causal prefix gives every row the same
   decision); acc = argmax of the summed log-likelihood, acc_norm = of it per character (lm-eval's).
-The oracle's true scores come from a forward + backward on the prompt part only.
+The oracle's true scores come from a forward + backward with the importance the predictors were
+trained on: the loss on the continuation (the window's second half, the item's gold answer) or
+on the prompt part only.
 """
 
 from __future__ import annotations
@@ -22,18 +24,23 @@ from llmslim.sparsity.collect import trace_batch
 from llmslim.sparsity.execute import SparseRunner
 
 
-def oracle_scores(model, ids: torch.Tensor, criterion: str) -> dict:
-    """True scores of one prompt ([T] ids), decided at its last token."""
+def oracle_scores(model, ids: torch.Tensor, criterion: str, decide_at: int, loss_from: int = 1) -> dict:
+    """True scores of one example ([T] ids) decided at `decide_at`, the loss on tokens from
+    `loss_from` on."""
     with trainable_only(model):
-        out = trace_batch(model, ids[None], [ids.numel() - 1], [criterion])
+        out = trace_batch(model, ids[None], [decide_at], [criterion], [loss_from])
     return {"heads": out["heads"][criterion][0], "neurons": out["neurons"][criterion][0]}
 
 
-def _oracle(runner: SparseRunner, model, prompt: torch.Tensor, criterion: str):
+def _oracle(runner: SparseRunner, model, prompt: torch.Tensor, continuation: torch.Tensor, criterion: str, importance: str):
+    """The oracle's scores for a prompt (and, with continuation importance, what follows it)."""
     if runner.cfg.method != "oracle":
         return None
     t0 = time.perf_counter()
-    scores = oracle_scores(model, prompt, criterion)
+    if importance == "continuation":
+        scores = oracle_scores(model, torch.cat([prompt, continuation]), criterion, prompt.numel() - 1, prompt.numel())
+    else:
+        scores = oracle_scores(model, prompt, criterion, prompt.numel() - 1)
     runner.stats["oracle_s"] += time.perf_counter() - t0
     return scores
 
@@ -51,12 +58,13 @@ def ppl_windows(tokenizer, text: str, prompt_len: int, n: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def perplexity(model, runner: SparseRunner, windows: torch.Tensor, criterion: str, progress=None) -> dict:
+def perplexity(model, runner: SparseRunner, windows: torch.Tensor, criterion: str, progress=None,
+               importance: str = "continuation") -> dict:
     device = next(model.parameters()).device
     nll, count = 0.0, 0
     s = windows.shape[1] // 2
     for w in windows:
-        scores = _oracle(runner, model, w[:s], criterion)
+        scores = _oracle(runner, model, w[:s], w[s:], criterion, importance)
         with runner.input(decide_at=s - 1, oracle_scores=scores):
             logits = model(w[None].to(device), use_cache=False).logits[0]
         nll += F.cross_entropy(logits[s - 1 : -1].float(), w[s:].to(device), reduction="sum").item()
@@ -67,7 +75,8 @@ def perplexity(model, runner: SparseRunner, windows: torch.Tensor, criterion: st
 
 
 @torch.no_grad()
-def mc_accuracy(model, tokenizer, runner: SparseRunner, items, criterion: str, progress=None) -> dict:
+def mc_accuracy(model, tokenizer, runner: SparseRunner, items, criterion: str, progress=None,
+                importance: str = "continuation") -> dict:
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     correct = correct_norm = 0
@@ -79,7 +88,7 @@ def mc_accuracy(model, tokenizer, runner: SparseRunner, items, criterion: str, p
         for r, c in enumerate(conts):
             batch[r, : ctx.numel()] = ctx
             batch[r, ctx.numel() : ctx.numel() + c.numel()] = c
-        scores = _oracle(runner, model, ctx, criterion)
+        scores = _oracle(runner, model, ctx, conts[item.label], criterion, importance)
         with runner.input(decide_at=ctx.numel() - 1, oracle_scores=scores):
             logp = model(batch.to(device), use_cache=False).logits.float().log_softmax(-1)
         lls = []

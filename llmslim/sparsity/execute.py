@@ -16,7 +16,7 @@ to down_proj / o_proj multiplied by 0), used to check that gathering changes not
 
     static   one mask from the mean of the training traces' normalised scores (no per-input cost)
     shadow   after layer 0's attention: the ShadowLLM predictor on its output at `decide_at`
-             gives every layer's scores; all layers are gathered at once (layer 0's heads stay
+             (or on the context entering its o_proj, `--feature pre`) gives every layer's scores; all layers are gathered at once (layer 0's heads stay
              dense: they made the feature)
     dejavu   before each layer: that layer's own predictor on the layer's input at `decide_at`
     oracle   the input's true scores (a forward + backward on it first; an upper bound)
@@ -273,17 +273,20 @@ class SparseRunner:
             elif method == "shadow":
                 attn0 = self.gather.adapter.attention(self.gather.layers[0], self.gather.config)
 
-                def after_layer0_attention(module, args, out):
+                def decide(feature):
                     if state["decided"]:
                         return
                     t0 = time.perf_counter()
-                    pred = self.shadow.predict(out[0:1, decide_at].detach())
+                    pred = self.shadow.predict(feature[0:1, decide_at].detach())
                     nk, hk = self._keeps(pred.get("heads"), pred.get("neurons"), skip_heads=(0,))
                     self.stats["predict_s"] += time.perf_counter() - t0
                     self._apply_all(nk, hk)
                     state["decided"] = True
 
-                handles.append(attn0.o.register_forward_hook(after_layer0_attention))
+                if self.shadow.feature == "pre":  # the attention context entering o_proj (the reference's input)
+                    handles.append(attn0.o.register_forward_pre_hook(lambda module, args: decide(args[0])))
+                else:  # layer 0's attention output
+                    handles.append(attn0.o.register_forward_hook(lambda module, args, out: decide(out)))
             elif method == "dejavu":
                 keeps = {"neurons": [None] * len(self.gather.layers), "groups": [None] * len(self.gather.layers)}
                 for i, layer in enumerate(self.gather.layers):

@@ -46,9 +46,11 @@ class CollectJob(CommonOptions):
     seqlen: int = 64  # WikiText-2 window length (the mask is decided at its last token)
     criteria: str = "plainact,l2norm"
     batch_size: int = 8
+    importance: str = "continuation"  # the loss a unit's score measures (collect.py's docstring)
 
 
-def collect_examples(tokenizer, sources: list[str], n: int, seqlen: int, seed: int, root: Path | None = None):
+def collect_examples(tokenizer, sources: list[str], n: int, seqlen: int, seed: int, root: Path | None = None,
+                     importance: str = "continuation"):
     from llmslim.core.data import data_dir, read_text, wikitext2_halves
     from llmslim.sparsity.collect import context_examples, window_examples
 
@@ -56,17 +58,22 @@ def collect_examples(tokenizer, sources: list[str], n: int, seqlen: int, seed: i
     examples = []
     for src in sources:
         if src == "wikitext2":  # the first half: the second is for perplexity
-            examples += window_examples(tokenizer, wikitext2_halves(root)[0], n, seqlen, seed)
+            examples += window_examples(tokenizer, wikitext2_halves(root)[0], n, seqlen, seed, importance)
         elif src in READERS:
             items = load_items(src, root, split="train", limit=n)
-            examples += context_examples(tokenizer, [it.context for it in items], src)
+            answers = [it.choices[it.label] for it in items] if importance == "continuation" else None
+            examples += context_examples(tokenizer, [it.context for it in items], src, answers=answers)
         else:
-            examples += window_examples(tokenizer, read_text(Path(src)), n, seqlen, seed)
+            examples += window_examples(tokenizer, read_text(Path(src)), n, seqlen, seed, importance)
     return examples
 
 
 def validate_collect(job: CollectJob) -> None:
+    from llmslim.sparsity.collect import IMPORTANCE
+
     C.parse(job.criteria)
+    if job.importance not in IMPORTANCE:
+        raise BadOptionError(f"unknown --importance {job.importance!r}; use {' or '.join(IMPORTANCE)}")
     if job.limit < 1 or job.seqlen < 2 or job.batch_size < 1:
         raise BadOptionError("--limit and --batch-size must be >= 1 and --seqlen >= 2")
     for src in _items(job.data):
@@ -78,12 +85,13 @@ def run_collect(job: CollectJob, ctx: Context) -> dict:
     from llmslim.sparsity.collect import collect
 
     sources = _items(job.data)
-    examples = collect_examples(ctx.tokenizer, sources, job.limit, job.seqlen, job.seed)
+    examples = collect_examples(ctx.tokenizer, sources, job.limit, job.seqlen, job.seed, importance=job.importance)
     traces = collect(ctx.model, examples, C.parse(job.criteria), batch_size=job.batch_size,
                      progress=ctx.step("tracing (forward+backward)", len(examples)))
-    traces.meta |= {"model": job.model, "data": sources, "seqlen": job.seqlen, "seed": job.seed}
+    traces.meta |= {"model": job.model, "data": sources, "seqlen": job.seqlen, "seed": job.seed, "importance": job.importance}
     ctx.save(traces.save)
     return {"model": job.model, "examples": len(traces), "criteria": C.parse(job.criteria), "sources": sources,
+            "importance": job.importance,
             "shape": {k: traces.meta[k] for k in ("layers", "heads", "kv_heads", "ffn", "hidden")},
             "timings": {"collect_s": traces.meta["collect_s"]}}
 
@@ -213,10 +221,12 @@ def run_eval(job: EvalJob, ctx: Context) -> dict:
         t1 = time.perf_counter()
         row = {"criterion": crit, "method": method, "ffn_sparsity": s, "head_sparsity": cfg.head_sparsity}
         oracle_crit = pr["criterion"] if pr else "plainact"
+        importance = pr["meta"].get("importance", "prompt") if pr else "continuation"  # the oracle's, as its predictors'
         if windows is not None:
-            row["ppl"] = perplexity(model, runner, windows, oracle_crit, progress=tick)["perplexity"]
+            row["ppl"] = perplexity(model, runner, windows, oracle_crit, progress=tick, importance=importance)["perplexity"]
         for t, its in items.items():
-            row[t] = headline({t: mc_accuracy(model, tokenizer, runner, its, oracle_crit, progress=tick)})[t][1]
+            row[t] = headline({t: mc_accuracy(model, tokenizer, runner, its, oracle_crit, progress=tick,
+                                              importance=importance)})[t][1]
         if items:
             row["mean_acc"] = sum(row[t] for t in items) / len(items)
         row |= {"seconds": time.perf_counter() - t1, "predict_s": runner.stats["predict_s"], "gather_s": runner.gather.seconds}

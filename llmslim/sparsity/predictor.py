@@ -33,12 +33,16 @@ from llmslim.sparsity.masks import minmax
 KINDS = ("neurons", "heads")
 
 
+FEATURES = ("post", "pre")
+
+
 @dataclass
 class TrainConfig:
     hidden: int = 256  # the MLP's hidden width (ShadowLLM uses a small MLP)
     # output head: full | lowrank:R. On ~130 SmolLM2 traces the full head (hidden x 46k outputs)
     # did not beat the static mask's rank correlation (0.49 vs 0.49), lowrank:16 did (0.56)
     head: str = "lowrank:16"
+    feature: str = "post"  # ShadowLLM's input: layer 0's attention output after o_proj, or "pre" (its context)
     dejavu_rank: int = 16  # DejaVu's per-layer low-rank predictor width (8-16 did best here)
     epochs: int = 30
     batch_size: int = 32
@@ -53,6 +57,8 @@ class TrainConfig:
         if not 0.0 < self.holdout < 1.0:
             raise BadOptionError(f"--holdout must be in (0, 1), got {self.holdout}")
         head_rank(self.head)
+        if self.feature not in FEATURES:
+            raise BadOptionError(f"unknown --feature {self.feature!r}; use {' or '.join(FEATURES)}")
 
 
 def head_rank(head: str) -> int | None:
@@ -166,14 +172,16 @@ def spearman(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
 
 
 class ShadowPredictor:
-    """Trained ShadowNets for heads and/or neurons, with their input standardisation."""
+    """Trained ShadowNets for heads and/or neurons, with their input standardisation and where
+    their input is read (`feature`: layer 0's attention output "post" o_proj, or "pre")."""
 
-    def __init__(self, nets: dict[str, ShadowNet], mean: torch.Tensor, std: torch.Tensor):
-        self.nets, self.mean, self.std = nets, mean, std
+    def __init__(self, nets: dict[str, ShadowNet], mean: torch.Tensor, std: torch.Tensor, feature: str = "post"):
+        self.nets, self.mean, self.std, self.feature = nets, mean, std, feature
 
     def to(self, device) -> "ShadowPredictor":
         """Move to the model's device: a prediction then needs no copy to the host."""
-        return ShadowPredictor({k: net.to(device) for k, net in self.nets.items()}, self.mean.to(device), self.std.to(device))
+        return ShadowPredictor({k: net.to(device) for k, net in self.nets.items()}, self.mean.to(device), self.std.to(device),
+                               self.feature)
 
     @torch.no_grad()
     def predict(self, feature: torch.Tensor) -> dict:
@@ -210,7 +218,7 @@ def train(traces: Traces, criterion: str, cfg: TrainConfig, kinds=KINDS, which=(
     n = len(traces)
     tr, te = split(n, cfg.holdout, cfg.seed)
     torch.manual_seed(cfg.seed)
-    feat = traces.features.float()
+    feat = traces.feature(cfg.feature).float()
     f_mean, f_std = _standardize(feat[tr])
     xs = (feat - f_mean) / f_std
     li = traces.layer_inputs.float()
@@ -242,7 +250,7 @@ def train(traces: Traces, criterion: str, cfg: TrainConfig, kinds=KINDS, which=(
                                                                    "params": sum(p.numel() for p in net.parameters())}
             dejavu_nets[kind] = net
         out["metrics"][kind] = metrics
-    out["shadow"] = ShadowPredictor(shadow_nets, f_mean, f_std) if shadow_nets else None
+    out["shadow"] = ShadowPredictor(shadow_nets, f_mean, f_std, cfg.feature) if shadow_nets else None
     out["dejavu"] = DejaVuPredictor(dejavu_nets, l_mean, l_std) if dejavu_nets else None
     out["static"] = static
     return out
@@ -289,7 +297,7 @@ def load(folder) -> dict:
             net = ShadowNet(blob["shadow"]["mean"].shape[1], L, U, cfg["hidden"], head_rank(cfg["head"]))
             net.load_state_dict(sd)
             nets[k] = net.eval()
-        out["shadow"] = ShadowPredictor(nets, blob["shadow"]["mean"], blob["shadow"]["std"])
+        out["shadow"] = ShadowPredictor(nets, blob["shadow"]["mean"], blob["shadow"]["std"], cfg.get("feature", "post"))
     if "dejavu" in blob:
         nets = {}
         for k, sd in blob["dejavu"]["nets"].items():

@@ -50,12 +50,13 @@ def test_collect_train_eval_on_a_tiny_model(capsys, tmp_path, tiny_llama_dir, da
     assert code == 0, err
     got = json.loads(out)
     assert got["examples"] == 24 and (traces / "traces.pt").is_file() and (traces / "run.json").is_file()
+    assert got["importance"] == "continuation"  # the default: the loss on the answer / the second half
     # no overwrite without --force
     one_line_error(run(capsys, "collect", str(tiny_llama_dir), "--data", str(corpus), "--out", str(traces)), "already exists")
     one_line_error(run(capsys, "train", str(traces), "--criterion", "snip"), "no 'snip' scores")
 
     pred = tmp_path / "pred"
-    code, out, err = run(capsys, "train", str(traces), "--epochs", "3", "--out", str(pred), "--json")
+    code, out, err = run(capsys, "train", str(traces), "--epochs", "3", "--feature", "pre", "--out", str(pred), "--json")
     assert code == 0, err
     metrics = json.loads(out)["metrics"]
     assert set(metrics) == {"neurons", "heads"} and set(metrics["neurons"]) == {"static", "shadow", "dejavu"}

@@ -16,7 +16,7 @@ from llmslim.sparsity.collect import trace_batch
 from tests.conftest import tiny_model
 
 
-def hand_scores(model, ids):
+def hand_scores(model, ids, loss_from: int = 1):
     adapter = adapter_for(model)
     config = text_config(model.config)
     layers = adapter.decoder_layers(model)
@@ -32,7 +32,7 @@ def hand_scores(model, ids):
                 return (x * m + e,)
             handles.append(lin.register_forward_pre_hook(hook))
     logits = model(ids[None]).logits[0]
-    loss = F.cross_entropy(logits[:-1], ids[1:])
+    loss = F.cross_entropy(logits[loss_from - 1 : -1], ids[loss_from:])  # the tokens from loss_from on
     loss.backward()
     for h in handles:
         h.remove()
@@ -54,17 +54,20 @@ def hand_scores(model, ids):
             res["snip"][u] = abs(float(ag[:, sl].sum()))
             res["gradnorm"][u] = math.sqrt(sum(float(g[t, k]) ** 2 for t in range(T) for k in range(sl.start, sl.stop)))
         out[(kind, i)] = res
+    out["context0"] = acts[("heads", 0)].reshape(ids.numel(), -1)  # layer 0's o_proj input
     return out
 
 
-@pytest.mark.parametrize("family", ["llama", "opt"])
-def test_every_criterion_matches_the_hand_computation(family):
+@pytest.mark.parametrize("family, loss_from", [("llama", 1), ("opt", 1), ("llama", 6)])
+def test_every_criterion_matches_the_hand_computation(family, loss_from):
+    """loss_from 6: the continuation importance, the loss on tokens 6-9 only."""
     model = tiny_model(family)
     ids = torch.randint(0, 128, (10,), generator=torch.Generator().manual_seed(1))
-    hand = hand_scores(model, ids)
+    hand = hand_scores(model, ids, loss_from)
     for p in model.parameters():
         p.requires_grad_(False)
-    got = trace_batch(model, ids[None], [9], list(C.CRITERIA))
+    got = trace_batch(model, ids[None], [5], list(C.CRITERIA), [loss_from])
+    assert torch.allclose(got["features_pre"][0], hand.pop("context0")[5], atol=1e-6)
     for (kind, i), res in hand.items():
         for c, expected in res.items():
             actual = got[kind][c][0, i]
@@ -78,9 +81,9 @@ def test_batched_examples_get_their_own_scores():
     for p in model.parameters():
         p.requires_grad_(False)
     ids = torch.randint(0, 128, (3, 8), generator=torch.Generator().manual_seed(2))
-    both = trace_batch(model, ids, [7, 7, 3], ["plainact", "l2norm"])
+    both = trace_batch(model, ids, [7, 7, 3], ["plainact", "l2norm"], [1, 5, 4])
     for b in range(3):
-        one = trace_batch(model, ids[b : b + 1], [[7, 7, 3][b]], ["plainact", "l2norm"])
+        one = trace_batch(model, ids[b : b + 1], [[7, 7, 3][b]], ["plainact", "l2norm"], [[1, 5, 4][b]])
         for kind in ("heads", "neurons"):
             assert torch.allclose(both[kind]["plainact"][b], one[kind]["plainact"][0], rtol=1e-4, atol=1e-7)
         assert torch.allclose(both["features"][b], one["features"][0], atol=1e-6)

@@ -100,3 +100,28 @@ def test_gather_restores_after_an_error():
     g.apply(0, neurons[0], None)
     g.apply(0, None, None)  # re-applying restores first
     assert model.model.layers[0].mlp.down_proj.weight.shape[1] == 96
+
+
+@pytest.mark.parametrize("feature", ["post", "pre"])
+def test_shadow_reads_its_feature_where_it_was_trained(feature):
+    """--feature pre: the predictor sees layer 0's attention context entering o_proj (the
+    reference's input), post: o_proj's output; the collected traces hold the same vectors."""
+    from llmslim.sparsity.collect import trace_batch
+    from llmslim.sparsity.predictor import ShadowNet, ShadowPredictor
+
+    model = tiny_model("llama")
+    L, F, d = 2, 96, 64
+    seen = []
+    net = ShadowNet(d, L, F, 16, None)
+    net.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))  # standardised with mean 0, std 1
+    spy = ShadowPredictor({"neurons": net}, torch.zeros(1, d), torch.ones(1, d), feature)
+    ids = torch.randint(0, 128, (1, 9), generator=torch.Generator().manual_seed(3))
+    runner = SparseRunner(model, SparsityConfig("shadow", ffn_sparsity=0.5), shadow=spy)
+    with torch.no_grad(), runner.input(decide_at=4):
+        model(ids, use_cache=False)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    traced = trace_batch(model, ids, [4], ["l2norm"])
+    expected = traced["features_pre" if feature == "pre" else "features"][0]
+    assert len(seen) == 1 and torch.allclose(seen[0][0], expected, atol=1e-5)
+    assert not torch.allclose(traced["features_pre"][0], traced["features"][0], atol=1e-3)
