@@ -107,6 +107,8 @@ def eval_command(
     head_sparsity: Annotated[float, typer.Option(help="Head sparsity (whole kv groups under GQA).", rich_help_panel=SPARSE)] = 0.0,
     allocation: Annotated[str, typer.Option(help="perlayer, global or hybrid (dejavu is always perlayer).", rich_help_panel=SPARSE)] = "perlayer",
     min_keep: Annotated[float, typer.Option(help="hybrid: each layer keeps at least this share of its perlayer count.", rich_help_panel=SPARSE)] = 0.5,
+    fallback_margin: Annotated[float, typer.Option(help="Dense fallback (shadow, dejavu): dropped units whose normalised predicted score is within this margin of the keep boundary run after all; 0: off.", rich_help_panel=SPARSE)] = 0.0,
+    fallback_threshold: Annotated[float, typer.Option(help="Dense fallback: a layer whose confidence (share of its dropped units outside the margin) is below this runs dense; 0: off.", rich_help_panel=SPARSE)] = 0.0,
     tasks: Annotated[str, typer.Option("--tasks", "-t", help="Multiple-choice tasks scored with a mask per item context ('' for none).", rich_help_panel=EVAL)] = "arc_easy,piqa,hellaswag",
     limit: LimitOpt = None,
     ppl_limit: Annotated[int, typer.Option("--ppl-limit", help="WikiText-2 windows (second half) for perplexity (0: none).", rich_help_panel=EVAL)] = 8,
@@ -122,7 +124,8 @@ def eval_command(
 ) -> None:
     """Perplexity and zero-shot accuracy vs sparsity for each method, with gathered (really smaller) execution."""
     job = jobs.EvalJob(model=model, predictors=list(predictors), methods=methods, ffn_sparsity=ffn_sparsity,
-                       head_sparsity=head_sparsity, allocation=allocation, min_keep=min_keep, tasks=tasks, limit=limit,
+                       head_sparsity=head_sparsity, allocation=allocation, min_keep=min_keep, fallback_margin=fallback_margin,
+                       fallback_threshold=fallback_threshold, tasks=tasks, limit=limit,
                        ppl_limit=ppl_limit, ppl_prompt_len=ppl_prompt_len, plot=plot, out=out, force=force, seed=seed,
                        device=device, dtype=dtype)
     run_command(EVAL_COMMAND, job, json_out=json, quiet=quiet)
@@ -130,12 +133,14 @@ def eval_command(
 
 def render_eval(result: dict) -> None:
     metrics = [m for m in ["ppl"] + result["tasks"] + ["mean_acc"] if m in result["rows"][0]]
-    rows = [[r["method"], r["criterion"], r["ffn_sparsity"]] + [r[m] for m in metrics] + [r["seconds"]] for r in result["rows"]]
+    rows = [[r["method"], r["criterion"], r["ffn_sparsity"]] + [r[m] for m in metrics]
+            + [r.get("neurons_skipped", 0.0), r.get("neurons_fallback_dense_layers", 0.0), r["seconds"]] for r in result["rows"]]
     t = report.table(f"sparsity eval {result['model']} ({result['allocation']} masks, one per input)",
-                     ["method", "criterion", "ffn sparsity"] + metrics + ["seconds"], rows)
+                     ["method", "criterion", "ffn sparsity"] + metrics + ["FFN skipped", "dense fallback", "seconds"], rows)
     t.caption = (f"ppl: {result['ppl']['windows']} WikiText-2 windows, mask from the first {result['ppl']['prompt_len']} tokens, "
                  f"scored on the next {result['ppl']['prompt_len']}; tasks: first {result['limit'] or 'all'} items, mask from the context "
-                 f"({', '.join(ACC_NORM_TASKS)}: acc_norm, others: acc)")
+                 f"({', '.join(ACC_NORM_TASKS)}: acc_norm, others: acc); FFN skipped: share of neurons not run (skips.jsonl "
+                 f"per input and layer); dense fallback: share of (input, layer) run dense")
     report.stdout.print(t)
 
 

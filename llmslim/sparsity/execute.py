@@ -203,6 +203,11 @@ class SparsityConfig:
     head_sparsity: float = 0.0
     allocation: str = "perlayer"
     min_keep: float = 0.5  # hybrid: each layer keeps at least this share of its perlayer count
+    # the dense fallback for predicted masks (masks.fall_back): dropped units within this margin of
+    # the keep boundary (normalised scores) run after all; a layer whose confidence (the share of
+    # its dropped units outside the margin) is below the threshold runs dense. 0, 0: off
+    fallback_margin: float = 0.0
+    fallback_threshold: float = 0.0
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -211,6 +216,8 @@ class SparsityConfig:
         M.check_sparsity(self.head_sparsity, "--head-sparsity")
         if self.allocation not in M.ALLOCATIONS:
             raise BadOptionError(f"unknown allocation {self.allocation!r}; choose from {', '.join(M.ALLOCATIONS)}")
+        if not 0.0 <= self.fallback_margin <= 1.0 or not 0.0 <= self.fallback_threshold <= 1.0:
+            raise BadOptionError("--fallback-margin and --fallback-threshold must be in [0, 1]")
 
 
 def _hidden(args, kwargs):
@@ -238,14 +245,28 @@ class SparseRunner:
             raise BadOptionError(f"method {cfg.method!r} needs its {'traces' if cfg.method == 'static' else 'predictor'}")
         self.stats = {"predict_s": 0.0, "oracle_s": 0.0, "inputs": 0}
         self.last_keep: dict | None = None
+        self.records: list[dict] = []  # per input: per layer, FFN neurons and kv groups run (masks.fall_back's record)
 
     # ------------------------------------------------------------ scores -> keep lists
+    def _fallback(self, scores: torch.Tensor | None, keep: list, units: int) -> tuple[list, list[dict]]:
+        """Predicted masks get the configured fallback; static and oracle masks are recorded as they are."""
+        predicted = self.cfg.method in ("shadow", "dejavu")
+        if scores is None:
+            return keep, [M.dense_record(units) for _ in keep]
+        return M.fall_back(scores, keep, self.cfg.fallback_margin if predicted else 0.0,
+                           self.cfg.fallback_threshold if predicted else 0.0)
+
     def _keeps(self, heads: torch.Tensor | None, neurons: torch.Tensor | None, skip_heads=()) -> tuple[list, list]:
         cfg = self.cfg
         L = len(self.gather.layers)
         nk = M.select(neurons, cfg.ffn_sparsity, cfg.allocation, cfg.min_keep) if neurons is not None and cfg.ffn_sparsity > 0 else [None] * L
         hk = (M.head_keep(heads, cfg.head_sparsity, self.n_heads, self.n_kv, cfg.allocation, cfg.min_keep, skip_heads)
               if heads is not None and cfg.head_sparsity > 0 else [None] * L)
+        ffn_units = self.gather.adapter.ffn(self.gather.layers[0], self.gather.config).width
+        nk, n_rec = self._fallback(neurons if cfg.ffn_sparsity > 0 else None, nk, ffn_units)
+        groups = M.group_heads(heads.float(), self.n_heads, self.n_kv) if heads is not None and cfg.head_sparsity > 0 else None
+        hk, h_rec = self._fallback(groups, hk, self.n_kv)
+        self.records.append({"neurons": n_rec, "groups": h_rec})
         return nk, hk
 
     def _apply_all(self, nk: list, hk: list, layers=None) -> None:
@@ -289,6 +310,8 @@ class SparseRunner:
                     handles.append(attn0.o.register_forward_hook(lambda module, args, out: decide(out)))
             elif method == "dejavu":
                 keeps = {"neurons": [None] * len(self.gather.layers), "groups": [None] * len(self.gather.layers)}
+                record = {"neurons": [None] * len(self.gather.layers), "groups": [None] * len(self.gather.layers)}
+                self.records.append(record)
                 for i, layer in enumerate(self.gather.layers):
                     def before_layer(module, args, kwargs, i=i):
                         if i in state:
@@ -296,10 +319,17 @@ class SparseRunner:
                         t0 = time.perf_counter()
                         pred = self.dejavu.predict_layer(i, _hidden(args, kwargs)[0:1, decide_at].detach())
                         nk = hk = None
+                        ffn_units = self.gather.adapter.ffn(self.gather.layers[0], self.gather.config).width
+                        n_rec = h_rec = None
                         if pred.get("neurons") is not None and self.cfg.ffn_sparsity > 0:
                             nk = M.select(pred["neurons"][None], self.cfg.ffn_sparsity, "perlayer")[0]
+                            (nk,), (n_rec,) = self._fallback(pred["neurons"][None], [nk], ffn_units)
                         if pred.get("heads") is not None and self.cfg.head_sparsity > 0:
                             hk = M.head_keep(pred["heads"][None], self.cfg.head_sparsity, self.n_heads, self.n_kv, "perlayer")[0]
+                            groups = M.group_heads(pred["heads"][None].float(), self.n_heads, self.n_kv)
+                            (hk,), (h_rec,) = self._fallback(groups, [hk], self.n_kv)
+                        record["neurons"][i] = n_rec or M.dense_record(ffn_units)
+                        record["groups"][i] = h_rec or M.dense_record(self.n_kv)
                         self.stats["predict_s"] += time.perf_counter() - t0
                         self.gather.apply(i, nk, hk)
                         keeps["neurons"][i], keeps["groups"][i] = nk, hk

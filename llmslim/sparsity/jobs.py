@@ -151,6 +151,8 @@ class EvalJob(CommonOptions):
     head_sparsity: float = 0.0
     allocation: str = "perlayer"
     min_keep: float = 0.5
+    fallback_margin: float = 0.0
+    fallback_threshold: float = 0.0
     tasks: str = "arc_easy,piqa,hellaswag"
     limit: int | None = None
     ppl_limit: int = 8  # WikiText-2 windows (second half)
@@ -167,6 +169,8 @@ def validate_eval(job: EvalJob) -> None:
             raise BadOptionError(f"unknown method {m!r}; choose from static, shadow, dejavu, oracle")
     parse_floats(job.ffn_sparsity, "--ffn-sparsity")
     M.check_sparsity(job.head_sparsity, "--head-sparsity")
+    if not 0.0 <= job.fallback_margin <= 1.0 or not 0.0 <= job.fallback_threshold <= 1.0:
+        raise BadOptionError("--fallback-margin and --fallback-threshold must be in [0, 1]")
     if job.tasks:
         parse_tasks(job.tasks)
     if (job.limit is not None and job.limit < 1) or job.ppl_limit < 0 or job.ppl_prompt_len < 2:
@@ -212,10 +216,11 @@ def run_eval(job: EvalJob, ctx: Context) -> dict:
     configs = _configs(preds, _items(job.methods), parse_floats(job.ffn_sparsity, "--ffn-sparsity"))
     per_config = (windows.shape[0] if windows is not None else 0) + sum(len(v) for v in items.values())
     tick = ctx.step("evaluating", per_config * len(configs))
-    rows = []
+    rows, records = [], []
     for crit, method, s, pr in configs:
         cfg = SparsityConfig(method, ffn_sparsity=s, head_sparsity=job.head_sparsity if method != "dense" else 0.0,
-                             allocation=job.allocation, min_keep=job.min_keep)
+                             allocation=job.allocation, min_keep=job.min_keep, fallback_margin=job.fallback_margin,
+                             fallback_threshold=job.fallback_threshold)
         runner = SparseRunner(model, cfg, static_scores=pr["static"] if pr else None,
                               shadow=pr["shadow"] if pr else None, dejavu=pr["dejavu"] if pr else None)
         t1 = time.perf_counter()
@@ -229,15 +234,30 @@ def run_eval(job: EvalJob, ctx: Context) -> dict:
                                               importance=importance)})[t][1]
         if items:
             row["mean_acc"] = sum(row[t] for t in items) / len(items)
+        row |= M.summarize(runner.records) if method != "dense" else {}
         row |= {"seconds": time.perf_counter() - t1, "predict_s": runner.stats["predict_s"], "gather_s": runner.gather.seconds}
         rows.append(row)
+        records += [{"criterion": crit, "method": method, "ffn_sparsity": s, "input": n,
+                     **{f"{kind}_{field}": [x[field] for x in r[kind]] for kind in ("neurons", "groups")
+                        for field in ("ran", "added", "dense")}} for n, r in enumerate(runner.records)]
     result = {"model": job.model, "rows": rows, "tasks": tasks, "limit": job.limit,
               "ppl": {"windows": int(windows.shape[0]) if windows is not None else 0, "prompt_len": job.ppl_prompt_len},
               "allocation": job.allocation, "predictor_traces": {pr["criterion"]: pr["meta"].get("n") for pr in preds}}
     if job.plot is not None:
         plot(result, job.plot)
     ctx.save(lambda folder: plot(result, folder / "sparsity.png"))
+    ctx.save(lambda folder: _write_records(records, folder / RECORDS_FILE))
+    result["fallback"] = {"margin": job.fallback_margin, "threshold": job.fallback_threshold}
     return result
+
+
+RECORDS_FILE = "skips.jsonl"  # per evaluated input: each layer's FFN neurons and kv groups run, added back, made dense
+
+
+def _write_records(records: list[dict], path: Path) -> None:
+    import json
+
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
 def plot(result: dict, path: Path) -> None:

@@ -96,3 +96,55 @@ def unit_mask(keep: torch.Tensor | None, units: int) -> torch.Tensor:
     else:
         m[keep] = 1
     return m
+
+
+def fall_back(scores: torch.Tensor, keep: list, margin: float, threshold: float) -> tuple[list, list[dict]]:
+    """The dense fallback where the predictor is unsure. Per layer with a mask, on min-max
+    normalised scores: a dropped unit within `margin` of the keep boundary (the lowest kept
+    score) runs after all; the layer's confidence is the share of its dropped units outside the
+    margin, and a layer below `threshold` runs dense. Returns (keep lists, per-layer record:
+    units, kept by the mask, run, added back, whether the fallback made it dense, confidence)."""
+    units = scores.shape[1]
+    out, record = [], []
+    for i, k in enumerate(keep):
+        if k is None:  # dense by design (no sparsity here, or layer 0's heads under shadow)
+            out.append(None)
+            record.append(dense_record(units))
+            continue
+        norm = minmax(scores[i])
+        kept = torch.zeros(units, dtype=torch.bool, device=norm.device)
+        kept[k.to(norm.device)] = True
+        unsure = ~kept & (norm >= norm[kept].min() - margin)
+        confidence = 1.0 - int(unsure.sum()) / max(1, units - k.numel())
+        if confidence < threshold:
+            out.append(None)
+            record.append({"units": units, "mask": k.numel(), "ran": units, "added": units - k.numel(), "dense": True,
+                           "confidence": confidence})
+            continue
+        final = (kept | unsure).nonzero().flatten().to(k.device) if unsure.any() else k
+        out.append(final)
+        record.append({"units": units, "mask": k.numel(), "ran": final.numel(), "added": final.numel() - k.numel(),
+                       "dense": False, "confidence": confidence})
+    return out, record
+
+
+def dense_record(units: int) -> dict:
+    """fall_back's record of a layer that runs dense by design (not by the fallback)."""
+    return {"units": units, "mask": units, "ran": units, "added": 0, "dense": False, "confidence": None}
+
+
+def summarize(records: list[dict]) -> dict:
+    """What a run skipped, from the runner's records (one per input): the share of FFN neurons
+    and of kv groups that did not run (= the share of those matmuls' FLOPs skipped), the share
+    run only because of the fallback, and the share of (input, layer) pairs the fallback made
+    dense."""
+    out = {}
+    for kind in ("neurons", "groups"):
+        layers = [layer for r in records for layer in r[kind]]
+        if not layers:
+            continue
+        units = sum(x["units"] for x in layers)
+        out[f"{kind}_skipped"] = 1.0 - sum(x["ran"] for x in layers) / units
+        out[f"{kind}_fallback_added"] = sum(x["added"] for x in layers) / units
+        out[f"{kind}_fallback_dense_layers"] = sum(x["dense"] for x in layers) / len(layers)
+    return out

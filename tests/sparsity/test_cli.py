@@ -72,6 +72,11 @@ def test_collect_train_eval_on_a_tiny_model(capsys, tmp_path, tiny_llama_dir, da
     assert [r["method"] for r in rows] == ["dense", "static", "shadow", "dejavu", "oracle"]
     assert all(r["ppl"] > 1 for r in rows)
     assert (res / "sparsity.png").stat().st_size > 0 and (res / "results.json").is_file()
+    # what was skipped, per input: 1 perplexity window + 2 items for each of the 4 sparse rows
+    skips = [json.loads(line) for line in (res / "skips.jsonl").read_text().splitlines()]
+    assert len(skips) == 4 * 3 and all(len(r["neurons_ran"]) == 2 for r in skips)
+    static = [r for r in skips if r["method"] == "static"]
+    assert all(r["neurons_ran"] == [48, 48] for r in static) and rows[1]["neurons_skipped"] == pytest.approx(0.5)
 
     # the same shape with other weights: its units rank differently, so the predictors are refused
     import shutil

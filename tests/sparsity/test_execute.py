@@ -125,3 +125,50 @@ def test_shadow_reads_its_feature_where_it_was_trained(feature):
     expected = traced["features_pre" if feature == "pre" else "features"][0]
     assert len(seen) == 1 and torch.allclose(seen[0][0], expected, atol=1e-5)
     assert not torch.allclose(traced["features_pre"][0], traced["features"][0], atol=1e-3)
+
+
+def test_fall_back_adds_units_near_the_boundary_and_runs_unsure_layers_dense():
+    from llmslim.sparsity import masks as M
+
+    scores = torch.tensor([[0.0, 0.1, 0.45, 0.5, 0.9, 1.0],    # boundary 0.5 (keep 3): 0.45 is within 0.1
+                           [0.0, 0.05, 0.1, 0.8, 0.9, 1.0]])   # boundary 0.8: nothing within 0.1
+    keep = M.select(scores, 0.5)
+    out, rec = M.fall_back(scores, keep, margin=0.1, threshold=0.0)
+    assert out[0].tolist() == [2, 3, 4, 5] and torch.equal(out[1], keep[1])
+    assert [r["added"] for r in rec] == [1, 0] and [r["ran"] for r in rec] == [4, 3]
+    assert rec[0]["confidence"] == pytest.approx(2 / 3) and rec[1]["confidence"] == 1.0
+    out, rec = M.fall_back(scores, keep, margin=0.1, threshold=0.9)  # layer 0 is unsure: dense
+    assert out[0] is None and rec[0]["dense"] and rec[0]["ran"] == 6 and torch.equal(out[1], keep[1])
+    same, _ = M.fall_back(scores, keep, margin=0.0, threshold=0.0)
+    assert all(torch.equal(a, b) for a, b in zip(same, keep))
+    summary = M.summarize([{"neurons": rec, "groups": []}])
+    assert summary["neurons_skipped"] == pytest.approx(1 - 9 / 12) and summary["neurons_fallback_dense_layers"] == 0.5
+
+
+@pytest.mark.parametrize("method", ["shadow", "dejavu"])
+def test_fallback_runs_dense_where_it_should_and_the_record_matches_what_ran(method):
+    from llmslim.sparsity.predictor import DejaVuNet, DejaVuPredictor, ShadowNet, ShadowPredictor
+
+    model = tiny_model("llama")
+    L, F, d = 2, 96, 64
+    torch.manual_seed(0)
+    shadow = ShadowPredictor({"neurons": ShadowNet(d, L, F, 16, None)}, torch.zeros(1, d), torch.ones(1, d))
+    dejavu = DejaVuPredictor({"neurons": DejaVuNet(d, L, F, 8)}, torch.zeros(L, d), torch.ones(L, d))
+    for p in list(shadow.nets["neurons"].parameters()) + list(dejavu.nets["neurons"].parameters()):
+        torch.nn.init.normal_(p)  # the nets start at the static prediction: give them an input-dependent output
+    ids = torch.randint(0, 128, (1, 10), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        dense = model(ids, use_cache=False).logits
+        for margin, threshold in ((0.0, 0.0), (0.1, 0.0), (1.0, 0.5)):
+            cfg = SparsityConfig(method, ffn_sparsity=0.5, fallback_margin=margin, fallback_threshold=threshold)
+            runner = SparseRunner(model, cfg, shadow=shadow, dejavu=dejavu)
+            with runner.input(decide_at=-1):
+                out = model(ids, use_cache=False).logits
+                keep = runner.last_keep["neurons"]
+            rec = runner.records[-1]["neurons"]
+            assert [r["ran"] for r in rec] == [F if k is None else k.numel() for k in keep]
+            if margin == 0.0:
+                assert [r["ran"] for r in rec] == [48, 48] and not any(r["dense"] for r in rec)
+            if margin == 1.0:  # every dropped unit is unsure: each layer's confidence 0 < 0.5, all dense
+                assert all(k is None for k in keep) and all(r["dense"] for r in rec)
+                assert torch.allclose(out, dense, atol=1e-5)
