@@ -91,6 +91,7 @@ BAD = [
     (["sparsity", "collect", "smollm2-135m", "--limit", "0", "--out", "x"], "--limit and --batch-size must be >= 1"),
     (["sparsity", "collect", "smollm2-135m", "--importance", "answer", "--out", "x"], "unknown --importance 'answer'"),
     (["sparsity", "train", "x", "--feature", "mid"], "unknown --feature 'mid'"),
+    (["sparsity", "eval", "smollm2-135m", "-p", "x", "--decide", "step"], "unknown --decide 'step'"),
     (["sparsity", "eval", "smollm2-135m", "-p", "x", "--fallback-margin", "2"], "--fallback-margin and --fallback-threshold must be in [0, 1]"),
     (["sparsity", "eval", "smollm2-135m", "-p", "x", "--ffn-sparsity", "1.5"], "must be in [0, 1)"),
     (["sparsity", "eval", "smollm2-135m", "-p", "/nonexistent/pred"], "no predictors at"),

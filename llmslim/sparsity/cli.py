@@ -107,6 +107,7 @@ def eval_command(
     head_sparsity: Annotated[float, typer.Option(help="Head sparsity (whole kv groups under GQA).", rich_help_panel=SPARSE)] = 0.0,
     allocation: Annotated[str, typer.Option(help="perlayer, global or hybrid (dejavu is always perlayer).", rich_help_panel=SPARSE)] = "perlayer",
     min_keep: Annotated[float, typer.Option(help="hybrid: each layer keeps at least this share of its perlayer count.", rich_help_panel=SPARSE)] = 0.5,
+    decide: Annotated[str, typer.Option(help="shadow, dejavu: one FFN mask per input ('prompt', chosen at its last prompt token) or a new one for every later 'token' (heads keep the prompt's); 'prompt,token' evaluates both.", rich_help_panel=SPARSE)] = "prompt",
     fallback_margin: Annotated[float, typer.Option(help="Dense fallback (shadow, dejavu): dropped units whose normalised predicted score is within this margin of the keep boundary run after all; 0: off.", rich_help_panel=SPARSE)] = 0.0,
     fallback_threshold: Annotated[float, typer.Option(help="Dense fallback: a layer whose confidence (share of its dropped units outside the margin) is below this runs dense; 0: off.", rich_help_panel=SPARSE)] = 0.0,
     tasks: Annotated[str, typer.Option("--tasks", "-t", help="Multiple-choice tasks scored with a mask per item context ('' for none).", rich_help_panel=EVAL)] = "arc_easy,piqa,hellaswag",
@@ -124,7 +125,7 @@ def eval_command(
 ) -> None:
     """Perplexity and zero-shot accuracy vs sparsity for each method, with gathered (really smaller) execution."""
     job = jobs.EvalJob(model=model, predictors=list(predictors), methods=methods, ffn_sparsity=ffn_sparsity,
-                       head_sparsity=head_sparsity, allocation=allocation, min_keep=min_keep, fallback_margin=fallback_margin,
+                       head_sparsity=head_sparsity, allocation=allocation, min_keep=min_keep, decide=decide, fallback_margin=fallback_margin,
                        fallback_threshold=fallback_threshold, tasks=tasks, limit=limit,
                        ppl_limit=ppl_limit, ppl_prompt_len=ppl_prompt_len, plot=plot, out=out, force=force, seed=seed,
                        device=device, dtype=dtype)
@@ -133,7 +134,7 @@ def eval_command(
 
 def render_eval(result: dict) -> None:
     metrics = [m for m in ["ppl"] + result["tasks"] + ["mean_acc"] if m in result["rows"][0]]
-    rows = [[r["method"], r["criterion"], r["ffn_sparsity"]] + [r[m] for m in metrics]
+    rows = [[r["method"] + (" (token)" if r.get("decide") == "token" else ""), r["criterion"], r["ffn_sparsity"]] + [r[m] for m in metrics]
             + [r.get("neurons_skipped", 0.0), r.get("neurons_fallback_dense_layers", 0.0), r["seconds"]] for r in result["rows"]]
     t = report.table(f"sparsity eval {result['model']} ({result['allocation']} masks, one per input)",
                      ["method", "criterion", "ffn sparsity"] + metrics + ["FFN skipped", "dense fallback", "seconds"], rows)

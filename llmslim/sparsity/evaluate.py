@@ -5,7 +5,7 @@ Both use the split "prompt -> mask -> the rest":
   chosen at token S-1 (the end of the first half) and the NLL is scored on the second half;
 - multiple choice (tasks.py): the mask is chosen at the last context token; all choices of an
   item run as one batch that shares it (their common causal prefix gives every row the same
-  decision); acc = argmax of the summed log-likelihood, acc_norm = of it per character (lm-eval's).
+  decision; with token decisions each choice runs alone, its tokens choosing their masks); acc = argmax of the summed log-likelihood, acc_norm = of it per character (lm-eval's).
 The oracle's true scores come from a forward + backward with the importance the predictors were
 trained on: the loss on the continuation (the window's second half, the item's gold answer) or
 on the prompt part only.
@@ -65,7 +65,7 @@ def perplexity(model, runner: SparseRunner, windows: torch.Tensor, criterion: st
     s = windows.shape[1] // 2
     for w in windows:
         scores = _oracle(runner, model, w[:s], w[s:], criterion, importance)
-        with runner.input(decide_at=s - 1, oracle_scores=scores):
+        with runner.input(decide_at=s - 1, oracle_scores=scores, per_position=runner.cfg.decide == "token"):
             logits = model(w[None].to(device), use_cache=False).logits[0]
         nll += F.cross_entropy(logits[s - 1 : -1].float(), w[s:].to(device), reduction="sum").item()
         count += w.numel() - s
@@ -89,8 +89,15 @@ def mc_accuracy(model, tokenizer, runner: SparseRunner, items, criterion: str, p
             batch[r, : ctx.numel()] = ctx
             batch[r, ctx.numel() : ctx.numel() + c.numel()] = c
         scores = _oracle(runner, model, ctx, conts[item.label], criterion, importance)
-        with runner.input(decide_at=ctx.numel() - 1, oracle_scores=scores):
-            logp = model(batch.to(device), use_cache=False).logits.float().log_softmax(-1)
+        if runner.cfg.decide == "token":  # each choice's tokens choose their own masks: one row at a time
+            rows = []
+            for r in range(len(conts)):
+                with runner.input(decide_at=ctx.numel() - 1, oracle_scores=scores, per_position=True):
+                    rows.append(model(batch[r : r + 1].to(device), use_cache=False).logits.float().log_softmax(-1))
+            logp = torch.cat(rows)
+        else:
+            with runner.input(decide_at=ctx.numel() - 1, oracle_scores=scores):
+                logp = model(batch.to(device), use_cache=False).logits.float().log_softmax(-1)
         lls = []
         for r, c in enumerate(conts):
             pos = torch.arange(ctx.numel() - 1, ctx.numel() - 1 + c.numel(), device=device)

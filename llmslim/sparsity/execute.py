@@ -40,6 +40,7 @@ from llmslim.core.surgery import keep_kv_groups
 from llmslim.sparsity import masks as M
 
 METHODS = ("dense", "static", "shadow", "dejavu", "oracle")
+DECISIONS = ("prompt", "token")
 
 
 class Gather:
@@ -208,6 +209,10 @@ class SparsityConfig:
     # its dropped units outside the margin) is below the threshold runs dense. 0, 0: off
     fallback_margin: float = 0.0
     fallback_threshold: float = 0.0
+    # "prompt": one FFN mask per input, chosen at its decision token and kept for every later
+    # token; "token": shadow and dejavu choose a new FFN mask for every token after it (heads keep
+    # the prompt's: a kv group skipped for one token would leave a hole in the KV cache)
+    decide: str = "prompt"
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -216,6 +221,8 @@ class SparsityConfig:
         M.check_sparsity(self.head_sparsity, "--head-sparsity")
         if self.allocation not in M.ALLOCATIONS:
             raise BadOptionError(f"unknown allocation {self.allocation!r}; choose from {', '.join(M.ALLOCATIONS)}")
+        if self.decide not in DECISIONS:
+            raise BadOptionError(f"unknown --decide {self.decide!r}; use {' or '.join(DECISIONS)}")
         if not 0.0 <= self.fallback_margin <= 1.0 or not 0.0 <= self.fallback_threshold <= 1.0:
             raise BadOptionError("--fallback-margin and --fallback-threshold must be in [0, 1]")
 
@@ -274,11 +281,55 @@ class SparseRunner:
             self.gather.apply(i, nk[i], hk[i])
         self.last_keep = {"neurons": nk, "groups": hk}
 
+    def _token_masks(self, scores: torch.Tensor) -> list[torch.Tensor | None]:
+        """shadow, per position: [P, L, F] predicted scores -> per layer a [P, F] 0/1 mask (None:
+        dense), each position selected, fallen back and recorded as one input is."""
+        P, L, F = scores.shape
+        masks = [torch.ones(P, F, device=scores.device) for _ in range(L)]
+        for p in range(P):
+            nk, _ = self._keeps(None, scores[p])
+            for i, k in enumerate(nk):
+                if k is not None:
+                    masks[i][p] = M.unit_mask(k, F).to(scores.device)
+        return masks
+
+    def _layer_token_masks(self, i: int, scores: torch.Tensor, records: list[dict]) -> torch.Tensor:
+        """dejavu, per position: layer i's [P, F] predicted scores -> a [P, F] 0/1 mask; position p's
+        record of layer i goes into records[p]."""
+        P, F = scores.shape
+        mask = torch.ones(P, F, device=scores.device)
+        for p in range(P):
+            k = M.select(scores[p][None], self.cfg.ffn_sparsity, "perlayer")[0]
+            (k,), (rec,) = self._fallback(scores[p][None], [k], F)
+            if k is not None:
+                mask[p] = M.unit_mask(k, F).to(scores.device)
+            records[p]["neurons"][i] = rec
+        return mask
+
+    def _mask_ffn_inputs(self, masks: dict[int, torch.Tensor], handles: list, start: int) -> None:
+        """Per-position masks on the inputs of down_proj (positions >= start; earlier positions
+        keep what ran for them): the quality path of token decisions, one forward."""
+        for i, mask in masks.items():
+            ffn = self.gather.adapter.ffn(self.gather.layers[i], self.gather.config)
+
+            def scale(module, args, mask=mask):
+                x = args[0]
+                full = torch.ones(x.shape[-2], mask.shape[-1], dtype=x.dtype, device=x.device)
+                full[start : start + mask.shape[0]] = mask.to(x.dtype)
+                return (x * full,) + tuple(args[1:])
+
+            handles.append(ffn.output.register_forward_pre_hook(scale))
+
     @contextmanager
-    def input(self, decide_at: int = -1, oracle_scores: dict | None = None):
+    def input(self, decide_at: int = -1, oracle_scores: dict | None = None, per_position: bool = False):
         """Masks for one input, chosen during the first forward inside the block, kept for the
-        rest of it (decode steps), restored at its end."""
+        rest of it (decode steps), restored at its end. With `decide="token"` (shadow, dejavu),
+        every later decode step (a forward of one token) chooses its own FFN mask and the
+        weights are sliced again; `per_position=True` is the same decisions for a teacher-forced
+        forward: the positions up to decide_at run the prompt's mask (gathered), each later one
+        its own (masks on the down_proj inputs, nothing saved: for quality, not speed)."""
         method = self.cfg.method
+        token = self.cfg.decide == "token" and method in ("shadow", "dejavu")
         handles = []
         state = {"decided": False}
         self.stats["inputs"] += 1
@@ -295,45 +346,68 @@ class SparseRunner:
                 attn0 = self.gather.adapter.attention(self.gather.layers[0], self.gather.config)
 
                 def decide(feature):
-                    if state["decided"]:
-                        return
                     t0 = time.perf_counter()
-                    pred = self.shadow.predict(feature[0:1, decide_at].detach())
-                    nk, hk = self._keeps(pred.get("heads"), pred.get("neurons"), skip_heads=(0,))
+                    if not state["decided"]:  # the prompt's decision (the first forward)
+                        at = decide_at % feature.shape[1]
+                        pred = self.shadow.predict(feature[0:1, at].detach())
+                        nk, hk = self._keeps(pred.get("heads"), pred.get("neurons"), skip_heads=(0,))
+                        self._apply_all(nk, hk)
+                        state["decided"] = True
+                        if token and per_position and feature.shape[0] > 1:
+                            raise ValueError("per-position token decisions take one sequence at a time")
+                        if token and per_position and feature.shape[1] > at + 1 and "neurons" in self.shadow.nets:
+                            later = self.shadow.predict_rows(feature[0, at + 1 :].detach())["neurons"]  # [P, L, F]
+                            for i in range(len(nk)):  # whole FFN weights: the masks go on the down_proj inputs
+                                self.gather.apply(i, None, hk[i])
+                            self._mask_ffn_inputs(dict(enumerate(self._token_masks(later))), handles, at + 1)
+                            self._prompt_masks(nk, handles, at + 1)
+                    elif token and feature.shape[1] == 1 and "neurons" in self.shadow.nets:  # a decode step: its own mask
+                        pred = self.shadow.predict(feature[0:1, -1].detach())
+                        nk, _ = self._keeps(None, pred["neurons"])
+                        groups = self.last_keep["groups"]
+                        for i in range(len(nk)):
+                            self.gather.apply(i, nk[i], groups[i])
+                        self.last_keep = {"neurons": nk, "groups": groups}
                     self.stats["predict_s"] += time.perf_counter() - t0
-                    self._apply_all(nk, hk)
-                    state["decided"] = True
 
                 if self.shadow.feature == "pre":  # the attention context entering o_proj (the reference's input)
                     handles.append(attn0.o.register_forward_pre_hook(lambda module, args: decide(args[0])))
                 else:  # layer 0's attention output
                     handles.append(attn0.o.register_forward_hook(lambda module, args, out: decide(out)))
             elif method == "dejavu":
-                keeps = {"neurons": [None] * len(self.gather.layers), "groups": [None] * len(self.gather.layers)}
-                record = {"neurons": [None] * len(self.gather.layers), "groups": [None] * len(self.gather.layers)}
-                self.records.append(record)
+                L = len(self.gather.layers)
+                keeps = {"neurons": [None] * L, "groups": [None] * L}
+                ffn_units = self.gather.adapter.ffn(self.gather.layers[0], self.gather.config).width
                 for i, layer in enumerate(self.gather.layers):
                     def before_layer(module, args, kwargs, i=i):
-                        if i in state:
-                            return
                         t0 = time.perf_counter()
-                        pred = self.dejavu.predict_layer(i, _hidden(args, kwargs)[0:1, decide_at].detach())
-                        nk = hk = None
-                        ffn_units = self.gather.adapter.ffn(self.gather.layers[0], self.gather.config).width
-                        n_rec = h_rec = None
-                        if pred.get("neurons") is not None and self.cfg.ffn_sparsity > 0:
-                            nk = M.select(pred["neurons"][None], self.cfg.ffn_sparsity, "perlayer")[0]
-                            (nk,), (n_rec,) = self._fallback(pred["neurons"][None], [nk], ffn_units)
-                        if pred.get("heads") is not None and self.cfg.head_sparsity > 0:
-                            hk = M.head_keep(pred["heads"][None], self.cfg.head_sparsity, self.n_heads, self.n_kv, "perlayer")[0]
-                            groups = M.group_heads(pred["heads"][None].float(), self.n_heads, self.n_kv)
-                            (hk,), (h_rec,) = self._fallback(groups, [hk], self.n_kv)
-                        record["neurons"][i] = n_rec or M.dense_record(ffn_units)
-                        record["groups"][i] = h_rec or M.dense_record(self.n_kv)
+                        hidden = _hidden(args, kwargs)
+                        if i not in state:  # the prompt's decision
+                            at = decide_at % hidden.shape[1]
+                            nk, hk, record = self._dejavu_layer(i, hidden[0:1, at].detach(), ffn_units)
+                            if i == 0:
+                                state["record"] = {"neurons": [None] * L, "groups": [None] * L}
+                                self.records.append(state["record"])
+                            state["record"]["neurons"][i], state["record"]["groups"][i] = record
+                            keeps["neurons"][i], keeps["groups"][i] = nk, hk
+                            state[i] = True
+                            if token and per_position and hidden.shape[1] > at + 1 and "neurons" in self.dejavu.nets:
+                                later = self.dejavu.predict_layer_rows(i, hidden[0, at + 1 :].detach())["neurons"]  # [P, F]
+                                if i == 0:
+                                    state["token_records"] = [{"neurons": [M.dense_record(ffn_units)] * L,
+                                                               "groups": [M.dense_record(self.n_kv)] * L} for _ in range(later.shape[0])]
+                                    self.records += state["token_records"]
+                                mask = self._layer_token_masks(i, later, state["token_records"])
+                                self.gather.apply(i, None, hk)
+                                self._mask_ffn_inputs({i: mask}, handles, at + 1)
+                                self._prompt_masks({i: nk}, handles, at + 1)
+                            else:
+                                self.gather.apply(i, nk, hk)
+                        elif token and hidden.shape[1] == 1 and "neurons" in self.dejavu.nets:  # a decode step
+                            nk, _, _ = self._dejavu_layer(i, hidden[0:1, -1].detach(), ffn_units, heads=False)
+                            self.gather.apply(i, nk, keeps["groups"][i])
+                            keeps["neurons"][i] = nk
                         self.stats["predict_s"] += time.perf_counter() - t0
-                        self.gather.apply(i, nk, hk)
-                        keeps["neurons"][i], keeps["groups"][i] = nk, hk
-                        state[i] = True
 
                     handles.append(layer.register_forward_pre_hook(before_layer, with_kwargs=True))
                 self.last_keep = keeps
@@ -342,3 +416,25 @@ class SparseRunner:
             for h in handles:
                 h.remove()
             self.gather.restore_all()
+
+    def _dejavu_layer(self, i: int, x: torch.Tensor, ffn_units: int, heads: bool = True):
+        """Layer i's DejaVu decision from its input at one token: (neurons, groups, records)."""
+        pred = self.dejavu.predict_layer(i, x)
+        nk = hk = None
+        n_rec, h_rec = M.dense_record(ffn_units), M.dense_record(self.n_kv)
+        if pred.get("neurons") is not None and self.cfg.ffn_sparsity > 0:
+            nk = M.select(pred["neurons"][None], self.cfg.ffn_sparsity, "perlayer")[0]
+            (nk,), (n_rec,) = self._fallback(pred["neurons"][None], [nk], ffn_units)
+        if heads and pred.get("heads") is not None and self.cfg.head_sparsity > 0:
+            hk = M.head_keep(pred["heads"][None], self.cfg.head_sparsity, self.n_heads, self.n_kv, "perlayer")[0]
+            groups = M.group_heads(pred["heads"][None].float(), self.n_heads, self.n_kv)
+            (hk,), (h_rec,) = self._fallback(groups, [hk], self.n_kv)
+        return nk, hk, (n_rec, h_rec)
+
+    def _prompt_masks(self, keeps, handles: list, until: int) -> None:
+        """Positions before `until` run the prompt's FFN mask (with token decisions in one forward,
+        the weights stay whole and the prompt's mask is applied as a mask too)."""
+        items = keeps.items() if isinstance(keeps, dict) else enumerate(keeps)
+        ffn_units = self.gather.adapter.ffn(self.gather.layers[0], self.gather.config).width
+        masks = {i: M.unit_mask(k, ffn_units)[None].expand(until, -1) for i, k in items if k is not None}
+        self._mask_ffn_inputs(masks, handles, 0)

@@ -153,6 +153,7 @@ class EvalJob(CommonOptions):
     min_keep: float = 0.5
     fallback_margin: float = 0.0
     fallback_threshold: float = 0.0
+    decide: str = "prompt"
     tasks: str = "arc_easy,piqa,hellaswag"
     limit: int | None = None
     ppl_limit: int = 8  # WikiText-2 windows (second half)
@@ -171,6 +172,11 @@ def validate_eval(job: EvalJob) -> None:
     M.check_sparsity(job.head_sparsity, "--head-sparsity")
     if not 0.0 <= job.fallback_margin <= 1.0 or not 0.0 <= job.fallback_threshold <= 1.0:
         raise BadOptionError("--fallback-margin and --fallback-threshold must be in [0, 1]")
+    from llmslim.sparsity.execute import DECISIONS
+
+    for d in _items(job.decide):
+        if d not in DECISIONS:
+            raise BadOptionError(f"unknown --decide {d!r}; use {', '.join(DECISIONS)} (or both)")
     if job.tasks:
         parse_tasks(job.tasks)
     if (job.limit is not None and job.limit < 1) or job.ppl_limit < 0 or job.ppl_prompt_len < 2:
@@ -192,10 +198,12 @@ def validate_eval(job: EvalJob) -> None:
         check_creatable(job.plot)
 
 
-def _configs(preds: list[dict], methods: list[str], sparsities: list[float]) -> list[tuple]:
-    """(criterion, method, ffn sparsity, predictors) for the dense model and every combination."""
-    return [("-", "dense", 0.0, None)] + [(pr["criterion"], m, s, pr) for pr in preds for m in methods
-                                          for s in sparsities if s > 0]
+def _configs(preds: list[dict], methods: list[str], sparsities: list[float], decisions: list[str]) -> list[tuple]:
+    """(criterion, method, ffn sparsity, decide, predictors) for the dense model and every
+    combination (static and oracle masks do not depend on the token: prompt decisions only)."""
+    return [("-", "dense", 0.0, "prompt", None)] + [
+        (pr["criterion"], m, s, d, pr) for pr in preds for m in methods for s in sparsities if s > 0
+        for d in (decisions if m in ("shadow", "dejavu") else ["prompt"])]
 
 
 def run_eval(job: EvalJob, ctx: Context) -> dict:
@@ -213,18 +221,18 @@ def run_eval(job: EvalJob, ctx: Context) -> dict:
     tasks = parse_tasks(job.tasks) if job.tasks else []
     items = {t: load_items(t, data_dir(), "eval", job.limit) for t in tasks}
     windows = ppl_windows(tokenizer, wikitext2_halves()[1], job.ppl_prompt_len, job.ppl_limit) if job.ppl_limit else None
-    configs = _configs(preds, _items(job.methods), parse_floats(job.ffn_sparsity, "--ffn-sparsity"))
+    configs = _configs(preds, _items(job.methods), parse_floats(job.ffn_sparsity, "--ffn-sparsity"), _items(job.decide))
     per_config = (windows.shape[0] if windows is not None else 0) + sum(len(v) for v in items.values())
     tick = ctx.step("evaluating", per_config * len(configs))
     rows, records = [], []
-    for crit, method, s, pr in configs:
+    for crit, method, s, decide, pr in configs:
         cfg = SparsityConfig(method, ffn_sparsity=s, head_sparsity=job.head_sparsity if method != "dense" else 0.0,
                              allocation=job.allocation, min_keep=job.min_keep, fallback_margin=job.fallback_margin,
-                             fallback_threshold=job.fallback_threshold)
+                             fallback_threshold=job.fallback_threshold, decide=decide)
         runner = SparseRunner(model, cfg, static_scores=pr["static"] if pr else None,
                               shadow=pr["shadow"] if pr else None, dejavu=pr["dejavu"] if pr else None)
         t1 = time.perf_counter()
-        row = {"criterion": crit, "method": method, "ffn_sparsity": s, "head_sparsity": cfg.head_sparsity}
+        row = {"criterion": crit, "method": method, "decide": decide, "ffn_sparsity": s, "head_sparsity": cfg.head_sparsity}
         oracle_crit = pr["criterion"] if pr else "plainact"
         importance = pr["meta"].get("importance", "prompt") if pr else "continuation"  # the oracle's, as its predictors'
         if windows is not None:
@@ -237,7 +245,7 @@ def run_eval(job: EvalJob, ctx: Context) -> dict:
         row |= M.summarize(runner.records) if method != "dense" else {}
         row |= {"seconds": time.perf_counter() - t1, "predict_s": runner.stats["predict_s"], "gather_s": runner.gather.seconds}
         rows.append(row)
-        records += [{"criterion": crit, "method": method, "ffn_sparsity": s, "input": n,
+        records += [{"criterion": crit, "method": method, "decide": decide, "ffn_sparsity": s, "decision": n,
                      **{f"{kind}_{field}": [x[field] for x in r[kind]] for kind in ("neurons", "groups")
                         for field in ("ran", "added", "dense")}} for n, r in enumerate(runner.records)]
     result = {"model": job.model, "rows": rows, "tasks": tasks, "limit": job.limit,

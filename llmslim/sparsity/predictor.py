@@ -185,8 +185,13 @@ class ShadowPredictor:
 
     @torch.no_grad()
     def predict(self, feature: torch.Tensor) -> dict:
-        x = (feature.to(self.mean.device, torch.float32) - self.mean) / self.std
-        return {k: net(x)[0] for k, net in self.nets.items()}
+        return {k: v[0] for k, v in self.predict_rows(feature).items()}
+
+    @torch.no_grad()
+    def predict_rows(self, features: torch.Tensor) -> dict:
+        """[N, d] features (N tokens) -> {kind: [N, L, U]} scores."""
+        x = (features.to(self.mean.device, torch.float32) - self.mean) / self.std
+        return {k: net(x) for k, net in self.nets.items()}
 
 
 class DejaVuPredictor:
@@ -198,8 +203,13 @@ class DejaVuPredictor:
 
     @torch.no_grad()
     def predict_layer(self, i: int, x: torch.Tensor) -> dict:
+        return {k: v[0] for k, v in self.predict_layer_rows(i, x).items()}
+
+    @torch.no_grad()
+    def predict_layer_rows(self, i: int, x: torch.Tensor) -> dict:
+        """[N, d] inputs of layer i (N tokens) -> {kind: [N, U]} scores."""
         x = (x.to(self.mean.device, torch.float32) - self.mean[i]) / self.std[i]
-        return {k: net.layer(i, x)[0] for k, net in self.nets.items()}
+        return {k: net.layer(i, x) for k, net in self.nets.items()}
 
 
 def targets(traces: Traces, kind: str, criterion: str) -> torch.Tensor:

@@ -66,15 +66,20 @@ def test_collect_train_eval_on_a_tiny_model(capsys, tmp_path, tiny_llama_dir, da
 
     res = tmp_path / "eval"
     code, out, err = run(capsys, "eval", str(tiny_llama_dir), "-p", str(pred), "--ffn-sparsity", "0.5", "--head-sparsity", "0.5",
-                         "--tasks", "arc_easy", "--limit", "2", "--ppl-limit", "1", "--ppl-prompt-len", "8", "--out", str(res), "--json")
+                         "--tasks", "arc_easy", "--limit", "2", "--ppl-limit", "1", "--ppl-prompt-len", "8", "--decide", "prompt,token",
+                         "--out", str(res), "--json")
     assert code == 0, err
     rows = json.loads(out)["rows"]
-    assert [r["method"] for r in rows] == ["dense", "static", "shadow", "dejavu", "oracle"]
+    assert [(r["method"], r["decide"]) for r in rows] == [("dense", "prompt"), ("static", "prompt"), ("shadow", "prompt"),
+                                                          ("shadow", "token"), ("dejavu", "prompt"), ("dejavu", "token"),
+                                                          ("oracle", "prompt")]
     assert all(r["ppl"] > 1 for r in rows)
     assert (res / "sparsity.png").stat().st_size > 0 and (res / "results.json").is_file()
     # what was skipped, per input: 1 perplexity window + 2 items for each of the 4 sparse rows
     skips = [json.loads(line) for line in (res / "skips.jsonl").read_text().splitlines()]
-    assert len(skips) == 4 * 3 and all(len(r["neurons_ran"]) == 2 for r in skips)
+    assert len([r for r in skips if r["decide"] == "prompt"]) == 4 * 3 and all(len(r["neurons_ran"]) == 2 for r in skips)
+    token = [r for r in skips if r["decide"] == "token" and r["method"] == "shadow"]
+    assert len(token) > 3  # with token decisions every later token of an input is a decision too
     static = [r for r in skips if r["method"] == "static"]
     assert all(r["neurons_ran"] == [48, 48] for r in static) and rows[1]["neurons_skipped"] == pytest.approx(0.5)
 

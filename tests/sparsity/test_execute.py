@@ -172,3 +172,44 @@ def test_fallback_runs_dense_where_it_should_and_the_record_matches_what_ran(met
             if margin == 1.0:  # every dropped unit is unsure: each layer's confidence 0 < 0.5, all dense
                 assert all(k is None for k in keep) and all(r["dense"] for r in rec)
                 assert torch.allclose(out, dense, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["shadow", "dejavu"])
+def test_token_decisions_gathered_per_decode_step_equal_the_masked_forward(method):
+    """decide=token: decoding token by token (the weights sliced again for each token's own FFN
+    mask) gives the logits of one teacher-forced forward with a mask per position on the down_proj
+    inputs (the prompt's positions with the prompt's mask)."""
+    from transformers import DynamicCache
+
+    from llmslim.sparsity.predictor import DejaVuNet, DejaVuPredictor, ShadowNet, ShadowPredictor
+
+    model = tiny_model("llama")
+    L, F, H, d = 2, 96, 4, 64
+    torch.manual_seed(1)
+    shadow = ShadowPredictor({"neurons": ShadowNet(d, L, F, 16, None), "heads": ShadowNet(d, L, H, 16, 4)}, torch.zeros(1, d), torch.ones(1, d))
+    dejavu = DejaVuPredictor({"neurons": DejaVuNet(d, L, F, 8), "heads": DejaVuNet(d, L, H, 8)}, torch.zeros(L, d), torch.ones(L, d))
+    for net in list(shadow.nets.values()) + list(dejavu.nets.values()):
+        for p in net.parameters():
+            torch.nn.init.normal_(p)  # input-dependent predictions (trained nets start at the static mean)
+    ids = torch.randint(0, 128, (1, 12), generator=torch.Generator().manual_seed(7))
+    prompt = 7
+    cfg = SparsityConfig(method, ffn_sparsity=0.5, head_sparsity=0.5, decide="token")
+    with torch.no_grad():
+        runner = SparseRunner(model, cfg, shadow=shadow, dejavu=dejavu)
+        steps, masks = [], []
+        with runner.input(decide_at=-1):
+            cache = DynamicCache(config=model.config)
+            steps.append(model(ids[:, :prompt], past_key_values=cache, use_cache=True).logits[0, -1])
+            for t in range(prompt, ids.shape[1]):
+                steps.append(model(ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits[0, -1])
+                masks.append([k.tolist() for k in runner.last_keep["neurons"]])
+        assert len({str(m) for m in masks}) > 1  # the tokens chose different masks
+        runner = SparseRunner(model, cfg, shadow=shadow, dejavu=dejavu)
+        with runner.input(decide_at=prompt - 1, per_position=True):
+            full = model(ids, use_cache=False).logits[0, prompt - 1 :]
+    assert torch.allclose(torch.stack(steps), full, atol=1e-4), (torch.stack(steps) - full).abs().max()
+    # prompt mode keeps one mask: its decode differs from the token decisions
+    runner = SparseRunner(model, SparsityConfig(method, ffn_sparsity=0.5, head_sparsity=0.5), shadow=shadow, dejavu=dejavu)
+    with torch.no_grad(), runner.input(decide_at=prompt - 1):
+        once = model(ids, use_cache=False).logits[0, prompt - 1 :]
+    assert torch.allclose(once[0], full[0], atol=1e-4) and not torch.allclose(once[1:], full[1:], atol=1e-3)
