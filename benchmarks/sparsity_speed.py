@@ -4,6 +4,8 @@ measured interleaved in one run, and the predictor's (and the gather's) share of
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/sparsity_speed.py                  # both models
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/sparsity_speed.py --models smollm2-135m --repeats 2
 
+(`llmslim sparsity bench MODEL -p PRED` times a user's own predictor the same way: sparsity/bench.py.)
+
 Per model: a ShadowLLM predictor (full output head as in the paper, hidden 256: the costlier head) is trained on that model's own
 traces (l2norm scores of a few random-token windows: quality does not matter for timing), then
 for each run and each of dense / shadow-50% / static-50% (the same gathered FFNs with no
@@ -15,7 +17,6 @@ prefill, after layer 0's attention: predictor + weight gather are inside the pre
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from llmslim.bench.synthetic import random_model
 from llmslim.core import report
 from llmslim.core.outputs import to_jsonable
 from llmslim.sparsity import predictor as P
+from llmslim.sparsity.bench import time_variants
 from llmslim.sparsity.collect import Example, collect
 from llmslim.sparsity.execute import SparseRunner, SparsityConfig
 
@@ -44,41 +46,12 @@ torch.set_num_threads(args.threads)
 device = torch.device(args.device)
 
 
-def sync():
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def load(spec):
     if spec.startswith("random:"):
         return random_model(spec, dtype=torch.float32, seed=0, device=device)
     from llmslim.core.load import load_model
 
     return load_model(spec, device=args.device, dtype="float32").model
-
-
-@torch.no_grad()
-def run_once(model, runner, ids):
-    from transformers import DynamicCache
-
-    before = (dict(runner.stats), runner.gather.seconds) if runner else None
-    cache = DynamicCache(config=model.config)
-    ctx = runner.input(decide_at=-1) if runner else torch.no_grad()
-    sync()
-    t0 = time.perf_counter()  # static gathers on entering the block: counted in its prefill
-    with ctx:
-        logits = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
-        tok = logits[:, -1].argmax(-1, keepdim=True)
-        sync()
-        t1 = time.perf_counter()
-        for i in range(args.new_tokens - 1):
-            logits = model(input_ids=tok, past_key_values=cache, use_cache=True).logits
-            tok = logits[:, -1].argmax(-1, keepdim=True)
-        sync()
-        t2 = time.perf_counter()
-    predict = runner.stats["predict_s"] - before[0]["predict_s"] if runner else 0.0
-    gather = runner.gather.seconds - before[1] if runner else 0.0
-    return {"prefill_s": t1 - t0, "decode_s": t2 - t1, "predict_s": predict, "gather_s": gather}
 
 
 results = {"settings": vars(args), "models": {}}
@@ -103,24 +76,10 @@ for spec in [s.strip() for s in args.models.split(",") if s.strip()]:
         variants["static"].gather._down_t = variants["shadow"].gather._down_t
         variants["static"].gather._buffers = variants["shadow"].gather._buffers
     ids = torch.randint(0, vocab, (1, args.prompt_len), generator=gen).to(device)
-    times = {k: [] for k in variants}
-    for k, r in variants.items():  # warm-up
-        run_once(model, r, ids)
-    names = list(variants)
-    for rep in range(args.repeats):
-        for k in (names if rep % 2 == 0 else names[::-1]):
-            times[k].append(run_once(model, variants[k], ids))
-    med = {k: {m: statistics.median(t[m] for t in v) for m in v[0]} for k, v in times.items()}
+    out = time_variants(model, variants, ids, args.new_tokens, args.repeats)  # the code `llmslim sparsity bench` runs
     n_dec = args.new_tokens - 1
-    out = {}
-    for k, m in med.items():
-        total = m["prefill_s"] + m["decode_s"]
-        out[k] = {**m, "prefill_tok_s": args.prompt_len / m["prefill_s"], "decode_tok_s": n_dec / m["decode_s"],
-                  "predict_share": m["predict_s"] / total, "gather_share": m["gather_s"] / total, "runs": times[k]}
-    for k in ("shadow", "static"):
-        out[k]["prefill_speedup"] = med["dense"]["prefill_s"] / med[k]["prefill_s"]
-        out[k]["decode_speedup"] = med["dense"]["decode_s"] / med[k]["decode_s"]
-        out[k]["total_speedup"] = (med["dense"]["prefill_s"] + med["dense"]["decode_s"]) / (med[k]["prefill_s"] + med[k]["decode_s"])
+    for v in out.values():
+        v["total_speedup"] = (out["dense"]["prefill_s"] + out["dense"]["decode_s"]) / (v["prefill_s"] + v["decode_s"])
     params = sum(p.numel() for p in model.parameters())
     pred_params = sum(p.numel() for p in shadow.nets["neurons"].parameters())
     results["models"][spec] = {"params": params, "predictor_params": pred_params, "variants": out,

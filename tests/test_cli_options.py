@@ -29,7 +29,7 @@ def test_every_command_is_seen():
     names = {name for name, _ in COMMANDS}
     assert {"info", "eval", "bench", "prune", "recover", "shorten rl", "shorten sft", "shorten eval", "budget estimate", "budget run",
             "budget search", "budget elasticity", "budget train", "budget serve", "sparsity collect", "sparsity train",
-            "sparsity eval", "diffuse adapt", "diffuse distill", "diffuse sample", "diffuse eval"} == names
+            "sparsity eval", "sparsity generate", "sparsity bench", "diffuse adapt", "diffuse distill", "diffuse sample", "diffuse eval"} == names
 
 
 @pytest.mark.parametrize("name, command", COMMANDS, ids=[name for name, _ in COMMANDS])
@@ -92,6 +92,8 @@ BAD = [
     (["sparsity", "collect", "smollm2-135m", "--importance", "answer", "--out", "x"], "unknown --importance 'answer'"),
     (["sparsity", "train", "x", "--feature", "mid"], "unknown --feature 'mid'"),
     (["sparsity", "eval", "smollm2-135m", "-p", "x", "--decide", "step"], "unknown --decide 'step'"),
+    (["sparsity", "generate", "smollm2-135m", "-p", "x", "--decide", "prompt,token", "--prompt", "hi"], "--decide must be prompt or token"),
+    (["sparsity", "bench", "smollm2-135m", "-p", "x", "--new-tokens", "1"], "--new-tokens >= 2"),
     (["sparsity", "eval", "smollm2-135m", "-p", "x", "--fallback-margin", "2"], "--fallback-margin and --fallback-threshold must be in [0, 1]"),
     (["sparsity", "eval", "smollm2-135m", "-p", "x", "--ffn-sparsity", "1.5"], "must be in [0, 1)"),
     (["sparsity", "eval", "smollm2-135m", "-p", "/nonexistent/pred"], "no predictors at"),

@@ -9,7 +9,7 @@ import typer
 
 from llmslim.core import report
 from llmslim.core.job import Command, run_command
-from llmslim.core.options import (DEVICE, DTYPE, MODEL, SEED, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, LimitOpt, ModelArg, OutOpt,
+from llmslim.core.options import (DEVICE, DTYPE, MODEL, SEED, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, LimitOpt, MaxNewTokensOpt, ModelArg, OutOpt,
                                   QuietOpt, SeedOpt)
 from llmslim.eval.run import ACC_NORM_TASKS
 from llmslim.sparsity import jobs
@@ -145,6 +145,91 @@ def render_eval(result: dict) -> None:
     report.stdout.print(t)
 
 
+PredOpt = Annotated[Optional[Path], typer.Option("--predictors", "-p", help="A folder made by `llmslim sparsity train`.", rich_help_panel=SPARSE)]
+UseMethodOpt = Annotated[str, typer.Option("--method", help="shadow (one predictor at layer 0), dejavu (one per layer) or static (one mask).", rich_help_panel=SPARSE)]
+OneSparsityOpt = Annotated[float, typer.Option("--ffn-sparsity", help="Share of FFN neurons skipped per input.", rich_help_panel=SPARSE)]
+HeadSparsityOpt = Annotated[float, typer.Option("--head-sparsity", help="Share of kv groups skipped per input.", rich_help_panel=SPARSE)]
+MarginOpt = Annotated[float, typer.Option("--fallback-margin", help="Dense fallback: dropped units within this margin of the keep boundary run; 0: off.", rich_help_panel=SPARSE)]
+ThresholdOpt = Annotated[float, typer.Option("--fallback-threshold", help="Dense fallback: a layer less confident than this runs dense; 0: off.", rich_help_panel=SPARSE)]
+
+
+@app.command()
+def generate(
+    model: ModelArg = MODEL,
+    predictors: PredOpt = None,
+    prompt: Annotated[Optional[str], typer.Option("--prompt", help="The prompt (the chat template is applied when the tokenizer has one).", rich_help_panel=SPARSE)] = None,
+    max_new_tokens: MaxNewTokensOpt = 64,
+    method: UseMethodOpt = "shadow",
+    ffn_sparsity: OneSparsityOpt = 0.5,
+    head_sparsity: HeadSparsityOpt = 0.0,
+    decide: Annotated[str, typer.Option("--decide", help="One FFN mask from the 'prompt', or a new one every 'token'.", rich_help_panel=SPARSE)] = "prompt",
+    fallback_margin: MarginOpt = 0.0,
+    fallback_threshold: ThresholdOpt = 0.0,
+    json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    seed: SeedOpt = SEED,
+    device: DeviceOpt = DEVICE,
+    dtype: DtypeOpt = DTYPE,
+) -> None:
+    """Generate with the sparse model (greedy): the answer, tokens/s and the share of FFN work skipped."""
+    job = jobs.UseJob(model=model, predictors=predictors, prompt=prompt, max_new_tokens=max_new_tokens, method=method,
+                      ffn_sparsity=ffn_sparsity, head_sparsity=head_sparsity, decide=decide, fallback_margin=fallback_margin,
+                      fallback_threshold=fallback_threshold, seed=seed, device=device, dtype=dtype)
+    run_command(GENERATE_COMMAND, job, json_out=json, quiet=quiet)
+
+
+@app.command()
+def bench(
+    model: ModelArg = MODEL,
+    predictors: PredOpt = None,
+    method: UseMethodOpt = "shadow",
+    ffn_sparsity: OneSparsityOpt = 0.5,
+    head_sparsity: HeadSparsityOpt = 0.0,
+    decide: Annotated[str, typer.Option("--decide", help="prompt, token, or 'prompt,token': each a variant timed against dense.", rich_help_panel=SPARSE)] = "prompt,token",
+    fallback_margin: MarginOpt = 0.0,
+    fallback_threshold: ThresholdOpt = 0.0,
+    prompt_len: Annotated[int, typer.Option("--prompt-len", help="Random prompt tokens.", rich_help_panel=SPARSE)] = 64,
+    new_tokens: Annotated[int, typer.Option("--new-tokens", help="Generated tokens: 1 from the prefill, the rest timed decode steps.", rich_help_panel=SPARSE)] = 17,
+    repeats: Annotated[int, typer.Option("--repeats", help="Interleaved timed runs per variant (medians).", rich_help_panel=SPARSE)] = 3,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="torch CPU threads.", rich_help_panel=SPARSE)] = None,
+    out: OutOpt = None,
+    force: ForceOpt = False,
+    json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    seed: SeedOpt = SEED,
+    device: DeviceOpt = DEVICE,
+    dtype: DtypeOpt = DTYPE,
+) -> None:
+    """Dense vs sparse prefill and decode in one run: ratios, the predictor's and the gather's share, the per-module split."""
+    job = jobs.UseJob(model=model, predictors=predictors, method=method, ffn_sparsity=ffn_sparsity, head_sparsity=head_sparsity,
+                      decide=decide, fallback_margin=fallback_margin, fallback_threshold=fallback_threshold, prompt_len=prompt_len,
+                      new_tokens=new_tokens, repeats=repeats, threads=threads, out=out, force=force, seed=seed, device=device,
+                      dtype=dtype)
+    run_command(BENCH_COMMAND, job, json_out=json, quiet=quiet)
+
+
+def render_generate(result: dict) -> None:
+    report.stdout.print(result["text"])
+    report.stderr.print(f"{result['new_tokens']} tokens, decode {result['decode_tok_s'] or 0:.1f} tok/s; "
+                        f"{100 * result.get('neurons_skipped', 0):.0f}% of FFN neurons skipped ({result['method']}, {result['decide']})")
+
+
+def render_bench(result: dict) -> None:
+    rows = []
+    for name, v in result["variants"].items():
+        split = v["decode_split_ms"]
+        rows.append([name, v["prefill_tok_s"], v.get("prefill_speedup"), v["decode_tok_s"], v.get("decode_speedup"),
+                     f"{100 * v['predict_share']:.1f}%", f"{100 * v['gather_share']:.1f}%",
+                     " / ".join(f"{split[p]:.1f}" for p in ("attention", "ffn", "lm_head", "other"))])
+    report.stdout.print(report.table(
+        f"sparsity bench {result['model']} on {result['device']}: {int(100 * result['ffn_sparsity'])}% FFN, prompt "
+        f"{result['prompt_len']}, {result['decode_steps']} decode steps, median of {result['repeats']}",
+        ["variant", "prefill tok/s", "x dense", "decode tok/s", "x dense", "predictor", "gather",
+         "decode ms: attn / ffn / head / other"], rows))
+
+
+GENERATE_COMMAND = Command("sparsity generate", lambda job: jobs.validate_use(job, bench=False), jobs.run_generate, render_generate)
+BENCH_COMMAND = Command("sparsity bench", lambda job: jobs.validate_use(job, bench=True), jobs.run_bench, render_bench)
 COLLECT = Command("sparsity collect", jobs.validate_collect, jobs.run_collect, render_collect, model_purpose="gradients",
                   needs_out=True)
 TRAIN_COMMAND = Command("sparsity train", jobs.validate_train, jobs.run_train, render_train, model_purpose=None)

@@ -298,3 +298,101 @@ def plot(result: dict, path: Path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# ---------------------------------------------------------------- generate and bench
+@dataclass(kw_only=True)
+class UseJob(CommonOptions):
+    """`sparsity generate` and `sparsity bench`: one predictor folder on its model."""
+
+    model: str = MODEL
+    predictors: Path | None = None
+    method: str = "shadow"
+    ffn_sparsity: float = 0.5
+    head_sparsity: float = 0.0
+    decide: str = "prompt"  # generate: one; bench: a comma list
+    fallback_margin: float = 0.0
+    fallback_threshold: float = 0.0
+    prompt: str | None = None  # generate
+    max_new_tokens: int = 64  # generate
+    prompt_len: int = 64  # bench: random prompt tokens
+    new_tokens: int = 17  # bench: 1 from the prefill + 16 timed decode steps
+    repeats: int = 3  # bench
+    threads: int | None = None  # bench
+
+
+def validate_use(job: UseJob, bench: bool) -> None:
+    from llmslim.sparsity import predictor as P
+    from llmslim.sparsity.execute import DECISIONS, METHODS
+
+    if job.predictors is None:
+        raise BadOptionError("needs --predictors DIR (from `llmslim sparsity train`)")
+    if job.method not in METHODS or job.method in ("dense", "oracle"):
+        raise BadOptionError(f"unknown --method {job.method!r}; use static, shadow or dejavu")
+    M.check_sparsity(job.ffn_sparsity, "--ffn-sparsity")
+    M.check_sparsity(job.head_sparsity, "--head-sparsity")
+    decisions = _items(job.decide)
+    if not decisions or any(d not in DECISIONS for d in decisions) or (len(decisions) > 1 and not bench):
+        raise BadOptionError(f"--decide must be {' or '.join(DECISIONS)}" + (" (a comma list for bench)" if bench else ""))
+    if not 0.0 <= job.fallback_margin <= 1.0 or not 0.0 <= job.fallback_threshold <= 1.0:
+        raise BadOptionError("--fallback-margin and --fallback-threshold must be in [0, 1]")
+    if bench and (job.prompt_len < 1 or job.new_tokens < 2 or job.repeats < 1 or (job.threads is not None and job.threads < 1)):
+        raise BadOptionError("--prompt-len, --repeats and --threads must be >= 1, --new-tokens >= 2")
+    if not bench and (not job.prompt or job.max_new_tokens < 1):
+        raise BadOptionError("generate needs --prompt TEXT and --max-new-tokens >= 1")
+    pred = P.load(job.predictors)  # a wrong folder fails here, before the model loads
+    if job.method != "static" and pred[job.method] is None:
+        raise BadOptionError(f"{job.predictors} holds no {job.method} predictor (train it with --which {job.method})")
+
+
+def _runner(job: UseJob, model, pred: dict, decide: str):
+    from llmslim.sparsity.execute import SparseRunner, SparsityConfig
+
+    cfg = SparsityConfig(job.method, ffn_sparsity=job.ffn_sparsity, head_sparsity=job.head_sparsity, decide=decide,
+                         fallback_margin=job.fallback_margin, fallback_threshold=job.fallback_threshold)
+    return SparseRunner(model, cfg, static_scores=pred["static"], shadow=pred["shadow"], dejavu=pred["dejavu"])
+
+
+def run_generate(job: UseJob, ctx: Context) -> dict:
+    from llmslim.core.generate import render_prompt
+    from llmslim.sparsity import predictor as P
+    from llmslim.sparsity.bench import run_once
+
+    model, tokenizer = ctx.model, ctx.tokenizer
+    pred = P.load(job.predictors)
+    P.check_model(pred, model, job.predictors)
+    runner = _runner(job, model, pred, job.decide)
+    device = next(model.parameters()).device
+    ids = tokenizer(render_prompt(tokenizer, job.prompt), return_tensors="pt", add_special_tokens=False).input_ids.to(device)
+    timed = run_once(model, runner, ids, job.max_new_tokens)
+    tokens = timed["tokens"][0].tolist()
+    eos = tokenizer.eos_token_id
+    if eos in tokens:  # greedy decoding ran the full length (timing); the answer ends at EOS
+        tokens = tokens[: tokens.index(eos)]
+    return {"model": job.model, "method": job.method, "decide": job.decide, "ffn_sparsity": job.ffn_sparsity,
+            "prompt": job.prompt, "text": tokenizer.decode(tokens, skip_special_tokens=True), "new_tokens": len(tokens),
+            "decode_tok_s": (job.max_new_tokens - 1) / timed["decode_s"] if job.max_new_tokens > 1 else None,
+            "prefill_s": timed["prefill_s"], **M.summarize(runner.records)}
+
+
+def run_bench(job: UseJob, ctx: Context) -> dict:
+    import torch
+
+    from llmslim.sparsity import predictor as P
+    from llmslim.sparsity.bench import time_variants
+
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    model = ctx.model
+    pred = P.load(job.predictors)
+    P.check_model(pred, model, job.predictors)
+    variants = {"dense": None} | {f"{job.method} ({d})": _runner(job, model, pred, d) for d in _items(job.decide)}
+    device = next(model.parameters()).device
+    vocab = model.get_input_embeddings().weight.shape[0]
+    ids = torch.randint(0, vocab, (1, job.prompt_len), generator=torch.Generator().manual_seed(job.seed)).to(device)
+    times = time_variants(model, variants, ids, job.new_tokens, job.repeats,
+                          progress=ctx.step("timing (interleaved runs)", job.repeats * len(variants)))
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    return {"model": job.model, "device": device_name, "ffn_sparsity": job.ffn_sparsity, "head_sparsity": job.head_sparsity,
+            "prompt_len": job.prompt_len, "decode_steps": job.new_tokens - 1, "repeats": job.repeats, "variants": times,
+            "predictor_params": sum(p.numel() for net in (pred["shadow"].nets.values() if pred["shadow"] else []) for p in net.parameters())}

@@ -83,6 +83,20 @@ def test_collect_train_eval_on_a_tiny_model(capsys, tmp_path, tiny_llama_dir, da
     static = [r for r in skips if r["method"] == "static"]
     assert all(r["neurons_ran"] == [48, 48] for r in static) and rows[1]["neurons_skipped"] == pytest.approx(0.5)
 
+    # the sparse model used: a greedy answer, and dense vs sparse timed in one run
+    code, out, err = run(capsys, "generate", str(tiny_llama_dir), "-p", str(pred), "--prompt", "w1 w2 w3", "--max-new-tokens", "4",
+                         "--decide", "token", "--json")
+    assert code == 0, err
+    gen = json.loads(out)
+    assert isinstance(gen["text"], str) and gen["new_tokens"] <= 4 and gen["neurons_skipped"] == pytest.approx(0.5)
+    code, out, err = run(capsys, "bench", str(tiny_llama_dir), "-p", str(pred), "--prompt-len", "8", "--new-tokens", "3",
+                         "--repeats", "1", "--json")
+    assert code == 0, err
+    variants = json.loads(out)["variants"]
+    assert list(variants) == ["dense", "shadow (prompt)", "shadow (token)"]
+    assert variants["dense"]["decode_speedup"] == 1.0 and variants["shadow (token)"]["gather_s"] > 0
+    assert set(variants["shadow (prompt)"]["decode_split_ms"]) == {"attention", "ffn", "lm_head", "other"}
+
     # the same shape with other weights: its units rank differently, so the predictors are refused
     import shutil
 
@@ -96,6 +110,7 @@ def test_collect_train_eval_on_a_tiny_model(capsys, tmp_path, tiny_llama_dir, da
     changed.save_pretrained(other)
     one_line_error(run(capsys, "eval", str(other), "-p", str(pred), "--ffn-sparsity", "0.5", "--tasks", "", "--ppl-limit", "1",
                        "--ppl-prompt-len", "8"), "trained on another model's traces")
+    one_line_error(run(capsys, "generate", str(other), "-p", str(pred), "--prompt", "w1"), "trained on another model's traces")
 
 
 @pytest.mark.integration
