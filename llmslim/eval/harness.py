@@ -196,8 +196,10 @@ def run_tasks(
     data_dir: Path | str | None = None,
     bootstrap_iters: int = 100_000,
     show_progress: bool = True,
+    lm=None,
 ) -> dict:
-    """Evaluate an in-memory causal LM on local lm-eval tasks; return shaped results.
+    """Evaluate an in-memory causal LM on local lm-eval tasks; return shaped results. `lm`: an
+    lm-eval LM to run instead of HFLM over `model` (the sparse model of `sparsity eval`).
 
     Same numbers as `lm_eval --model hf --model_args pretrained=<saved folder> --include_path
     <render_tasks()> --tasks llmslim_<name> --batch_size B --seed S` (whose default bootstrap,
@@ -218,7 +220,7 @@ def run_tasks(
     level = hf_log.level
     hf_log.setLevel(logging.ERROR)
     try:
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        lm = lm or HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     finally:
         hf_log.setLevel(level)
     manager = TaskManager(include_path=str(include), include_defaults=False)

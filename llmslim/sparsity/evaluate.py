@@ -1,14 +1,14 @@
-"""Quality with a mask chosen per input: perplexity and multiple-choice accuracy.
+"""Quality with a mask chosen per input: perplexity here, multiple-choice accuracy through
+lm-eval's task YAMLs with the sparse model as an lm-eval LM (lm.py).
 
 Both use the split "prompt -> mask -> the rest":
 - perplexity: WikiText-2 (second half of the test file) windows of 2*S tokens; the mask is
   chosen at token S-1 (the end of the first half) and the NLL is scored on the second half;
-- multiple choice (tasks.py): the mask is chosen at the last context token; all choices of an
-  item run as one batch that shares it (their common causal prefix gives every row the same
-  decision; with token decisions each choice runs alone, its tokens choosing their masks); acc = argmax of the summed log-likelihood, acc_norm = of it per character (lm-eval's).
-The oracle's true scores come from a forward + backward with the importance the predictors were
-trained on: the loss on the continuation (the window's second half, the item's gold answer) or
-on the prompt part only.
+- multiple choice: the mask is chosen at the last context token (lm.py).
+For perplexity the oracle's true scores come from a forward + backward with the importance the
+predictors were trained on: the loss on the window's second half (continuation) or on its first
+half only (prompt); for multiple choice from the context (lm.py: lm-eval does not say which
+continuation is the gold one).
 """
 
 from __future__ import annotations
@@ -72,41 +72,3 @@ def perplexity(model, runner: SparseRunner, windows: torch.Tensor, criterion: st
         if progress:
             progress(1)
     return {"perplexity": math.exp(nll / count), "tokens": count, "windows": int(windows.shape[0])}
-
-
-@torch.no_grad()
-def mc_accuracy(model, tokenizer, runner: SparseRunner, items, criterion: str, progress=None,
-                importance: str = "continuation") -> dict:
-    device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    correct = correct_norm = 0
-    for item in items:
-        ctx = tokenizer(item.context, return_tensors="pt").input_ids[0]
-        conts = [tokenizer(c, return_tensors="pt", add_special_tokens=False).input_ids[0] for c in item.choices]
-        width = ctx.numel() + max(c.numel() for c in conts)
-        batch = torch.full((len(conts), width), pad, dtype=torch.long)
-        for r, c in enumerate(conts):
-            batch[r, : ctx.numel()] = ctx
-            batch[r, ctx.numel() : ctx.numel() + c.numel()] = c
-        scores = _oracle(runner, model, ctx, conts[item.label], criterion, importance)
-        if runner.cfg.decide == "token":  # each choice's tokens choose their own masks: one row at a time
-            rows = []
-            for r in range(len(conts)):
-                with runner.input(decide_at=ctx.numel() - 1, oracle_scores=scores, per_position=True):
-                    rows.append(model(batch[r : r + 1].to(device), use_cache=False).logits.float().log_softmax(-1))
-            logp = torch.cat(rows)
-        else:
-            with runner.input(decide_at=ctx.numel() - 1, oracle_scores=scores):
-                logp = model(batch.to(device), use_cache=False).logits.float().log_softmax(-1)
-        lls = []
-        for r, c in enumerate(conts):
-            pos = torch.arange(ctx.numel() - 1, ctx.numel() - 1 + c.numel(), device=device)
-            lls.append(logp[r, pos, c.to(device)].sum().item())
-        best = max(range(len(lls)), key=lambda i: lls[i])
-        best_norm = max(range(len(lls)), key=lambda i: lls[i] / max(1, len(item.choices[i])))
-        correct += int(best == item.label)
-        correct_norm += int(best_norm == item.label)
-        if progress:
-            progress(1)
-    n = max(1, len(items))
-    return {"acc": correct / n, "acc_norm": correct_norm / n, "n": len(items)}

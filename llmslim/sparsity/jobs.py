@@ -211,7 +211,9 @@ def run_eval(job: EvalJob, ctx: Context) -> dict:
     from llmslim.core.data import data_dir, wikitext2_halves
     from llmslim.eval.run import headline
     from llmslim.sparsity import predictor as P
-    from llmslim.sparsity.evaluate import mc_accuracy, perplexity, ppl_windows
+    from llmslim.eval.harness import run_tasks
+    from llmslim.sparsity.evaluate import oracle_scores, perplexity, ppl_windows
+    from llmslim.sparsity.lm import SparseLM
     from llmslim.sparsity.execute import SparseRunner, SparsityConfig
 
     model, tokenizer = ctx.model, ctx.tokenizer
@@ -219,10 +221,11 @@ def run_eval(job: EvalJob, ctx: Context) -> dict:
     for folder, pr in zip(job.predictors, preds):
         P.check_model(pr, model, folder)
     tasks = parse_tasks(job.tasks) if job.tasks else []
-    items = {t: load_items(t, data_dir(), "eval", job.limit) for t in tasks}
+    # lm-eval reads each task file from its start: at most the eval half (the traces read the other)
+    items = {t: len(load_items(t, data_dir(), "eval", job.limit)) for t in tasks}
     windows = ppl_windows(tokenizer, wikitext2_halves()[1], job.ppl_prompt_len, job.ppl_limit) if job.ppl_limit else None
     configs = _configs(preds, _items(job.methods), parse_floats(job.ffn_sparsity, "--ffn-sparsity"), _items(job.decide))
-    per_config = (windows.shape[0] if windows is not None else 0) + sum(len(v) for v in items.values())
+    per_config = (windows.shape[0] if windows is not None else 0) + sum(items.values())
     tick = ctx.step("evaluating", per_config * len(configs))
     rows, records = [], []
     for crit, method, s, decide, pr in configs:
@@ -237,9 +240,11 @@ def run_eval(job: EvalJob, ctx: Context) -> dict:
         importance = pr["meta"].get("importance", "prompt") if pr else "continuation"  # the oracle's, as its predictors'
         if windows is not None:
             row["ppl"] = perplexity(model, runner, windows, oracle_crit, progress=tick, importance=importance)["perplexity"]
-        for t, its in items.items():
-            row[t] = headline({t: mc_accuracy(model, tokenizer, runner, its, oracle_crit, progress=tick,
-                                              importance=importance)})[t][1]
+        oracle = (lambda ids, c=oracle_crit: oracle_scores(model, ids, c, ids.numel() - 1)) if method == "oracle" else None
+        for t, n in items.items():
+            res = run_tasks(model, tokenizer, [t], limit=n, seed=job.seed, show_progress=False,
+                            lm=SparseLM(model, tokenizer, runner, oracle=oracle, progress=tick))["results"]
+            row[t] = headline({t: res[t]})[t][1]
         if items:
             row["mean_acc"] = sum(row[t] for t in items) / len(items)
         row |= M.summarize(runner.records) if method != "dense" else {}

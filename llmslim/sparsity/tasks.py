@@ -1,6 +1,6 @@
-"""Multiple-choice items from the shared data files, in lm-eval's prompt formats, so a mask can
-be chosen from each item's context (lm-eval batches context+continuation in one request, which
-leaves no place to pick a per-input mask; we score the log-likelihoods ourselves).
+"""Multiple-choice items from the shared data files in lm-eval's prompt formats: the traces'
+examples (the train split) and the size of the eval split that `sparsity eval` hands lm-eval
+(lm-eval reads each file from its start, the traces from the end, so they never overlap).
 
     arc_easy   "Question: {stem}\\nAnswer:" + " {choice}"     eval: ARC-Easy-Test, train: -Dev
     piqa       "Question: {goal}\\nAnswer:" + " {sol}"        eval: first rows, train: last rows

@@ -213,3 +213,28 @@ def test_token_decisions_gathered_per_decode_step_equal_the_masked_forward(metho
     with torch.no_grad(), runner.input(decide_at=prompt - 1):
         once = model(ids, use_cache=False).logits[0, prompt - 1 :]
     assert torch.allclose(once[0], full[0], atol=1e-4) and not torch.allclose(once[1:], full[1:], atol=1e-3)
+
+
+def test_sparse_lm_scores_as_lm_evals_hflm_when_nothing_is_dropped(tiny_llama_dir):
+    """The sparse model's lm-eval LM gives HFLM's log-likelihoods and greedy flags for the same
+    requests (shared contexts grouped, trailing spaces moved, an empty context = BOS) when the
+    mask keeps everything; with 50% of the FFN dropped they differ."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    from llmslim.core.load import load_model
+    from llmslim.sparsity.lm import SparseLM
+
+    loaded = load_model(str(tiny_llama_dir), device="cpu", dtype="float32")
+    model, tok = loaded.model, loaded.tokenizer
+    pairs = [("w1 w2 w3", " w4"), ("w1 w2 w3", " w5 w6"), ("w7 w8 ", "w9"), ("", "w1 w2"), ("w3", " w3 w3 w3")]
+    reqs = [Instance(request_type="loglikelihood", doc={}, arguments=p, idx=i) for i, p in enumerate(pairs)]
+    expected = HFLM(pretrained=model, tokenizer=tok, batch_size=2).loglikelihood(reqs)
+    F = model.config.intermediate_size
+    static = {"neurons": torch.rand(model.config.num_hidden_layers, F), "heads": None}
+    keep_all = SparseRunner(model, SparsityConfig("static", ffn_sparsity=0.0), static_scores=static)
+    got = SparseLM(model, tok, keep_all).loglikelihood(reqs)
+    for (ll, greedy), (want_ll, want_greedy) in zip(got, expected):
+        assert ll == pytest.approx(want_ll, abs=1e-4) and greedy == want_greedy
+    half = SparseRunner(model, SparsityConfig("static", ffn_sparsity=0.5), static_scores=static)
+    assert any(abs(a[0] - b[0]) > 1e-3 for a, b in zip(SparseLM(model, tok, half).loglikelihood(reqs), expected))

@@ -1,0 +1,77 @@
+"""The sparse model as an lm-eval `LM`: multiple-choice tasks run through the same task YAMLs as
+`llmslim eval` (eval/tasks/), with a mask chosen per request context.
+
+lm-eval hands over (context, continuation) pairs; the pairs of one item share the context, so
+they are grouped and run as one batch that shares the mask chosen at the context's last token
+(their common causal prefix gives every row the same decision), or, with token decisions, one
+row at a time. The oracle cannot see which continuation is the gold one here, so its scores are
+the context's own (prompt importance).
+"""
+
+from __future__ import annotations
+
+import torch
+from lm_eval.api.model import LM
+
+from llmslim.sparsity.execute import SparseRunner
+
+
+class SparseLM(LM):
+    def __init__(self, model, tokenizer, runner: SparseRunner, oracle=None, progress=None):
+        super().__init__()
+        self.model, self.tokenizer, self.runner, self.oracle, self.progress = model, tokenizer, runner, oracle, progress
+
+    def _encode(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """As lm-eval's HFLM (`_encode_pair`): an empty context is its prefix token (BOS, else
+        EOS); otherwise the
+        context's trailing spaces move to the continuation, and the pair is encoded whole and
+        split at the context's length (so merges across the boundary match)."""
+        encode = lambda text: self.tokenizer(text, add_special_tokens=False).input_ids  # noqa: E731
+        if context == "":
+            bos = self.tokenizer.bos_token_id
+            return [bos if bos is not None else self.tokenizer.eos_token_id], encode(continuation)
+        spaces = len(context) - len(context.rstrip())
+        if spaces:
+            continuation, context = context[-spaces:] + continuation, context[:-spaces]
+        whole, ctx = encode(context + continuation), encode(context)
+        return whole[: len(ctx)], whole[len(ctx) :]
+
+    @torch.no_grad()
+    def loglikelihood(self, requests) -> list[tuple[float, bool]]:
+        device = next(self.model.parameters()).device
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        encoded = [self._encode(*r.args) for r in requests]
+        by_context: dict[tuple, list[int]] = {}
+        for i, (ctx, _) in enumerate(encoded):
+            by_context.setdefault(tuple(ctx), []).append(i)
+        results: list[tuple[float, bool] | None] = [None] * len(requests)
+        for ctx, indices in by_context.items():
+            conts = [encoded[i][1] for i in indices]
+            width = len(ctx) + max(len(c) for c in conts)
+            batch = torch.full((len(conts), width), pad, dtype=torch.long)
+            for r, c in enumerate(conts):
+                batch[r, : len(ctx) + len(c)] = torch.tensor(list(ctx) + c)
+            scores = self.oracle(torch.tensor(ctx)) if self.runner.cfg.method == "oracle" else None
+            if self.runner.cfg.decide == "token":  # each continuation's tokens choose their own masks
+                rows = []
+                for r in range(len(conts)):
+                    with self.runner.input(decide_at=len(ctx) - 1, oracle_scores=scores, per_position=True):
+                        rows.append(self.model(batch[r : r + 1].to(device), use_cache=False).logits.float().log_softmax(-1))
+                logp = torch.cat(rows)
+            else:
+                with self.runner.input(decide_at=len(ctx) - 1, oracle_scores=scores):
+                    logp = self.model(batch.to(device), use_cache=False).logits.float().log_softmax(-1)
+            for r, (i, c) in enumerate(zip(indices, conts)):
+                pos = torch.arange(len(ctx) - 1, len(ctx) - 1 + len(c), device=device)
+                target = torch.tensor(c, device=device)
+                rows_logp = logp[r, pos]
+                results[i] = (rows_logp.gather(-1, target[:, None]).sum().item(), bool((rows_logp.argmax(-1) == target).all()))
+            if self.progress:
+                self.progress(1)
+        return results
+
+    def loglikelihood_rolling(self, requests):
+        raise NotImplementedError("sparse perplexity runs in sparsity/evaluate.py (a mask per window), not through lm-eval")
+
+    def generate_until(self, requests):
+        raise NotImplementedError("generation tasks are not supported with per-input sparse masks; use `sparsity generate`")
