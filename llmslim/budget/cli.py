@@ -9,6 +9,7 @@ import typer
 
 from llmslim.budget import jobs as PL
 from llmslim.budget.parse import DEFAULT_BUDGET
+from llmslim.budget.run import ESTIMATE_MAX_TOKENS
 from llmslim.core import report
 from llmslim.core.errors import BadOptionError
 from llmslim.core.job import Command, run_command
@@ -34,7 +35,7 @@ DataOpt = Annotated[Optional[Path], typer.Option(help="Questions file (.jsonl/.j
 LimitOpt = Annotated[Optional[int], typer.Option("--limit", "-l", help="At most this many questions (the first N after --offset); default: all.", rich_help_panel=DATA)]
 OffsetOpt = Annotated[int, typer.Option(help="Skip this many questions first.", rich_help_panel=DATA)]
 TemplatesOpt = Annotated[Optional[Path], typer.Option(help="JSON object overriding TALE's templates by name (cot_number, budget_number, direct_number, cot_choice, budget_choice, direct_choice, estimate).", rich_help_panel=DATA)]
-EstMaxOpt = Annotated[int, typer.Option(help="Output token limit for the budget estimator.", rich_help_panel=GEN)]
+EstMaxOpt = Annotated[int, typer.Option(help="Output token limit for the budget estimator (room to reason before writing [[N]]).", rich_help_panel=GEN)]
 DefaultBudgetOpt = Annotated[int, typer.Option(help="Budget used when the estimate has no [[N]] (stated in the results).", rich_help_panel=GEN)]
 MaxBudgetOpt = Annotated[Optional[int], typer.Option(help="Clamp estimated budgets to at most this.", rich_help_panel=GEN)]
 
@@ -58,7 +59,7 @@ def estimate(
     model: ModelOpt = MODEL,
     regression: Annotated[Optional[Path], typer.Option(help="Fit budget ~ question length on a `budget search` output instead of asking the model.")] = None,
     data: DataOpt = None, limit: LimitOpt = None, offset: OffsetOpt = 0, templates: TemplatesOpt = None,
-    estimate_max_tokens: EstMaxOpt = 64, default_budget: DefaultBudgetOpt = DEFAULT_BUDGET, max_budget: MaxBudgetOpt = None,
+    estimate_max_tokens: EstMaxOpt = ESTIMATE_MAX_TOKENS, default_budget: DefaultBudgetOpt = DEFAULT_BUDGET, max_budget: MaxBudgetOpt = None,
     api_base: ApiBaseOpt = None, api_key_env: ApiKeyEnvOpt = "OPENAI_API_KEY", api_tokenizer: ApiTokOpt = None,
     concurrency: ConcOpt = 4, retries: RetriesOpt = 3, timeout: TimeoutOpt = 60.0, batch_size: BatchOpt = 8,
     out: OutOpt = None, force: ForceOpt = False, json: JsonOpt = False, quiet: QuietOpt = False, seed: SeedOpt = SEED,
@@ -82,11 +83,15 @@ def render_estimate(r: dict) -> None:
 
 
 def _render_modes(result: dict) -> None:
-    cols = ["mode", "n", "accuracy", "mean out tokens", "mean gpt-4 tokens", "mean budget", "truncated", "out tokens total"]
+    cols = ["mode", "n", "accuracy", "mean out tokens", "mean gpt-4 tokens", "mean budget", "budget parsed", "truncated",
+            "out tokens total"]
     has_cost = any("cost_usd" in m for m in result["modes"])
-    rows = [[m["mode"], m["n"], m["accuracy"], m["mean_out_tokens"], m["mean_gpt4_tokens"], m["mean_budget"], m["truncated"],
+    rows = [[m["mode"] + (" (!)" if "warning" in m else ""), m["n"], m["accuracy"], m["mean_out_tokens"], m["mean_gpt4_tokens"],
+             m["mean_budget"], f"{100 * m['budget_parse_rate']:.0f}%" if "budget_parse_rate" in m else "-", m["truncated"],
              m["out_tokens_total"]] + ([m.get("cost_usd")] if has_cost else []) for m in result["modes"]]
     report.stdout.print(report.table(f"budget run ({result['backend']}, {result['n_questions']} questions)", cols + (["cost $"] if has_cost else []), rows))
+    for warning in result.get("warnings", []):
+        report.stderr.print(f"warning: {warning}")
     _foot(result)
 
 
@@ -96,7 +101,7 @@ def run(
     modes: Annotated[str, typer.Option("--modes", help="Comma list: vanilla, direct, tale-ep, budget:N, searched, regression.")] = "vanilla,direct,tale-ep",
     searched: Annotated[Optional[Path], typer.Option(help="`budget search` output (folder or search.jsonl) for modes searched/regression.")] = None,
     data: DataOpt = None, limit: LimitOpt = None, offset: OffsetOpt = 0, templates: TemplatesOpt = None,
-    max_new_tokens: MaxNewTokensOpt = 512, estimate_max_tokens: EstMaxOpt = 64, default_budget: DefaultBudgetOpt = DEFAULT_BUDGET,
+    max_new_tokens: MaxNewTokensOpt = 512, estimate_max_tokens: EstMaxOpt = ESTIMATE_MAX_TOKENS, default_budget: DefaultBudgetOpt = DEFAULT_BUDGET,
     max_budget: MaxBudgetOpt = None,
     price_in: Annotated[Optional[float], typer.Option(help="$ per 1M input tokens, for a cost column.", rich_help_panel=GEN)] = None,
     price_out: Annotated[Optional[float], typer.Option(help="$ per 1M output tokens, for a cost column.", rich_help_panel=GEN)] = None,

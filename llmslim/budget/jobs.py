@@ -207,7 +207,7 @@ def run_modes(job: Job, ctx: Context) -> dict:
         summaries.append(summary)
         rows += mode_rows
     _save_rows(ctx, "log.jsonl", rows)
-    return {"modes": summaries, **_common(env, questions)}
+    return {"modes": summaries, "warnings": [m["warning"] for m in summaries if "warning" in m], **_common(env, questions)}
 
 
 def validate_search(job: Job) -> None:

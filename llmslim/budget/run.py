@@ -24,12 +24,16 @@ from llmslim.budget.search import search as run_search
 from llmslim.core.errors import BadOptionError, DataError
 
 MODES = ("vanilla", "direct", "tale-ep", "budget:N", "searched", "regression")
+ESTIMATE_MAX_TOKENS = 256
+PARSE_WARN = 0.5  # below this share of parsed estimates a tale-ep row is mostly the default budget
 
 
 @dataclass
 class Settings:
     max_new_tokens: int = 512
-    estimate_max_tokens: int = 64  # the estimator answers "Budget: [[N]]": a few tokens
+    # the estimator's output cap: "Budget: [[N]]" is a few tokens, but a model that reasons first
+    # needs room to get there (at 64, most SmolLM2 estimates were cut before any [[N]])
+    estimate_max_tokens: int = ESTIMATE_MAX_TOKENS
     default_budget: int = DEFAULT_BUDGET  # when the estimate does not parse
     max_budget: int | None = None  # clamp estimates (None: no clamp)
     rel_tol: float = 1e-4
@@ -155,8 +159,11 @@ def summarize(mode: str, rows: list[dict], s: Settings, counter: Counter | None 
         "in_tokens_total": in_total, "out_tokens_total": out_total,  # estimator calls included
     }
     if any("budget_parsed" in r for r in rows):
-        summary["budget_parse_rate"] = sum(bool(r.get("budget_parsed")) for r in rows) / n
+        summary["budget_parse_rate"] = rate = sum(bool(r.get("budget_parsed")) for r in rows) / n
         summary["budget_default"] = s.default_budget
+        if rate < PARSE_WARN:
+            summary["warning"] = (f"{mode}: the estimator wrote a parsable [[N]] for {100 * rate:.0f}% of the questions; the "
+                                  f"rest got the default budget {s.default_budget}, so this row mostly measures budget:{s.default_budget}")
     if s.price_in is not None or s.price_out is not None:
         summary["cost_usd"] = in_total * (s.price_in or 0) / 1e6 + out_total * (s.price_out or 0) / 1e6
     return summary

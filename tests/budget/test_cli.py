@@ -37,6 +37,9 @@ def test_run_modes_log_and_atomic_output(tiny_llama_dir, gsm, tmp_path):
     assert list(modes) == ["vanilla", "direct", "tale-ep", "budget:5"]
     assert all(m["n"] == 3 and 0 < m["mean_out_tokens"] <= 6 for m in modes.values())
     assert modes["tale-ep"]["budget_default"] == 40 and modes["tale-ep"]["mean_budget"] == 40  # random model: no [[N]]
+    # so the tale-ep row is the default budget in disguise: said in the row and in one warning
+    assert modes["tale-ep"]["budget_parse_rate"] == 0 and "default budget 40" in modes["tale-ep"]["warning"]
+    assert result["warnings"] == [modes["tale-ep"]["warning"]] and "warning" not in modes["vanilla"]
     assert modes["tale-ep"]["out_tokens_total"] > modes["budget:5"]["out_tokens_total"] - 1  # estimator tokens counted
     assert modes["budget:5"]["cost_usd"] == pytest.approx(modes["budget:5"]["out_tokens_total"] / 1e6)
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
