@@ -16,7 +16,7 @@ from llmslim.budget import prompts as P
 from llmslim.budget import run as R
 from llmslim.budget.backends import HTTPBackend, LocalBackend
 from llmslim.budget.counting import Counter
-from llmslim.budget.questions import load_questions
+from llmslim.budget.questions import load_questions, question_key
 from llmslim.core.data import read_records
 from llmslim.core.device import peak_memory_mb
 from llmslim.core.errors import BadOptionError, DataError
@@ -186,8 +186,22 @@ def validate_run(job: Job) -> None:
     if any(m in ("searched", "regression") for m in modes):
         if job.options.get("searched") is None:
             raise BadOptionError("modes 'searched' and 'regression' need --searched FILE (from `budget search --out`)")
-        read_search(job.options["searched"])
+        _searched_budgets(job, modes)
     validate(job)
+
+
+def _searched_budgets(job: Job, modes: list[str]) -> tuple[dict, list[dict]]:
+    """{question key: budget} from the --searched file, and its records; with mode searched,
+    every question of this run must be in it (before any model loads)."""
+    recs = read_search(job.options["searched"])
+    searched = {question_key(r["question"]): r.get("budget") for r in recs if r.get("question")}
+    if "searched" in modes:
+        questions = load_questions(job.data, limit=job.limit, offset=job.offset)
+        missing = [q for q in questions if question_key(q.question) not in searched]
+        if missing:
+            raise DataError(f"{len(missing)} of the {len(questions)} questions are not in {job.options['searched']} "
+                            f"(first: {missing[0].question[:60]!r}); search this split and --offset, or use mode regression")
+    return searched, recs
 
 
 def run_modes(job: Job, ctx: Context) -> dict:
@@ -195,8 +209,7 @@ def run_modes(job: Job, ctx: Context) -> dict:
     s, questions, env = _start(job, ctx)
     searched, regression = None, None
     if any(m in ("searched", "regression") for m in modes):
-        recs = read_search(job.options["searched"])
-        searched = {str(r["id"]): r["budget"] for r in recs if r.get("budget")}
+        searched, recs = _searched_budgets(job, modes)
         regression = R.fit_regression(recs, env.counter) if "regression" in modes else None
     summaries, rows = [], []
     for mode in modes:

@@ -76,3 +76,12 @@ def load_questions(source: Path | str | None = None, *, limit: int | None = None
     if not rows:
         raise DataError(f"{source}: no questions (offset {offset}, limit {limit})")
     return [_record(row, offset + i, source) for i, row in enumerate(rows)]
+
+
+def question_key(text: str) -> str:
+    """What matches a question to its searched budget: a hash of its text (ids are positions
+    for files without one, so a search file from another split or --offset would otherwise
+    give its budgets to other questions)."""
+    import hashlib
+
+    return hashlib.sha1(text.strip().encode("utf-8")).hexdigest()[:16]

@@ -18,7 +18,7 @@ from llmslim.budget import prompts as P
 from llmslim.budget.backends import Backend, Completion
 from llmslim.budget.counting import Counter
 from llmslim.budget.parse import DEFAULT_BUDGET, is_correct, parse_budget
-from llmslim.budget.questions import Question
+from llmslim.budget.questions import Question, question_key
 from llmslim.budget.search import Attempt
 from llmslim.budget.search import search as run_search
 from llmslim.core.errors import BadOptionError, DataError
@@ -118,7 +118,7 @@ def run_mode(
     elif name == "searched":
         if not searched:
             raise DataError("mode 'searched' needs a search file (--searched FILE from `budget search`)")
-        budgets = [{"budget": searched.get(q.id)} for q in questions]
+        budgets = [{"budget": searched.get(question_key(q.question))} for q in questions]  # keyed by text, not position
     elif name == "regression":
         if not regression:
             raise DataError("mode 'regression' needs a regression fit (--searched FILE from `budget search`)")

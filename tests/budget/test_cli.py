@@ -115,3 +115,23 @@ def test_question_formats(tmp_path):
     bad.write_text(json.dumps({"question": "no answer"}) + "\n")
     with pytest.raises(DataError):
         load_questions(bad)
+
+
+def test_searched_budgets_follow_the_question_text_not_its_position(tiny_llama_dir, gsm, tmp_path):
+    """A search file lists questions by text; its ids (positions) may belong to another split or
+    --offset. Budgets go to the question with the same text, and a run whose questions the file
+    does not hold is refused before the model loads."""
+    questions = [json.loads(line)["question"] for line in gsm.read_text().splitlines()]
+    search = tmp_path / "search.jsonl"
+    rows = [{"id": "0", "question": questions[2], "budget": 7}, {"id": "1", "question": questions[0], "budget": 11},
+            {"id": "2", "question": questions[1], "budget": None}]  # other positions; question 1: no budget found
+    search.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "run"
+    res = invoke("run", *common(tiny_llama_dir, gsm), "--modes", "searched", "--searched", search, "--max-new-tokens", "2",
+                 "--out", out, "--json")
+    assert res.exit_code == 0, res.output
+    log = {r["question"]: r["budget"] for r in map(json.loads, (out / "log.jsonl").read_text().splitlines())}
+    assert log == {questions[0]: 11, questions[1]: None, questions[2]: 7}
+    search.write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))  # question 1 not searched at all
+    res = invoke("run", *common(tiny_llama_dir, gsm), "--modes", "searched", "--searched", search, "--device", "tpu")
+    assert res.exit_code != 0 and "1 of the 3 questions are not in" in str(res.exception)
