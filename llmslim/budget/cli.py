@@ -190,7 +190,7 @@ def train(
     lora_r: LoraROpt = 8,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Examples per step.")] = 4,
     max_length: Annotated[int, typer.Option(help="Truncate prompt+answer to this many tokens.")] = 768,
-    only_improved: Annotated[bool, typer.Option(help="Train only on questions where search found a shorter answer.")] = False,
+    only_improved: Annotated[bool, typer.Option("--only-improved/--all-searched", help="Train only on questions where search found a shorter answer (TALE-PT), or on every searched one (the rest are vanilla answers: self-distillation).")] = True,
     limit: LimitOpt = None, templates: TemplatesOpt = None,
     out: OutOpt = None, force: ForceOpt = False, json: JsonOpt = False, quiet: QuietOpt = False, seed: SeedOpt = SEED,
     device: DeviceOpt = DEVICE, dtype: DtypeOpt = DTYPE,

@@ -42,7 +42,9 @@ class TrainConfig:
     max_length: int = 768
     beta: float = 0.1  # DPO temperature (TRL default)
     seed: int = 0
-    only_improved: bool = False  # train only on questions whose search found a shorter answer
+    # TALE-PT trains on answers the budget search made shorter; the rest are the model's own vanilla
+    # answers (self-distillation, not TALE-PT): only with --all-searched
+    only_improved: bool = True
 
     def check(self) -> None:
         if self.algo not in ALGOS:
@@ -53,8 +55,12 @@ class TrainConfig:
             raise BadOptionError("--lora-r and --batch-size must be >= 1, --max-length >= 2, --lr > 0")
 
 
-def examples_from_search(records: list[dict], t: P.Templates = P.DEFAULT, only_improved: bool = False) -> list[dict]:
-    """{prompt, chosen, rejected} from `budget search` rows: searched, correct answers only."""
+def examples_from_search(records: list[dict], t: P.Templates = P.DEFAULT, only_improved: bool = True) -> list[dict]:
+    """{prompt, chosen, rejected} from `budget search` rows: searched, correct answers that the
+    search made shorter than vanilla CoT (all searched ones with only_improved=False)."""
+    if only_improved and any(r.get("searched") for r in records) and not any(r.get("improved") for r in records):
+        raise DataError("the budget search found no answer shorter than vanilla CoT: TALE-PT would train on the model's own "
+                        "vanilla answers (self-distillation); --all-searched does that anyway")
     out = []
     for r in records:
         if not r.get("searched") or r.get("answer") is None or (only_improved and not r.get("improved")):

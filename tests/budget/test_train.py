@@ -20,17 +20,28 @@ def _search_rows():
 
 
 def test_examples_from_search_use_the_vanilla_prompt_and_searched_answers():
-    ex = examples_from_search(_search_rows())
+    ex = examples_from_search(_search_rows(), only_improved=False)
     assert len(ex) == 2  # the unsearched (vanilla-wrong) question is dropped
     assert ex[0]["prompt"].startswith("Q: w1 w2 w3\n") and "use less than" not in ex[0]["prompt"]
     assert ex[0]["chosen"] == "w5 w6 [[7]]" and ex[0]["rejected"].startswith("w9")
-    assert len(examples_from_search(_search_rows(), only_improved=True)) == 1
+    assert [e["chosen"] for e in examples_from_search(_search_rows())] == ["w5 w6 [[7]]"]  # TALE-PT: the shorter ones only
+
+
+def test_tale_pt_refuses_to_self_distil_when_search_found_nothing_shorter():
+    import pytest
+
+    from llmslim.core.errors import DataError
+
+    rows = [r | {"improved": False} for r in _search_rows()]
+    with pytest.raises(DataError, match="found no answer shorter than vanilla"):
+        examples_from_search(rows)
+    assert len(examples_from_search(rows, only_improved=False)) == 2
 
 
 def test_lora_sft_trains_and_reloads(tiny_llama_dir, tmp_path):
     loaded = load_model(str(tiny_llama_dir), device="cpu", dtype="float32")
     before = {k: v.clone() for k, v in loaded.model.state_dict().items()}
-    ex = examples_from_search(_search_rows()) * 4
+    ex = examples_from_search(_search_rows(), only_improved=False) * 4
     cfg = TrainConfig(max_steps=6, batch_size=4, lr=5e-3, seed=0)
     peft_model, info = train(loaded.model, loaded.tokenizer, ex, cfg, tmp_path)
     assert info["steps"] == 6 and all(torch.isfinite(torch.tensor(info["losses"])))
@@ -56,7 +67,7 @@ def test_cli_train_end_to_end(tiny_llama_dir, tmp_path):
                                    "--batch-size", "2", "--out", str(out), "--json", "--device", "cpu"])
     assert res.exit_code == 0, res.output
     result = json.loads(res.stdout)
-    assert result["steps"] == 2 and result["examples"] == 2
+    assert result["steps"] == 2 and result["examples"] == 1  # the improved question only (TALE-PT's default)
     assert (out / "run.json").is_file() and (out / "config.json").is_file()
     res = CliRunner().invoke(app, ["budget", "train", str(tiny_llama_dir), "--search", str(search), "--max-steps", "1", "--out", str(out)])
     assert res.exit_code != 0 and "already exists" in str(res.exception)
