@@ -144,14 +144,14 @@ def sft(
 @app.command("eval")
 def eval_cmd(
     model: Annotated[str, typer.Argument(help="The shortened model (folder, alias, .gguf or hub id).")],
-    base: Annotated[str, typer.Option("--base", help="The model it was shortened from.")] = MODEL,
+    base: Annotated[Optional[str], typer.Option("--base", help="The model it was shortened from; default: the one MODEL's run.json records (another needs --force).")] = None,
     prompts: Annotated[Optional[str], typer.Option("--prompts", help="'mt-bench' (first turns of ../shared/data/mt_bench) or a records file.")] = "mt-bench",
     limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N prompts.")] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Answer token limit (both models).")] = 256,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Generation batch size.")] = 8,
     sim_model: SimOpt = None,
     judge_url: Annotated[Optional[str], typer.Option("--judge-url", help="OpenAI-compatible API (…/v1) scoring answers with MT-Bench's single-answer prompt.")] = None,
-    judge_model: Annotated[str, typer.Option("--judge-model", help="Model name sent to the judge.")] = "gpt-4",
+    judge_model: Annotated[Optional[str], typer.Option("--judge-model", help="Model name sent to the judge (required with --judge-url).")] = None,
     judge_key: Annotated[Optional[str], typer.Option("--judge-key", envvar="OPENAI_API_KEY", show_envvar=True, help="API key for the judge.")] = None,
     ref_cache: RefCacheOpt = None,
     out: OutOpt = None,

@@ -170,14 +170,14 @@ def run_train(job: TrainJob, ctx: Context) -> dict:
 @dataclass(kw_only=True)
 class EvalJob(CommonOptions):
     model: str  # the shortened model
-    base: str = MODEL
+    base: str | None = None  # None: the model recorded in the shortened folder's run.json
     prompts: str | None = None  # None: MT-Bench first turns
     limit: int | None = None
     max_new_tokens: int = 256
     batch_size: int = 8
     sim_model: str | None = None
     judge_url: str | None = None
-    judge_model: str = "gpt-4"
+    judge_model: str | None = None  # required with judge_url: no silent default
     judge_key: str | None = None
     ref_cache: Path | None = None
 
@@ -192,6 +192,14 @@ def base_answers(base_model, tok, base_path: str, questions: list, job: EvalJob,
     return [Generation(r.prompt, r.text, r.n_tokens, r.finished) for r in refs.refs]
 
 
+def recorded_base(model: str) -> str | None:
+    """The model a trained folder started from, as its run.json records it (None: no record)."""
+    manifest = Path(model) / "run.json"
+    if not manifest.is_file():
+        return None
+    return json.loads(manifest.read_text()).get("args", {}).get("model")
+
+
 def validate_eval(job: EvalJob) -> None:
     if job.limit is not None and job.limit < 1:
         raise BadOptionError(f"--limit must be >= 1, got {job.limit}")
@@ -199,7 +207,17 @@ def validate_eval(job: EvalJob) -> None:
         raise BadOptionError("--max-new-tokens and --batch-size must be >= 1")
     from llmslim.shorten.reward import resolve_sim_model
 
+    if job.judge_url and not job.judge_model:
+        raise BadOptionError("--judge-url needs --judge-model NAME (the model the endpoint should judge with)")
     resolve_model(job.model)  # both models and the embedder exist before the first answer is generated
+    recorded = recorded_base(job.model)
+    if job.base is None:
+        if recorded is None:
+            raise BadOptionError(f"--base needed: {job.model} has no run.json naming the model it was trained from")
+        job.base = recorded
+    elif recorded is not None and job.base != recorded and not job.force:
+        raise BadOptionError(f"--base {job.base} is not the model {job.model} was trained from ({recorded}, its run.json); "
+                             "--force compares them anyway")
     resolve_model(job.base)
     resolve_sim_model(job.sim_model)
     ev.questions_from(job.prompts, job.limit)

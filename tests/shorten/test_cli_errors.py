@@ -75,3 +75,20 @@ def test_eval_bad_inputs(capsys, tiny_llama_dir, prompts_file, tmp_path):
                       "--limit", 2), "no model at")
     one_line(*run_cli(capsys, "eval", tiny_llama_dir, "--base", tiny_llama_dir, "--prompts", prompts_file,
                       "--limit", 0), "--limit must be >= 1")
+
+
+def test_eval_base_comes_from_the_trained_folder(capsys, tiny_llama_dir, prompts_file, tmp_path):
+    """shorten eval compares against the model the folder was trained from (its run.json), not a
+    default; another --base needs --force; a judge endpoint needs a model name."""
+    import json
+    import shutil
+
+    trained = tmp_path / "trained"
+    shutil.copytree(tiny_llama_dir, trained)
+    one_line(*run_cli(capsys, "eval", trained, "--prompts", prompts_file, "--limit", 1), "--base needed")
+    (trained / "run.json").write_text(json.dumps({"command": "shorten rl", "args": {"model": str(tmp_path / "elsewhere")}}))
+    one_line(*run_cli(capsys, "eval", trained, "--base", tiny_llama_dir, "--prompts", prompts_file, "--limit", 1),
+             "is not the model")
+    one_line(*run_cli(capsys, "eval", trained, "--prompts", prompts_file, "--limit", 1), "no model at")  # the recorded base
+    one_line(*run_cli(capsys, "eval", trained, "--base", tiny_llama_dir, "--force", "--prompts", prompts_file, "--limit", 1,
+                      "--judge-url", "http://localhost:1/v1"), "--judge-url needs --judge-model")
