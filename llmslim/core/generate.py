@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -13,6 +13,7 @@ class Generation:
     text: str
     n_tokens: int  # generated tokens up to and including the first EOS; no padding
     finished: bool  # stopped on EOS rather than the token limit
+    ids: list[int] = field(default_factory=list)  # those tokens as generated (decode + encode may not round-trip)
 
 
 def render_prompt(tokenizer, prompt: str, chat: bool | None = None, system: str | None = None) -> str:
@@ -70,7 +71,7 @@ def generate(
                 end = next((i + 1 for i, t in enumerate(ids) if t in stop), None)
                 kept = ids[:end] if end else ids
                 text = tokenizer.decode([t for t in kept if t not in stop], skip_special_tokens=True)
-                results.append(Generation(prompt, text, len(kept), end is not None))
+                results.append(Generation(prompt, text, len(kept), end is not None, kept))
             if progress:
                 progress(len(batch))
     finally:

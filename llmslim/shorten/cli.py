@@ -101,6 +101,7 @@ def sft(
     lam1: Annotated[float, typer.Option("--lam1", help="Weight of KL(p_ref ‖ p_act) (paper: 0.01).", rich_help_panel=METHOD)] = 0.01,
     lam2: Annotated[float, typer.Option("--lam2", help="Weight of KL(p_act ‖ p_ref) (paper: 0.01).", rich_help_panel=METHOD)] = 0.01,
     head_ratio: Annotated[float, typer.Option("--head-ratio", help="Branch in the first fraction of each answer (paper: 0.5).", rich_help_panel=METHOD)] = 0.5,
+    tie_advantage: Annotated[int, typer.Option("--tie-advantage", help="Advantage of a branch as long as the reference's rest: -1 (the reference code: only shorter is rewarded) or 0.", rich_help_panel=METHOD)] = -1,
     top_p: Annotated[float, typer.Option("--top-p", help="Alternatives from this nucleus of p_ref (paper: 0.6, 0.9).", rich_help_panel=METHOD)] = 0.9,
     branches: Annotated[int, typer.Option("--branches", help="Branch positions per answer whose p_ref is cached.", rich_help_panel=METHOD)] = 4,
     lr: LrOpt = 1e-5,
@@ -134,7 +135,8 @@ def sft(
 
     cfg = SFTConfig(lam1=lam1, lam2=lam2, head_ratio=head_ratio, top_p=top_p, branches_per_answer=branches,
                     learning_rate=lr, steps=max_steps, batch_size=batch_size, train_modules=train_modules, lora=lora,
-                    lora_r=lora_r, lora_alpha=2 * lora_r, eval_every=eval_every, save_every=save_every, seed=seed)
+                    lora_r=lora_r, lora_alpha=2 * lora_r, eval_every=eval_every, save_every=save_every, seed=seed,
+                    tie_advantage=tie_advantage)
     _train("sft", model, cfg, prompts=prompts, limit=limit, val_size=val_size, max_new_tokens=max_new_tokens,
            max_ref_tokens=max_ref_tokens, keep_unfinished=keep_unfinished, sim_model=None, ref_cache=ref_cache,
            regenerate=regenerate, out=out, force=force, resume=resume, checkpoint_dir=checkpoint_dir, json=json,

@@ -62,8 +62,12 @@ class ReferenceSet:
         return sum(r.finished for r in self.refs) / max(len(self.refs), 1)
 
 
+CACHE_VERSION = 2  # 2: answer ids as generated (1 re-encoded them from the text)
+
+
 def cache_key(model_id: str, prompts: list[str], max_new_tokens: int, chat: bool | None, extra: dict | None = None) -> str:
-    blob = json.dumps({"model": model_id, "prompts": prompts, "max_new_tokens": max_new_tokens, "chat": chat, **(extra or {})}, sort_keys=True)
+    blob = json.dumps({"model": model_id, "prompts": prompts, "max_new_tokens": max_new_tokens, "chat": chat,
+                       "version": CACHE_VERSION, **(extra or {})}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -75,18 +79,13 @@ def _prompt_ids(tokenizer, prompt: str, chat: bool | None) -> list[int]:
 
 def generate_references(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int = 8,
                         chat: bool | None = None, progress=None) -> list[Reference]:
-    """Greedy answers of the frozen model. core.generate returns texts and counts, so the answer's
-    ids are re-encoded from the text (for SmolLM2's BPE the round trip is exact up to rare merges)."""
+    """Greedy answers of the frozen model, with the token ids as generated (EOS included when it
+    finished): re-encoding the decoded text can give other ids (another merge of the same
+    characters), and branching SFT must branch on the tokens the model actually produced."""
     gens = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, chat=chat,
                     do_sample=False, progress=progress)
-    refs = []
-    eos = tokenizer.eos_token_id
-    for g in gens:
-        answer = tokenizer(g.text, add_special_tokens=False).input_ids
-        if g.finished and eos is not None:
-            answer = answer + [eos]
-        refs.append(Reference(g.prompt, g.text, g.n_tokens, g.finished, _prompt_ids(tokenizer, g.prompt, chat), answer))
-    return refs
+    return [Reference(g.prompt, g.text, g.n_tokens, g.finished, _prompt_ids(tokenizer, g.prompt, chat), list(g.ids))
+            for g in gens]
 
 
 @torch.no_grad()

@@ -3,7 +3,9 @@
 For a reference answer y (greedy, frozen model) and a position t in its first `head_ratio`:
 pick an alternative token v ≠ y_t from the top-p nucleus of p_ref(· | x, y_<t), let the current
 model continue greedily from x + y_<t + v, and compare the branch's length with the reference's
-remaining length: a = +1 if the branch ends sooner, -1 if later (0 on a tie). The loss at t is
+remaining length: a = +1 if the branch ends sooner, -1 if later; a tie (or neither finished
+within the budget) gets `tie_advantage`: -1 as in the reference code (only a shorter branch is
+rewarded), or 0 (no push either way; llmslim's earlier behaviour). The loss at t is
 
     (1 - λ1 - λ2)·a·CE(v) + λ1·KL(p_ref ‖ p_act) + λ2·KL(p_act ‖ p_ref)
 
@@ -48,6 +50,7 @@ class SFTConfig:
     save_every: int = 0
     max_grad_norm: float = 1.0
     seed: int = 0
+    tie_advantage: int = -1  # the reference's: a branch that is not shorter is pushed away
 
     def validate(self) -> None:
         if self.lam1 < 0 or self.lam2 < 0 or self.lam1 + self.lam2 >= 1:
@@ -56,6 +59,8 @@ class SFTConfig:
             raise BadOptionError(f"--head-ratio must be in (0, 1], got {self.head_ratio}")
         if not 0 < self.top_p <= 1:
             raise BadOptionError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if self.tie_advantage not in (-1, 0):
+            raise BadOptionError(f"--tie-advantage must be -1 (the reference) or 0, got {self.tie_advantage}")
         if self.steps < 1 or self.batch_size < 1 or self.branches_per_answer < 1:
             raise BadOptionError("--max-steps, --batch-size and --branches must be >= 1")
         if self.learning_rate <= 0:
@@ -113,6 +118,7 @@ class Branch:
     ref_finished: bool
     branch_len: int = 0
     advantage: int = 0
+    tied: bool = False  # neither shorter nor longer: its advantage is the config's tie_advantage
 
 
 def sample_branches(refs: ReferenceSet, n: int, top_p: float, rng: random.Random, tries: int = 20) -> list[Branch]:
@@ -139,7 +145,7 @@ def sample_branches(refs: ReferenceSet, n: int, top_p: float, rng: random.Random
 
 
 @torch.no_grad()
-def score_branches(model, tokenizer, branches: list[Branch], stop_ids: set[int]) -> None:
+def score_branches(model, tokenizer, branches: list[Branch], stop_ids: set[int], tie_advantage: int = -1) -> None:
     """Greedy continuation after each alternative, only as far as needed to tell shorter from
     longer; sets branch_len (alt + continuation, EOS included) and the advantage."""
     if not branches:
@@ -169,7 +175,7 @@ def score_branches(model, tokenizer, branches: list[Branch], stop_ids: set[int])
         elif b.ref_finished and b.branch_len > b.ref_remaining:
             b.advantage = -1
         else:
-            b.advantage = 0  # a tie, or neither finished within the budget
+            b.advantage, b.tied = tie_advantage, True  # a tie, or neither finished within the budget
 
 
 def _stop_ids(model, tokenizer) -> set[int]:
@@ -218,7 +224,8 @@ def _warnings(history: list[dict], nothing_run: bool) -> list[str]:
     if nothing_run or not steps:
         return []
     if not any(h["shorter_frac"] > 0 or h["longer_frac"] > 0 for h in steps):
-        return ["every branch tied the reference's length: only the KL terms trained"]
+        return ["every branch tied the reference's length: only the KL terms trained"
+                + (" and the ties' -1 (--tie-advantage)" if any(h.get("tie_frac") for h in steps) else "")]
     if not any(h["shorter_frac"] > 0 for h in steps):
         return ["no branch was ever shorter than the reference: the CE term only pushed alternatives down"]
     return []
@@ -246,7 +253,7 @@ def _train_step(model, tokenizer, refs: ReferenceSet, cfg: SFTConfig, optimizer,
     branches = sample_branches(refs, cfg.batch_size, cfg.top_p, rng)
     if not branches:
         raise BadOptionError(f"no branch candidates at --top-p {cfg.top_p}: the reference token fills every nucleus")
-    score_branches(model, tokenizer, branches, stop)
+    score_branches(model, tokenizer, branches, stop, cfg.tie_advantage)
     logits = _context_logits(model, [b.context for b in branches], pad)
     loss, parts = branch_loss(
         # renormalised: the cache holds float16 log-probs, whose exp sums to 1 only to ~1e-3
@@ -260,7 +267,8 @@ def _train_step(model, tokenizer, refs: ReferenceSet, cfg: SFTConfig, optimizer,
     optimizer.step()
     n = len(branches)
     return {"loss": loss.item(), **parts, "grad_norm": grad_norm,
-            "shorter_frac": sum(b.advantage > 0 for b in branches) / n, "longer_frac": sum(b.advantage < 0 for b in branches) / n,
+            "shorter_frac": sum(b.advantage > 0 for b in branches) / n,
+            "longer_frac": sum(b.advantage < 0 and not b.tied for b in branches) / n, "tie_frac": sum(b.tied for b in branches) / n,
             "branch_len": sum(b.branch_len for b in branches) / n, "ref_remaining": sum(b.ref_remaining for b in branches) / n}
 
 

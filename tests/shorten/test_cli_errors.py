@@ -92,3 +92,57 @@ def test_eval_base_comes_from_the_trained_folder(capsys, tiny_llama_dir, prompts
     one_line(*run_cli(capsys, "eval", trained, "--prompts", prompts_file, "--limit", 1), "no model at")  # the recorded base
     one_line(*run_cli(capsys, "eval", trained, "--base", tiny_llama_dir, "--force", "--prompts", prompts_file, "--limit", 1,
                       "--judge-url", "http://localhost:1/v1"), "--judge-url needs --judge-model")
+
+
+def test_reference_ids_are_the_generated_ids(tiny_llama_dir):
+    """Branching SFT branches on the tokens the model produced: decoding and re-encoding loses
+    special tokens (<unk>, <pad> here) and may merge differently."""
+    import torch
+
+    from llmslim.core.load import load_model
+    from llmslim.shorten.reference import generate_references
+
+    loaded = load_model(str(tiny_llama_dir), device="cpu", dtype="float32")
+    prompts = [f"w{i} w{i + 3} w{i + 7}" for i in range(12)]
+    refs = generate_references(loaded.model, loaded.tokenizer, prompts, max_new_tokens=10, batch_size=1, chat=False)
+    special = set(loaded.tokenizer.all_special_ids) - {loaded.tokenizer.eos_token_id}
+    assert any(t in special for r in refs for t in r.answer_ids)  # this set exercises the lossy round trip
+    from llmslim.core.generate import _stop_ids
+
+    stop = _stop_ids(loaded.model, loaded.tokenizer)
+    for p, r in zip(prompts, refs):
+        ids = loaded.tokenizer(p, return_tensors="pt").input_ids
+        out = loaded.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, do_sample=False,
+                                    eos_token_id=sorted(stop), pad_token_id=loaded.tokenizer.pad_token_id)
+        new = out[0, ids.shape[1]:].tolist()
+        end = next((i + 1 for i, t in enumerate(new) if t in stop), len(new))
+        assert r.answer_ids == new[:end] and r.n_tokens == len(r.answer_ids)
+
+
+@pytest.mark.parametrize("tie", [-1, 0])
+def test_branch_advantages_shorter_longer_and_ties(tie):
+    """+1 for a branch that ends before the reference's rest, -1 for one that ends after, and
+    --tie-advantage (-1: the reference code) for one of the same length."""
+    import torch
+
+    from llmslim.shorten.sft import Branch, score_branches
+
+    EOS, PAD = 9, 0
+    continuations = [[5, EOS, PAD, PAD], [5, 5, EOS, PAD], [5, 5, 5, 5]]  # branch lengths 3, 4 and >= 5 (alt included)
+
+    class Scripted(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def generate(self, input_ids, **kwargs):
+            return torch.cat([input_ids, torch.tensor(continuations)[:, : kwargs["max_new_tokens"]]], dim=1)
+
+    class Tok:
+        pad_token_id = PAD
+
+    branches = [Branch(ref=0, pos=1, alt=3, context=[1, 2], logp_ref=torch.zeros(10), ref_remaining=4, ref_finished=True)
+                for _ in continuations]
+    score_branches(Scripted(), Tok(), branches, {EOS}, tie_advantage=tie)
+    assert [b.branch_len for b in branches] == [3, 4, 5]
+    assert [b.advantage for b in branches] == [1, tie, -1] and [b.tied for b in branches] == [False, True, False]
