@@ -13,9 +13,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -153,25 +155,37 @@ def parse_rating(judgment: str) -> float:
 @dataclass
 class Judge:
     url: str  # base URL of an OpenAI-compatible API (…/v1) or the full …/chat/completions
-    model: str = "gpt-4"
+    model: str  # no default: the endpoint's judge is named by the user
     api_key: str | None = None
     timeout: float = 120.0
     prompts: dict = field(default_factory=dict)
+    retries: int = 3  # after the first try, on a network error, a timeout, HTTP 429 or 5xx
+    backoff: float = 2.0  # seconds before the first retry, doubled each time
 
     def endpoint(self) -> str:
         u = self.url.rstrip("/")
         return u if u.endswith("/chat/completions") else u + "/chat/completions"
 
-    def score(self, q: Question, text: str) -> dict:
-        body = {"model": self.model, "messages": judge_messages(q, text, self.prompts), "temperature": 0, "max_tokens": 2048}
+    def _post(self, body: dict) -> dict:
         req = urllib.request.Request(self.endpoint(), data=json.dumps(body).encode(), method="POST",
                                      headers={"Content-Type": "application/json",
                                               **({"Authorization": f"Bearer {self.api_key}"} if self.api_key else {})})
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                data = json.loads(resp.read().decode())
-        except (urllib.error.URLError, TimeoutError, json.JSONDecodeError) as err:
-            raise LlmslimError(f"judge at {self.endpoint()} failed: {err}") from None
+        for attempt in range(self.retries + 1):
+            try:
+                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                    return json.loads(resp.read().decode())
+            except urllib.error.HTTPError as err:
+                if err.code != 429 and err.code < 500 or attempt == self.retries:
+                    raise LlmslimError(f"judge at {self.endpoint()} failed: HTTP {err.code} {err.reason}") from None
+            except (urllib.error.URLError, TimeoutError, json.JSONDecodeError) as err:
+                if attempt == self.retries:
+                    raise LlmslimError(f"judge at {self.endpoint()} failed after {self.retries + 1} tries: {err}") from None
+            time.sleep(self.backoff * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def score(self, q: Question, text: str) -> dict:
+        body = {"model": self.model, "messages": judge_messages(q, text, self.prompts), "temperature": 0, "max_tokens": 2048}
+        data = self._post(body)
         try:
             judgment = data["choices"][0]["message"]["content"]
         except (KeyError, IndexError, TypeError):
@@ -179,10 +193,26 @@ class Judge:
         return {"rating": parse_rating(judgment), "judgment": judgment}
 
 
-def judge_answers(judge: Judge, questions: list[Question], gens: list[Generation], progress=None) -> dict:
+def judge_answers(judge: Judge, questions: list[Question], gens: list[Generation], progress=None,
+                  journal: Path | None = None) -> dict:
+    """Each answer's rating. With a `journal` (a jsonl file), every judgment is appended as it
+    arrives and the ones already there (same judge, prompt and answer) are not asked again: a
+    run that failed part-way is resumed by running it again with the same journal."""
+    done = {}
+    if journal is not None and Path(journal).is_file():
+        for line in Path(journal).read_text().splitlines():
+            entry = json.loads(line)
+            done[entry["key"]] = entry["rating"]
     scores = []
     for q, g in zip(questions, gens):
-        scores.append(judge.score(q, g.text)["rating"])
+        key = hashlib.sha256(json.dumps([judge.endpoint(), judge.model, q.prompt, g.text]).encode()).hexdigest()[:20]
+        if key not in done:
+            done[key] = judge.score(q, g.text)["rating"]
+            if journal is not None:
+                Path(journal).parent.mkdir(parents=True, exist_ok=True)
+                with Path(journal).open("a") as f:
+                    f.write(json.dumps({"key": key, "rating": done[key]}) + "\n")
+        scores.append(done[key])
         if progress:
             progress(1)
     valid = [s for s in scores if s >= 0]

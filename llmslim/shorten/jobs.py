@@ -246,7 +246,9 @@ def run_eval(job: EvalJob, ctx: Context) -> dict:
     if judge is not None:
         t0 = time.perf_counter()
         advance = ctx.step("judging", 2 * len(questions))
-        jb, js = ev.judge_answers(judge, questions, base_gens, advance), ev.judge_answers(judge, questions, short_gens, advance)
+        journal = (job.ref_cache or cache_dir() / "shorten") / "judgments.jsonl"  # a failed run's judgments are kept
+        jb = ev.judge_answers(judge, questions, base_gens, advance, journal=journal)
+        js = ev.judge_answers(judge, questions, short_gens, advance, journal=journal)
         result["judge"] = {"model": judge.model, "base_mean": jb["mean"], "short_mean": js["mean"],
                            "base_scores": jb["scores"], "short_scores": js["scores"],
                            "score_change_pct": 100.0 * (js["mean"] / jb["mean"] - 1.0) if jb["mean"] and js["mean"] is not None else None}

@@ -72,6 +72,37 @@ def test_judge_against_stub(stub_judge):
 
 
 def test_unreachable_judge_is_a_clean_error():
-    judge = Judge("http://127.0.0.1:9/v1", prompts=PROMPTS, timeout=2)
+    judge = Judge("http://127.0.0.1:9/v1", "stub", prompts=PROMPTS, timeout=2, retries=1, backoff=0.01)
     with pytest.raises(LlmslimError, match="judge at"):
         judge.score(Question("q"), "a")
+
+
+def test_judge_retries_then_resumes_from_its_journal(stub_judge, monkeypatch, tmp_path):
+    """A transient failure is retried (with backoff); a run that fails for good keeps the
+    judgments it got, and running it again asks only for the missing ones."""
+    import urllib.error
+    import urllib.request
+
+    url, seen = stub_judge
+    real = urllib.request.urlopen
+    failures = {"left": 1}
+
+    def flaky(req, timeout=None):
+        if failures["left"] > 0:
+            failures["left"] -= 1
+            raise urllib.error.URLError("connection reset")
+        return real(req, timeout=timeout)
+
+    monkeypatch.setattr(urllib.request, "urlopen", flaky)
+    judge = Judge(url, "stub", prompts=PROMPTS, retries=2, backoff=0.01)
+    qs = [Question("q1", 1, "writing"), Question("q2", 2, "writing"), Question("q3", 3, "writing")]
+    gens = [Generation(f"q{i}", "x" * i, i, True) for i in (1, 2, 3)]
+    journal = tmp_path / "judgments.jsonl"
+    assert judge_answers(judge, qs[:2], gens[:2], journal=journal)["scores"] == [1.0, 2.0]  # the first try failed
+    assert len(seen) == 2 and len(journal.read_text().splitlines()) == 2
+    failures["left"] = 10  # the endpoint is down: the third answer cannot be judged
+    with pytest.raises(LlmslimError, match="after 3 tries"):
+        judge_answers(judge, qs, gens, journal=journal)
+    failures["left"] = 0
+    out = judge_answers(judge, qs, gens, journal=journal)
+    assert out["scores"] == [1.0, 2.0, 3.0] and len(seen) == 3  # only the third was asked again
