@@ -107,15 +107,16 @@ def run(
     price_out: Annotated[Optional[float], typer.Option(help="$ per 1M output tokens, for a cost column.", rich_help_panel=GEN)] = None,
     api_base: ApiBaseOpt = None, api_key_env: ApiKeyEnvOpt = "OPENAI_API_KEY", api_tokenizer: ApiTokOpt = None,
     concurrency: ConcOpt = 4, retries: RetriesOpt = 3, timeout: TimeoutOpt = 60.0, batch_size: BatchOpt = 8,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue a stopped run with the same --out: questions already answered (same mode and prompt) are not asked again.")] = False,
     out: OutOpt = None, force: ForceOpt = False, json: JsonOpt = False, quiet: QuietOpt = False, seed: SeedOpt = SEED,
     device: DeviceOpt = DEVICE, dtype: DtypeOpt = DTYPE,
 ) -> None:
-    """Answer a question set per mode: accuracy, mean output tokens, cost; per-question log.jsonl with --out."""
+    """Answer a question set per mode: accuracy, mean output tokens, cost; per-question log.jsonl with --out (written as it goes: --resume)."""
     job = _job(model, api_base, api_key_env, api_tokenizer, concurrency, retries, timeout, batch_size, device, dtype, seed,
                data, limit, offset, templates, out, force,
                {"max_new_tokens": max_new_tokens, "estimate_max_tokens": estimate_max_tokens, "default_budget": default_budget,
                 "max_budget": max_budget, "price_in": price_in, "price_out": price_out},
-               modes=[m.strip() for m in modes.split(",") if m.strip()], searched=searched)
+               modes=[m.strip() for m in modes.split(",") if m.strip()], searched=searched, resume=resume)
     run_command(RUN, job, json_out=json, quiet=quiet)
 
 

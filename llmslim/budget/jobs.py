@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -177,8 +178,15 @@ def run_estimate(job: Job, ctx: Context) -> dict:
             "budgets": rows, **_common(env, questions)}
 
 
+def _journal(job: Job) -> Path | None:
+    """Where `budget run` appends each answered question while it runs (with --out)."""
+    return Path(f"{job.out}-checkpoints") / "log.jsonl" if job.out is not None else None
+
+
 def validate_run(job: Job) -> None:
     modes = job.options["modes"]
+    if job.options.get("resume") and (_journal(job) is None or not _journal(job).is_file()):
+        raise BadOptionError(f"--resume: no journal of a stopped run at {_journal(job) or 'OUT-checkpoints/log.jsonl (needs --out)'}")
     if not modes:
         raise BadOptionError("--modes is empty")
     for m in modes:
@@ -211,16 +219,31 @@ def run_modes(job: Job, ctx: Context) -> dict:
     if any(m in ("searched", "regression") for m in modes):
         searched, recs = _searched_budgets(job, modes)
         regression = R.fit_regression(recs, env.counter) if "regression" in modes else None
+    journal_path = _journal(job)
+    journal = {}
+    if journal_path is not None and job.options.get("resume") and journal_path.is_file():
+        journal = {r["key"]: r for r in read_records(journal_path) if "key" in r}
+    elif journal_path is not None:
+        journal_path.parent.mkdir(parents=True, exist_ok=True)
+        journal_path.write_text("")
+
+    def record(row: dict) -> None:
+        with journal_path.open("a", encoding="utf-8") as f:
+            f.write(_jsonl([row]))
+
     summaries, rows = [], []
     for mode in modes:
         t0 = time.perf_counter()
         summary, mode_rows = R.run_mode(env.backend, env.counter, questions, mode, s, searched=searched,
-                                        regression=regression, progress=_progress(ctx))
+                                        regression=regression, progress=_progress(ctx), journal=journal,
+                                        record=record if journal_path is not None else None)
         summary["seconds"] = ctx.timings[f"{mode}_s"] = time.perf_counter() - t0
         summaries.append(summary)
         rows += mode_rows
     _save_rows(ctx, "log.jsonl", rows)
-    return {"modes": summaries, "warnings": [m["warning"] for m in summaries if "warning" in m], **_common(env, questions)}
+    if journal_path is not None:  # the finished log goes into --out; its journal is no longer needed
+        ctx.save(lambda folder: shutil.rmtree(journal_path.parent, ignore_errors=True))
+    return {"modes": summaries, "resumed_rows": sum(r.get("key") in journal for r in rows), "warnings": [m["warning"] for m in summaries if "warning" in m], **_common(env, questions)}
 
 
 def validate_search(job: Job) -> None:

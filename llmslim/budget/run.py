@@ -8,6 +8,7 @@ budget from a `budget search` file), `regression` (budgets from a fit on a searc
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import statistics
@@ -102,17 +103,53 @@ def predict_regression(fit: dict, questions: list[Question], counter: Counter, m
 
 
 # ---------------------------------------------------------------- one mode on a question set
+CHUNK = 16  # questions answered between two journal writes
+
+
+def prompt_key(mode: str, prompt: str, s: Settings) -> str:
+    """A row's identity in the journal: its mode, the prompt that starts it (the estimator's for
+    tale-ep) and the token limits."""
+    import hashlib
+
+    blob = json.dumps([mode, prompt, s.max_new_tokens, s.estimate_max_tokens, s.default_budget, s.max_budget])
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
 def run_mode(
     backend: Backend, counter: Counter, questions: list[Question], mode: str, s: Settings,
     *, searched: dict[str, int] | None = None, regression: dict | None = None,
     progress: Callable[[str, int], Callable[[int], None]] | None = None,
+    journal: dict[str, dict] | None = None, record: Callable[[dict], None] | None = None,
 ) -> tuple[dict, list[dict]]:
-    """Answer every question in `mode`; return (summary, per-question rows)."""
+    """Answer every question in `mode`; return (summary, per-question rows). `journal`: rows
+    already answered, by prompt_key (their questions are not asked again); `record(row)` is
+    called for each new row, CHUNK questions at a time (a long run that fails keeps them)."""
     name, fixed = parse_mode(mode)
+    t = s.templates
+    first_prompt = (lambda q: P.estimate(q.question, t)) if name == "tale-ep" else (lambda q: P.cot(q.question, q.kind, t))
+    keys = [prompt_key(mode, first_prompt(q), s) for q in questions]
+    done = {k: journal[k] for k in keys if journal and k in journal}
+    pending = [i for i, k in enumerate(keys) if k not in done]
+    new_rows: dict[int, dict] = {}
+    est = progress("estimating budgets", len(pending)) if progress and name == "tale-ep" else None
+    ans = progress(f"answering ({mode})", len(pending)) if progress else None
+    for start in range(0, len(pending), CHUNK):
+        chunk = [questions[i] for i in pending[start : start + CHUNK]]
+        rows = _answer(backend, counter, chunk, mode, name, fixed, s, searched, regression, est, ans)
+        for i, row in zip(pending[start : start + CHUNK], rows):
+            new_rows[i] = row | {"key": keys[i]}
+            if record:
+                record(new_rows[i])
+    rows = [done[k] if k in done else new_rows[i] for i, k in enumerate(keys)]
+    return summarize(mode, rows, s, counter), rows
+
+
+def _answer(backend, counter, questions: list[Question], mode: str, name: str, fixed: int | None, s: Settings,
+            searched, regression, est_progress, progress) -> list[dict]:
     t = s.templates
     budgets: list[dict] = [{} for _ in questions]
     if name == "tale-ep":
-        budgets = estimate_budgets(backend, counter, questions, s, progress("estimating budgets", len(questions)) if progress else None)
+        budgets = estimate_budgets(backend, counter, questions, s, est_progress)
     elif name == "budget":
         budgets = [{"budget": fixed} for _ in questions]
     elif name == "searched":
@@ -132,14 +169,14 @@ def run_mode(
         return P.budgeted(q.question, b["budget"], q.kind, t)
 
     prompts_ = [prompt(q, b) for q, b in zip(questions, budgets)]
-    outs = ask(backend, counter, prompts_, s.max_new_tokens, progress(f"answering ({mode})", len(questions)) if progress else None)
+    outs = ask(backend, counter, prompts_, s.max_new_tokens, progress)
     rows = []
     for q, b, p, o in zip(questions, budgets, prompts_, outs):
         correct, pred = is_correct(o["output"], q.gold, q.kind, s.rel_tol)
         rows.append({"mode": mode, "id": q.id, "question": q.question, "gold": q.gold, "kind": q.kind,
                      "budget": b.get("budget"), **{k: v for k, v in b.items() if k not in ("id", "budget")},
                      "prompt": p, **o, "prediction": pred, "correct": correct})
-    return summarize(mode, rows, s, counter), rows
+    return rows
 
 
 def summarize(mode: str, rows: list[dict], s: Settings, counter: Counter | None = None) -> dict:

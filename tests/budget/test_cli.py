@@ -135,3 +135,35 @@ def test_searched_budgets_follow_the_question_text_not_its_position(tiny_llama_d
     search.write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))  # question 1 not searched at all
     res = invoke("run", *common(tiny_llama_dir, gsm), "--modes", "searched", "--searched", search, "--device", "tpu")
     assert res.exit_code != 0 and "1 of the 3 questions are not in" in str(res.exception)
+
+
+def test_a_stopped_run_resumes_without_asking_again(tiny_llama_dir, gsm, tmp_path, monkeypatch):
+    """budget run appends each answered question to OUT-checkpoints/log.jsonl as it goes; after a
+    failure, --resume asks only the questions that have no row there."""
+    from llmslim.budget import run as R
+
+    monkeypatch.setattr(R, "CHUNK", 1)
+    real_ask, asked = R.ask, []
+
+    def ask(backend, counter, prompts, max_new_tokens, progress=None):
+        if fail["after"] is not None and len(asked) >= fail["after"]:
+            raise RuntimeError("the endpoint went away")
+        asked.extend(prompts)
+        return real_ask(backend, counter, prompts, max_new_tokens, progress)
+
+    fail = {"after": 2}
+    monkeypatch.setattr(R, "ask", ask)
+    out = tmp_path / "run"
+    args = ["run", *common(tiny_llama_dir, gsm), "--modes", "vanilla,direct", "--max-new-tokens", "2", "--out", out]
+    res = invoke(*args)
+    assert res.exit_code != 0 and not out.exists()
+    journal = tmp_path / "run-checkpoints" / "log.jsonl"
+    assert len(journal.read_text().splitlines()) == 2  # vanilla: questions 0 and 1
+    fail["after"], asked[:] = None, []
+    res = invoke(*args, "--resume", "--json")
+    assert res.exit_code == 0, res.output
+    result = json.loads(res.stdout)
+    assert result["resumed_rows"] == 2 and len(asked) == 4  # vanilla's third question and direct's three
+    assert len((out / "log.jsonl").read_text().splitlines()) == 6 and not journal.parent.exists()
+    res = invoke("run", *common(tiny_llama_dir, gsm), "--modes", "vanilla", "--resume", "--out", tmp_path / "fresh")
+    assert res.exit_code != 0 and "no journal of a stopped run" in str(res.exception)
