@@ -15,6 +15,7 @@ The first model call of a run is the prefill, the rest are decode steps.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 
 from torch import nn
@@ -86,20 +87,29 @@ def _phase(seconds: dict, total: float, calls: int) -> dict:
     }
 
 
-def time_split(model: nn.Module, tokenizer_or_vocab=None, cfg: SpeedConfig | None = None) -> dict:
-    """One eager run with timing hooks; per phase (prefill, decode): seconds, fractions and ms
-    per model call of attention, ffn, lm_head and other."""
-    cfg = replace(cfg or SpeedConfig(), compile=False, cache="dynamic")
-    session = prepare(model, tokenizer_or_vocab, cfg)
-    timer = _Timer(session.input_ids.device)
+@contextmanager
+def timed_parts(model: nn.Module, device):
+    """Timing hooks on the model and its parts for the block; yields a function that returns,
+    per phase (prefill, decode), seconds, fractions and ms per model call of each part."""
+    timer = _Timer(device)
     handles = [model.register_forward_pre_hook(timer.enter("total")), model.register_forward_hook(timer.leave("total"))]
     for part, modules in module_parts(model).items():
         for module in modules:
             handles.append(module.register_forward_pre_hook(timer.enter(part)))
             handles.append(module.register_forward_hook(timer.leave(part)))
     try:
-        generate_once(session)
+        yield lambda: {phase: _phase(timer.seconds[phase], timer.totals[phase], timer.calls[phase])
+                       for phase in ("prefill", "decode")}
     finally:
         for h in handles:
             h.remove()
-    return {phase: _phase(timer.seconds[phase], timer.totals[phase], timer.calls[phase]) for phase in ("prefill", "decode")}
+
+
+def time_split(model: nn.Module, tokenizer_or_vocab=None, cfg: SpeedConfig | None = None) -> dict:
+    """One eager run with timing hooks; per phase (prefill, decode): seconds, fractions and ms
+    per model call of attention, ffn, lm_head and other."""
+    cfg = replace(cfg or SpeedConfig(), compile=False, cache="dynamic")
+    session = prepare(model, tokenizer_or_vocab, cfg)
+    with timed_parts(model, session.input_ids.device) as split:
+        generate_once(session)
+    return split()

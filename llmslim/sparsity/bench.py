@@ -50,23 +50,11 @@ def run_once(model, runner, ids: torch.Tensor, new_tokens: int) -> dict:
 
 def decode_split(model, runner, ids: torch.Tensor, new_tokens: int) -> dict:
     """ms per decode step in attention, FFN, lm_head and the rest (one hooked run)."""
-    from llmslim.bench.split import PARTS, _Timer, module_parts
+    from llmslim.bench.split import timed_parts
 
-    timer = _Timer(ids.device)
-    handles = [model.register_forward_pre_hook(timer.enter("total")), model.register_forward_hook(timer.leave("total"))]
-    for part, modules in module_parts(model).items():
-        for module in modules:
-            handles.append(module.register_forward_pre_hook(timer.enter(part)))
-            handles.append(module.register_forward_hook(timer.leave(part)))
-    try:
+    with timed_parts(model, ids.device) as split:
         run_once(model, runner, ids, new_tokens)
-    finally:
-        for h in handles:
-            h.remove()
-    calls = max(1, timer.calls["decode"])
-    seconds = dict(timer.seconds["decode"])
-    seconds["other"] = timer.totals["decode"] - sum(v for k, v in seconds.items() if k != "other")
-    return {p: 1000 * seconds[p] / calls for p in PARTS}
+    return split()["decode"]["ms_per_call"]
 
 
 def time_variants(model, variants: dict, ids: torch.Tensor, new_tokens: int, repeats: int, progress=None) -> dict:
