@@ -391,6 +391,8 @@ class SparseRunner:
                             state["record"]["neurons"][i], state["record"]["groups"][i] = record
                             keeps["neurons"][i], keeps["groups"][i] = nk, hk
                             state[i] = True
+                            if token and per_position and hidden.shape[0] > 1:
+                                raise ValueError("per-position token decisions take one sequence at a time")
                             if token and per_position and hidden.shape[1] > at + 1 and "neurons" in self.dejavu.nets:
                                 later = self.dejavu.predict_layer_rows(i, hidden[0, at + 1 :].detach())["neurons"]  # [P, F]
                                 if i == 0:

@@ -18,23 +18,26 @@ from llmslim.sparsity.execute import SparseRunner
 
 class SparseLM(LM):
     def __init__(self, model, tokenizer, runner: SparseRunner, oracle=None, progress=None):
+        import logging
+
+        from lm_eval.models.huggingface import HFLM
+
         super().__init__()
         self.model, self.tokenizer, self.runner, self.oracle, self.progress = model, tokenizer, runner, oracle, progress
+        level = logging.getLogger("lm_eval.models.huggingface").level
+        logging.getLogger("lm_eval.models.huggingface").setLevel(logging.ERROR)
+        try:  # its encoding (BOS where the tokenizer adds one, the space rule, empty contexts) is the one to match
+            self._hf = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=1)
+        finally:
+            logging.getLogger("lm_eval.models.huggingface").setLevel(level)
 
     def _encode(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        """As lm-eval's HFLM (`_encode_pair`): an empty context is its prefix token (BOS, else
-        EOS); otherwise the
-        context's trailing spaces move to the continuation, and the pair is encoded whole and
-        split at the context's length (so merges across the boundary match)."""
-        encode = lambda text: self.tokenizer(text, add_special_tokens=False).input_ids  # noqa: E731
+        """Exactly as lm-eval's LM.loglikelihood encodes a request for HFLM."""
+        hf = self._hf
         if context == "":
-            bos = self.tokenizer.bos_token_id
-            return [bos if bos is not None else self.tokenizer.eos_token_id], encode(continuation)
-        spaces = len(context) - len(context.rstrip())
-        if spaces:
-            continuation, context = context[-spaces:] + continuation, context[:-spaces]
-        whole, ctx = encode(context + continuation), encode(context)
-        return whole[: len(ctx)], whole[len(ctx) :]
+            cont = hf.tok_encode(continuation, add_special_tokens=False)
+            return ([hf.prefix_token_id], cont) if hf.prefix_token_id != cont[0] else (cont[:1], cont[1:])
+        return hf._encode_pair(context, continuation)
 
     @torch.no_grad()
     def loglikelihood(self, requests) -> list[tuple[float, bool]]:

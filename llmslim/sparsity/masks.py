@@ -105,6 +105,10 @@ def fall_back(scores: torch.Tensor, keep: list, margin: float, threshold: float)
     margin, and a layer below `threshold` runs dense. Returns (keep lists, per-layer record:
     units, kept by the mask, run, added back, whether the fallback made it dense, confidence)."""
     units = scores.shape[1]
+    if margin == 0 and threshold == 0:  # off: the masks as selected (no ties added back, no device syncs)
+        return list(keep), [dense_record(units) if k is None else
+                            {"units": units, "mask": k.numel(), "ran": k.numel(), "added": 0, "dense": False, "confidence": None}
+                            for k in keep]
     out, record = [], []
     for i, k in enumerate(keep):
         if k is None:  # dense by design (no sparsity here, or layer 0's heads under shadow)

@@ -141,6 +141,9 @@ def test_fall_back_adds_units_near_the_boundary_and_runs_unsure_layers_dense():
     assert out[0] is None and rec[0]["dense"] and rec[0]["ran"] == 6 and torch.equal(out[1], keep[1])
     same, _ = M.fall_back(scores, keep, margin=0.0, threshold=0.0)
     assert all(torch.equal(a, b) for a, b in zip(same, keep))
+    tied = torch.tensor([[0.0, 0.0, 0.0, 0.0, 1.0, 2.0]])  # ties at the boundary: off means off
+    kept, tied_rec = M.fall_back(tied, M.select(tied, 0.5), margin=0.0, threshold=0.0)
+    assert kept[0].numel() == 3 and tied_rec[0]["added"] == 0
     summary = M.summarize([{"neurons": rec, "groups": []}])
     assert summary["neurons_skipped"] == pytest.approx(1 - 9 / 12) and summary["neurons_fallback_dense_layers"] == 0.5
 
