@@ -157,6 +157,11 @@ def recover(pruned) -> tuple[torch.nn.Module, dict]:
 
 partial = Path(args.out + ".partial")
 rows = json.loads(partial.read_text()) if args.resume and partial.is_file() else []
+# a recovered row counts as done only with the same recovery (full or LoRA, lr, kd)
+recovery = {"full": args.recover_full, "lr": args.recover_lr, "kd": args.recover_kd}
+rows = [r for r in rows if "recover" not in r or
+        {k: r["recover"][k] for k in ("full", "kd")} == {"full": recovery["full"], "kd": recovery["kd"]}
+        and (recovery["lr"] is None or r["recover"]["lr"] == recovery["lr"])]
 done = {(r["ratio"], r["method"]) for r in rows}
 
 

@@ -118,6 +118,7 @@ def run(
                 "max_budget": max_budget, "price_in": price_in, "price_out": price_out},
                modes=[m.strip() for m in modes.split(",") if m.strip()], searched=searched, resume=resume)
     run_command(RUN, job, json_out=json, quiet=quiet)
+    PL.drop_journal(job)  # only once --out is published
 
 
 @budget_app.command("search")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -183,10 +182,51 @@ def _journal(job: Job) -> Path | None:
     return Path(f"{job.out}-checkpoints") / "log.jsonl" if job.out is not None else None
 
 
+def _journal_header(job: Job) -> dict:
+    """What must not change between a stopped run and its --resume: the model or endpoint, the
+    settings, the templates and the search file (their contents), the questions."""
+    import hashlib
+
+    def digest(path) -> str | None:
+        if path is None:
+            return None
+        path = Path(path)
+        path = path if path.is_file() else path / "search.jsonl"
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else str(path)
+
+    b = job.backend
+    return {"journal": "budget run", "model": b.model, "api_base": b.api_base, "settings": job.settings,
+            "templates": digest(job.templates), "searched": digest(job.options.get("searched")),
+            "data": str(job.data), "limit": job.limit, "offset": job.offset}
+
+
+def read_journal(path: Path) -> tuple[dict | None, dict[str, dict]]:
+    """(header, rows by key) of a journal; a line cut short by a kill mid-write is skipped."""
+    header, rows = None, {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "journal" in entry:
+            header = entry
+        elif "key" in entry:
+            rows[entry["key"]] = entry
+    return header, rows
+
+
 def validate_run(job: Job) -> None:
     modes = job.options["modes"]
-    if job.options.get("resume") and (_journal(job) is None or not _journal(job).is_file()):
-        raise BadOptionError(f"--resume: no journal of a stopped run at {_journal(job) or 'OUT-checkpoints/log.jsonl (needs --out)'}")
+    journal = _journal(job)
+    if job.options.get("resume"):
+        if journal is None or not journal.is_file():
+            raise BadOptionError(f"--resume: no journal of a stopped run at {journal or 'OUT-checkpoints/log.jsonl (needs --out)'}")
+        header = read_journal(journal)[0]
+        if header != json.loads(json.dumps(_journal_header(job), default=str)):
+            raise BadOptionError(f"--resume: {journal} was written by a run with other settings, model, templates, "
+                                 f"search file or questions; resume with the same command, or start again with --force")
+    elif journal is not None and journal.is_file() and not job.force:
+        raise BadOptionError(f"{journal} holds the answers of a stopped run: --resume continues it, --force starts again")
     if not modes:
         raise BadOptionError("--modes is empty")
     for m in modes:
@@ -221,11 +261,11 @@ def run_modes(job: Job, ctx: Context) -> dict:
         regression = R.fit_regression(recs, env.counter) if "regression" in modes else None
     journal_path = _journal(job)
     journal = {}
-    if journal_path is not None and job.options.get("resume") and journal_path.is_file():
-        journal = {r["key"]: r for r in read_records(journal_path) if "key" in r}
+    if journal_path is not None and job.options.get("resume"):
+        journal = read_journal(journal_path)[1]
     elif journal_path is not None:
         journal_path.parent.mkdir(parents=True, exist_ok=True)
-        journal_path.write_text("")
+        journal_path.write_text(json.dumps(_journal_header(job), default=str) + "\n")
 
     def record(row: dict) -> None:
         with journal_path.open("a", encoding="utf-8") as f:
@@ -241,8 +281,6 @@ def run_modes(job: Job, ctx: Context) -> dict:
         summaries.append(summary)
         rows += mode_rows
     _save_rows(ctx, "log.jsonl", rows)
-    if journal_path is not None:  # the finished log goes into --out; its journal is no longer needed
-        ctx.save(lambda folder: shutil.rmtree(journal_path.parent, ignore_errors=True))
     return {"modes": summaries, "resumed_rows": sum(r.get("key") in journal for r in rows), "warnings": [m["warning"] for m in summaries if "warning" in m], **_common(env, questions)}
 
 
@@ -326,3 +364,11 @@ def run_train(job: Job, ctx: Context) -> dict:
             "first_loss": info["losses"][0] if info["losses"] else None,
             "last_loss": info["losses"][-1] if info["losses"] else None, "losses": info["losses"],
             "config": asdict(cfg), "base_model": job.backend.model, "peak_memory_mb": peak_memory_mb(loaded.device)}
+
+
+def drop_journal(job: Job) -> None:
+    """After --out is published: the stopped-run journal is no longer needed."""
+    import shutil
+
+    if _journal(job) is not None:
+        shutil.rmtree(_journal(job).parent, ignore_errors=True)

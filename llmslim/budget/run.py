@@ -69,7 +69,11 @@ def parse_mode(mode: str) -> tuple[str, int | None]:
 
 def estimate_budgets(backend, counter, questions: list[Question], s: Settings, progress=None) -> list[dict]:
     """Zero-shot self-estimation: the estimator prompt, then `[[N]]` or the stated default."""
-    prompts = [P.estimate(q.question, s.templates) for q in questions]
+    # the reference fills {question} with the question as the answering prompt shows it (for a
+    # number question, the whole CoT prompt; its extract_question strips only the choice
+    # instructions): the estimator sees what it will be asked
+    prompts = [P.estimate(q.question if q.kind == "choice" else P.cot(q.question, q.kind, s.templates), s.templates)
+               for q in questions]
     outs = ask(backend, counter, prompts, s.estimate_max_tokens, progress)
     rows = []
     for q, o in zip(questions, outs):

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import logging
 import re
@@ -177,7 +178,8 @@ class Judge:
             except urllib.error.HTTPError as err:
                 if err.code != 429 and err.code < 500 or attempt == self.retries:
                     raise LlmslimError(f"judge at {self.endpoint()} failed: HTTP {err.code} {err.reason}") from None
-            except (urllib.error.URLError, TimeoutError, json.JSONDecodeError) as err:
+            except (urllib.error.URLError, OSError, http.client.HTTPException, json.JSONDecodeError) as err:
+                # URLError: sending; OSError / HTTPException: the reply cut (connection reset, incomplete read)
                 if attempt == self.retries:
                     raise LlmslimError(f"judge at {self.endpoint()} failed after {self.retries + 1} tries: {err}") from None
             time.sleep(self.backoff * 2**attempt)
@@ -201,14 +203,18 @@ def judge_answers(judge: Judge, questions: list[Question], gens: list[Generation
     done = {}
     if journal is not None and Path(journal).is_file():
         for line in Path(journal).read_text().splitlines():
-            entry = json.loads(line)
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by a kill mid-write
+                continue
             done[entry["key"]] = entry["rating"]
     scores = []
     for q, g in zip(questions, gens):
-        key = hashlib.sha256(json.dumps([judge.endpoint(), judge.model, q.prompt, g.text]).encode()).hexdigest()[:20]
+        messages = judge_messages(q, g.text, judge.prompts)  # the exact request: template, reference and answer
+        key = hashlib.sha256(json.dumps([judge.endpoint(), judge.model, messages]).encode()).hexdigest()[:20]
         if key not in done:
             done[key] = judge.score(q, g.text)["rating"]
-            if journal is not None:
+            if journal is not None and done[key] >= 0:  # an unparsed judgment (-1) is asked again next time
                 Path(journal).parent.mkdir(parents=True, exist_ok=True)
                 with Path(journal).open("a") as f:
                     f.write(json.dumps({"key": key, "rating": done[key]}) + "\n")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from llmslim.core.data import data_dir, read_prompts
 from llmslim.core.device import peak_memory_mb
-from llmslim.core.errors import BadOptionError, DataError
+from llmslim.core.errors import BadOptionError, DataError, LlmslimError
 from llmslim.core.job import CommonOptions, Context
 from llmslim.core.load import cache_dir, resolve_model
 from llmslim.core.options import MODEL
@@ -192,6 +192,18 @@ def base_answers(base_model, tok, base_path: str, questions: list, job: EvalJob,
     return [Generation(r.prompt, r.text, r.n_tokens, r.finished) for r in refs.refs]
 
 
+def _same_model(a: str, b: str) -> bool:
+    """Two model specs that name the same files (an alias and its path, ./m and m)."""
+    def where(spec):
+        try:
+            folder, gguf = resolve_model(spec)
+        except LlmslimError:
+            return spec
+        return (str(Path(folder).resolve()) if Path(folder).exists() else folder, gguf)
+
+    return where(a) == where(b)
+
+
 def recorded_base(model: str) -> str | None:
     """The model a trained folder started from, as its run.json records it (None: no record)."""
     manifest = Path(model) / "run.json"
@@ -215,7 +227,7 @@ def validate_eval(job: EvalJob) -> None:
         if recorded is None:
             raise BadOptionError(f"--base needed: {job.model} has no run.json naming the model it was trained from")
         job.base = recorded
-    elif recorded is not None and job.base != recorded and not job.force:
+    elif recorded is not None and not _same_model(job.base, recorded) and not job.force:
         raise BadOptionError(f"--base {job.base} is not the model {job.model} was trained from ({recorded}, its run.json); "
                              "--force compares them anyway")
     resolve_model(job.base)

@@ -158,8 +158,14 @@ def test_a_stopped_run_resumes_without_asking_again(tiny_llama_dir, gsm, tmp_pat
     res = invoke(*args)
     assert res.exit_code != 0 and not out.exists()
     journal = tmp_path / "run-checkpoints" / "log.jsonl"
-    assert len(journal.read_text().splitlines()) == 2  # vanilla: questions 0 and 1
+    assert len(journal.read_text().splitlines()) == 1 + 2  # a header, then vanilla's questions 0 and 1
+    with journal.open("a") as f:
+        f.write('{"key": "cut sh')  # a kill in the middle of a write
     fail["after"], asked[:] = None, []
+    res = invoke(*args)  # forgetting --resume would throw the answers away: refused
+    assert res.exit_code != 0 and "--resume continues it" in str(res.exception)
+    res = invoke(*[a if a != "2" else "3" for a in args], "--resume")  # other settings: refused
+    assert res.exit_code != 0 and "other settings" in str(res.exception) and not asked
     res = invoke(*args, "--resume", "--json")
     assert res.exit_code == 0, res.output
     result = json.loads(res.stdout)

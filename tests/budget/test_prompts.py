@@ -78,3 +78,18 @@ def test_templates_override_from_file(tmp_path):
     f.write_text(json.dumps({"budget_number": "{question} without a budget"}))
     with pytest.raises(DataError, match="budget"):
         P.load_templates(f)
+
+
+def test_the_estimator_sees_the_question_as_the_reference_shows_it(monkeypatch):
+    """TALE-EP.py fills the estimator's {question} with the answering prompt (for a number
+    question, the whole CoT prompt; extract_question only strips choice instructions)."""
+    from llmslim.budget import run as R
+    from llmslim.budget.questions import Question
+
+    seen = []
+    monkeypatch.setattr(R, "ask", lambda backend, counter, prompts, n, progress=None: seen.extend(prompts) or
+                        [{"output": "Budget: [[9]]", "in_tokens": 1, "out_tokens": 1}] * len(prompts))
+    qs = [Question("0", "How many?", "3", "number"), Question("1", "Which?\nA. x\nB. y", "A", "choice")]
+    rows = R.estimate_budgets(None, None, qs, R.Settings())
+    assert seen[0] == P.estimate(P.cot("How many?", "number")) and seen[1] == P.estimate("Which?\nA. x\nB. y")
+    assert [r["budget"] for r in rows] == [9, 9]

@@ -90,6 +90,9 @@ def test_eval_base_comes_from_the_trained_folder(capsys, tiny_llama_dir, prompts
     one_line(*run_cli(capsys, "eval", trained, "--base", tiny_llama_dir, "--prompts", prompts_file, "--limit", 1),
              "is not the model")
     one_line(*run_cli(capsys, "eval", trained, "--prompts", prompts_file, "--limit", 1), "no model at")  # the recorded base
+    (trained / "run.json").write_text(json.dumps({"command": "shorten rl", "args": {"model": f"{tiny_llama_dir}/."}}))
+    one_line(*run_cli(capsys, "eval", trained, "--base", tiny_llama_dir, "--prompts", tmp_path / "none.jsonl"),
+             "not found")  # the same folder spelled otherwise is accepted: it fails later, on the prompts file
     one_line(*run_cli(capsys, "eval", trained, "--base", tiny_llama_dir, "--force", "--prompts", prompts_file, "--limit", 1,
                       "--judge-url", "http://localhost:1/v1"), "--judge-url needs --judge-model")
 
