@@ -359,11 +359,16 @@ class SparseRunner:
                             later = self.shadow.predict_rows(feature[0, at + 1 :].detach())["neurons"]  # [P, L, F]
                             for i in range(len(nk)):  # whole FFN weights: the masks go on the down_proj inputs
                                 self.gather.apply(i, None, hk[i])
+                            prompt_groups = self.records[-1]["groups"]
                             self._mask_ffn_inputs(dict(enumerate(self._token_masks(later))), handles, at + 1)
+                            for r in self.records[-later.shape[0]:]:  # the heads kept the prompt's decision
+                                r["groups"] = prompt_groups
                             self._prompt_masks(nk, handles, at + 1)
                     elif token and feature.shape[1] == 1 and "neurons" in self.shadow.nets:  # a decode step: its own mask
                         pred = self.shadow.predict(feature[0:1, -1].detach())
+                        prompt_groups = self.records[-1]["groups"]
                         nk, _ = self._keeps(None, pred["neurons"])
+                        self.records[-1]["groups"] = prompt_groups  # the heads keep the prompt's decision
                         groups = self.last_keep["groups"]
                         for i in range(len(nk)):
                             self.gather.apply(i, nk[i], groups[i])
@@ -397,16 +402,23 @@ class SparseRunner:
                                 later = self.dejavu.predict_layer_rows(i, hidden[0, at + 1 :].detach())["neurons"]  # [P, F]
                                 if i == 0:
                                     state["token_records"] = [{"neurons": [M.dense_record(ffn_units)] * L,
-                                                               "groups": [M.dense_record(self.n_kv)] * L} for _ in range(later.shape[0])]
+                                                               "groups": [M.dense_record(self.n_kv)] * L}
+                                                              for _ in range(later.shape[0])]
                                     self.records += state["token_records"]
                                 mask = self._layer_token_masks(i, later, state["token_records"])
+                                for r in state["token_records"]:  # the heads keep the prompt's decision
+                                    r["groups"][i] = record[1]
                                 self.gather.apply(i, None, hk)
                                 self._mask_ffn_inputs({i: mask}, handles, at + 1)
                                 self._prompt_masks({i: nk}, handles, at + 1)
                             else:
                                 self.gather.apply(i, nk, hk)
                         elif token and hidden.shape[1] == 1 and "neurons" in self.dejavu.nets:  # a decode step
-                            nk, _, _ = self._dejavu_layer(i, hidden[0:1, -1].detach(), ffn_units, heads=False)
+                            if i == 0:  # one record per decode step, its heads the prompt's
+                                state["step"] = {"neurons": [None] * L, "groups": list(state["record"]["groups"])}
+                                self.records.append(state["step"])
+                            nk, _, (n_rec, _) = self._dejavu_layer(i, hidden[0:1, -1].detach(), ffn_units, heads=False)
+                            state["step"]["neurons"][i] = n_rec
                             self.gather.apply(i, nk, keeps["groups"][i])
                             keeps["neurons"][i] = nk
                         self.stats["predict_s"] += time.perf_counter() - t0

@@ -207,9 +207,16 @@ def test_token_decisions_gathered_per_decode_step_equal_the_masked_forward(metho
                 steps.append(model(ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits[0, -1])
                 masks.append([k.tolist() for k in runner.last_keep["neurons"]])
         assert len({str(m) for m in masks}) > 1  # the tokens chose different masks
+        # one record per decision (the prompt, then each decode step), the heads the prompt's in all
+        steps_records = runner.records
+        assert len(steps_records) == 1 + ids.shape[1] - prompt
+        assert all([g["ran"] for g in r["groups"]] == [g["ran"] for g in steps_records[0]["groups"]] for r in steps_records)
+        assert steps_records[0]["groups"][1]["ran"] == 1  # layer 1 kept one of its two kv groups
+        assert [r["neurons"][0]["ran"] for r in steps_records] == [48] * len(steps_records)
         runner = SparseRunner(model, cfg, shadow=shadow, dejavu=dejavu)
         with runner.input(decide_at=prompt - 1, per_position=True):
             full = model(ids, use_cache=False).logits[0, prompt - 1 :]
+        assert [[g["ran"] for g in r["groups"]] for r in runner.records] == [[g["ran"] for g in r["groups"]] for r in steps_records]
     assert torch.allclose(torch.stack(steps), full, atol=1e-4), (torch.stack(steps) - full).abs().max()
     # prompt mode keeps one mask: its decode differs from the token decisions
     runner = SparseRunner(model, SparsityConfig(method, ffn_sparsity=0.5, head_sparsity=0.5), shadow=shadow, dejavu=dejavu)
