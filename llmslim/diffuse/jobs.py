@@ -92,7 +92,8 @@ def run_adapt(job: AdaptJob, ctx: Context) -> dict:
     from llmslim.core.data import WindowDataset, token_windows, training_text
     from llmslim.core.save import save_model
     from llmslim.diffuse.mdlm import DiffusionConfig
-    from llmslim.diffuse.train import Advance, MaskedDiffusionTrainer, add_mask_token, small_config, training_args
+    from llmslim.core.training import Advance, training_args
+    from llmslim.diffuse.train import MaskedDiffusionTrainer, add_mask_token, small_config
 
     model, tokenizer = ctx.model, ctx.tokenizer
     if job.from_scratch:
@@ -107,7 +108,7 @@ def run_adapt(job: AdaptJob, ctx: Context) -> dict:
     created_work = not job.work_dir.exists()
     trainer = MaskedDiffusionTrainer(
         model=model, args=training_args(job.work_dir, batch_size=job.batch_size, lr=job.lr, max_steps=job.max_steps,
-                                        warmup_steps=job.warmup_steps, seed=job.seed, device=model.device,
+                                        warmup_steps=job.warmup_steps, scheduler="constant_with_warmup", seed=job.seed, device=model.device,
                                         dtype=model.dtype, save_every=job.save_every),
         train_dataset=WindowDataset(windows), mask_id=mask_id, anneal_steps=job.anneal_steps,
         callbacks=[Advance(ctx.step("adapting to masked diffusion (MDLM loss)", job.max_steps))],
@@ -187,7 +188,8 @@ def run_distill(job: DistillJob, ctx: Context) -> dict:
     from llmslim.core.data import WindowDataset, token_windows, training_text
     from llmslim.core.outputs import atomic_dir
     from llmslim.core.save import save_model
-    from llmslim.diffuse.train import EMA, Advance, EMAUpdate, SDTTTrainer, training_args
+    from llmslim.core.training import Advance, training_args
+    from llmslim.diffuse.train import EMA, EMAUpdate, SDTTTrainer
 
     student, tokenizer = ctx.model, ctx.tokenizer
     cfg = _diffusion_config(student)
@@ -221,7 +223,7 @@ def run_distill(job: DistillJob, ctx: Context) -> dict:
         work = out / f".round-{r}-work"
         trainer = SDTTTrainer(
             model=student, args=training_args(work, batch_size=job.batch_size, lr=job.lr, max_steps=job.steps_per_round,
-                                              warmup_steps=job.warmup_steps if r == 0 else 0, seed=job.seed + r,
+                                              warmup_steps=job.warmup_steps if r == 0 else 0, scheduler="constant_with_warmup", seed=job.seed + r,
                                               device=student.device, dtype=student.dtype),
             train_dataset=WindowDataset(windows), teacher=teacher, dt=dt, mask_id=cfg.mask_token_id, divergence=job.divergence,
             teacher_steps=job.teacher_steps, callbacks=[EMAUpdate(ema, student), Advance(advance)],

@@ -1,5 +1,6 @@
 """Training for `diffuse adapt` (MDLM's loss on an AR model made bidirectional) and `diffuse
-distill` (SDTT rounds), both on transformers' Trainer; a MASK token; the student's EMA."""
+distill` (SDTT rounds), both on transformers' Trainer (core/training.py's arguments with a
+constant lr after warm-up, as MDLM and SDTT); a MASK token; the student's EMA."""
 
 from __future__ import annotations
 
@@ -109,31 +110,3 @@ class EMAUpdate(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.ema.update(self.model)
-
-
-class Advance(TrainerCallback):
-    """One tick of the command's progress per optimizer step."""
-
-    def __init__(self, advance):
-        self.advance = advance
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.advance:
-            self.advance(1)
-
-
-def training_args(work_dir, *, batch_size: int, lr: float, max_steps: int, warmup_steps: int, seed: int,
-                  device: torch.device, dtype: torch.dtype, save_every: int = 0):
-    """AdamW at a constant lr after a linear warm-up (MDLM's and SDTT's constant_warmup),
-    gradient clipping 1.0 (both references), no weight decay."""
-    from transformers import TrainingArguments
-
-    from llmslim.recover.jobs import mixed_bf16
-
-    return TrainingArguments(
-        output_dir=str(work_dir), per_device_train_batch_size=batch_size, learning_rate=lr, max_steps=max_steps,
-        lr_scheduler_type="constant_with_warmup", warmup_steps=warmup_steps, weight_decay=0.0, max_grad_norm=1.0,
-        logging_steps=1, save_strategy="steps" if save_every else "no", save_steps=save_every or 500,
-        report_to=[], disable_tqdm=True, remove_unused_columns=False, dataloader_num_workers=0,
-        use_cpu=device.type == "cpu", bf16=mixed_bf16(device, dtype), seed=seed, data_seed=seed,
-    )

@@ -92,32 +92,14 @@ def _prepare_student(model, job: RecoverJob):
                                             target_modules="all-linear", task_type="CAUSAL_LM"))
 
 
-def mixed_bf16(device: torch.device, dtype: torch.dtype) -> bool:
-    """The Trainer's bf16 flag: on a CUDA card with bf16, fp32 weights compute in bf16 by
-    autocast (and bf16 weights, asked for with --dtype, stay bf16)."""
-    return device.type == "cuda" and dtype in (torch.float32, torch.bfloat16) and torch.cuda.is_bf16_supported()
-
-
-def _training_args(job: RecoverJob, device: torch.device, dtype: torch.dtype):
-    from transformers import TrainingArguments
-
-    return TrainingArguments(
-        output_dir=str(job.work_dir), per_device_train_batch_size=job.batch_size,
-        learning_rate=job.lr or LR["full" if job.full else "lora"], max_steps=job.max_steps,
-        lr_scheduler_type="cosine", warmup_steps=max(1, job.max_steps // 10), weight_decay=0.0, max_grad_norm=1.0,
-        logging_steps=1, save_strategy="steps" if job.save_every else "no", save_steps=job.save_every or 500,
-        report_to=[], disable_tqdm=True, remove_unused_columns=False, dataloader_num_workers=0,
-        use_cpu=device.type == "cpu", bf16=mixed_bf16(device, dtype),
-        seed=job.seed, data_seed=job.seed,
-    )
-
-
 def train(model, tokenizer, teacher, job: RecoverJob, advance=None) -> tuple[torch.nn.Module, dict]:
     """Recovery training of `model` (in place) on job.data with transformers' Trainer:
     LoRA adapters (or every weight with job.full), kd_loss against `teacher` (None when
     job.kd_weight is 0). Used by `recover` and by `prune --recover-steps`.
     -> (the trained model: a PEFT model unless job.full, its training summary)."""
-    from transformers.trainer_callback import PrinterCallback, TrainerCallback
+    from transformers.trainer_callback import PrinterCallback
+
+    from llmslim.core.training import Advance, training_args
     from transformers.trainer_utils import get_last_checkpoint
 
     from llmslim.core.data import WindowDataset, token_windows, training_text
@@ -127,16 +109,15 @@ def train(model, tokenizer, teacher, job: RecoverJob, advance=None) -> tuple[tor
     student = _prepare_student(model, job)
     trainable = sum(p.numel() for p in student.parameters() if p.requires_grad)
 
-    class Advance(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if advance:
-                advance(1)
 
     created_work = not job.work_dir.exists()
     trainer = DistillTrainer(
-        model=student, args=_training_args(job, next(model.parameters()).device, next(model.parameters()).dtype),
+        model=student, args=training_args(
+            job.work_dir, batch_size=job.batch_size, lr=job.lr or LR["full" if job.full else "lora"], max_steps=job.max_steps,
+            warmup_steps=max(1, job.max_steps // 10), scheduler="cosine", seed=job.seed, device=next(model.parameters()).device,
+            dtype=next(model.parameters()).dtype, save_every=job.save_every),
         train_dataset=WindowDataset(data, labels=True),
-        teacher=teacher, kd=job.kd_weight, temperature=job.temperature, callbacks=[Advance()],
+        teacher=teacher, kd=job.kd_weight, temperature=job.temperature, callbacks=[Advance(advance)],
     )
     trainer.remove_callback(PrinterCallback)  # it prints every log dict on stdout (breaks --json)
     t0 = time.perf_counter()
