@@ -225,16 +225,25 @@ def describe(model: nn.Module) -> dict:
     }
 
 
+# Config keys that say how or where a model was loaded, not which weights it has: the same
+# model loaded in bf16 on a GPU or from another folder must keep its cached scores and predictors.
+_LOAD_KEYS = ("_name_or_path", "torch_dtype", "dtype", "transformers_version", "use_cache",
+              "_attn_implementation", "_attn_implementation_autoset", "_commit_hash")
+
+
 def model_fingerprint(model) -> str:
     """Identifies the weights a saved artefact (prune scores, sparsity traces and predictors) was
-    computed on: the config plus a checksum of every FFN output matrix."""
+    computed on: the architecture config plus a checksum of every FFN output matrix. The checksum
+    is taken on the weights rounded to bf16, to 5 digits, so fp32 and bf16 loads of one checkpoint
+    agree (fp16 loads round differently and may not), while pruning or fine-tuning changes it."""
     import hashlib
     import json
 
     adapter = adapter_for(model)
     config = text_config(model.config)
-    h = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode())
+    described = {k: v for k, v in config.to_dict().items() if k not in _LOAD_KEYS}
+    h = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode())
     for layer in adapter.decoder_layers(model):
-        w = adapter.ffn(layer, config).output.weight
-        h.update(f"{w.shape}:{w.double().sum().item():.6e}".encode())
+        w = adapter.ffn(layer, config).output.weight.detach().to(torch.bfloat16).double()
+        h.update(f"{tuple(w.shape)}:{w.sum().item():.4e}:{w.square().sum().item():.4e}".encode())
     return h.hexdigest()[:16]

@@ -118,7 +118,8 @@ def read_stats(path: Path) -> tuple[CalibStats, str | None]:
 
 def check_fingerprint(path: Path, fingerprint: str | None, model) -> None:
     if fingerprint != model_fingerprint(model):
-        raise DataError(f"{path} was computed on a different model (fingerprint mismatch)")
+        raise DataError(f"{path} was computed on a different model (fingerprint mismatch; files saved "
+                        f"before the fingerprint ignored dtype and path need computing again)")
 
 
 def load_stats(path: Path, model) -> CalibStats:

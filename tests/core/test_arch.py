@@ -68,3 +68,23 @@ def test_unknown_family_is_a_clear_error():
 
     with pytest.raises(UnsupportedArchitectureError, match="unsupported architecture 'mamba'"):
         adapter_for(Cfg())
+
+
+def test_fingerprint_ignores_how_a_model_was_loaded_but_not_its_weights():
+    """Cached scores and predictors must survive a bf16 GPU load or another folder, and must
+    not survive pruning or a fine-tuning step."""
+    from llmslim.core.arch import model_fingerprint
+
+    model = tiny_model("llama")
+    base = model_fingerprint(model)
+    as_bf16 = tiny_model("llama").to(torch.bfloat16)
+    as_bf16.config._name_or_path = "/elsewhere/model"
+    as_bf16.config.torch_dtype = torch.bfloat16
+    assert model_fingerprint(as_bf16) == base
+
+    tuned = tiny_model("llama")
+    with torch.no_grad():
+        w = adapter_for(tuned).ffn(adapter_for(tuned).decoder_layers(tuned)[0], text_config(tuned.config)).output.weight
+        w.add_(1e-3 * torch.randn_like(w))
+    assert model_fingerprint(tuned) != base
+    assert model_fingerprint(tiny_model("llama", seed=1)) != base
