@@ -350,7 +350,7 @@ def run_train(job: Job, ctx: Context) -> dict:
 
     cfg, examples = job.options["config"], _train_examples(job)
     t0 = time.perf_counter()
-    loaded = load_model(job.backend.model or MODEL, device=job.backend.device, dtype=job.backend.dtype, purpose="gradients")
+    loaded = load_model(job.backend.model or MODEL, device=job.backend.device, dtype=job.backend.dtype, purpose="training")
     ctx.timings["load_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     steps = cfg.max_steps or cfg.epochs * math.ceil(len(examples) / cfg.batch_size)

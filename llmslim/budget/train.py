@@ -117,6 +117,13 @@ def _progress_callback(progress):
     return Advance()
 
 
+def _mixed_bf16(model) -> bool:
+    from llmslim.core.training import mixed_bf16
+
+    p = next(model.parameters())
+    return mixed_bf16(p.device, p.dtype)
+
+
 def sft(model, tokenizer, examples: list[dict], cfg: TrainConfig, workdir: Path, progress=None) -> tuple[object, dict]:
     """LoRA SFT with TRL's SFTTrainer on (vanilla prompt, searched answer) pairs, the loss on
     the answer only (prompt-completion data); 10% warmup, then linear decay. Returns (the PEFT
@@ -131,7 +138,7 @@ def sft(model, tokenizer, examples: list[dict], cfg: TrainConfig, workdir: Path,
         lr_scheduler_type="linear", warmup_steps=max(1, steps // 10), max_grad_norm=1.0, weight_decay=0.0,
         max_length=cfg.max_length, completion_only_loss=True, packing=False, logging_steps=1, save_strategy="no",
         report_to=[], seed=cfg.seed, data_seed=cfg.seed, use_cpu=next(model.parameters()).device.type == "cpu",
-        bf16=False, disable_tqdm=True, dataloader_num_workers=0,
+        bf16=_mixed_bf16(model), disable_tqdm=True, dataloader_num_workers=0,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                          peft_config=_lora(model, cfg), callbacks=[_progress_callback(progress)])
@@ -160,7 +167,7 @@ def dpo(model, tokenizer, examples: list[dict], cfg: TrainConfig, workdir: Path,
     args = DPOConfig(
         output_dir=str(workdir), per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.lr, max_steps=steps,
         beta=cfg.beta, max_length=cfg.max_length, logging_steps=1, save_strategy="no", report_to=[], seed=cfg.seed,
-        use_cpu=next(model.parameters()).device.type == "cpu", bf16=False, disable_tqdm=True,
+        use_cpu=next(model.parameters()).device.type == "cpu", bf16=_mixed_bf16(model), disable_tqdm=True,
     )
     trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                          peft_config=_lora(model, cfg), callbacks=[_progress_callback(progress)])

@@ -23,6 +23,7 @@ import torch
 from llmslim.core.device import peak_memory_mb
 from llmslim.core.errors import BadOptionError
 from llmslim.core.generate import generate
+from llmslim.core.training import mixed_bf16
 from llmslim.shorten.params import DEFAULT_MODULES, count_trainable, freeze_except, lora_config, parse_modules
 from llmslim.shorten.reference import ReferenceSet
 from llmslim.shorten.reward import RewardConfig, ShortenReward
@@ -145,7 +146,7 @@ def _grpo_args(cfg: RLConfig, work_dir: Path, limit: int, device: torch.device, 
         disable_tqdm=True,
         remove_unused_columns=False,
         gradient_checkpointing=False,
-        bf16=device.type == "cuda" and dtype == torch.bfloat16,
+        bf16=mixed_bf16(device, dtype),
         fp16=False,
         use_cpu=device.type == "cpu",
         seed=cfg.seed,

@@ -26,6 +26,7 @@ import torch
 from llmslim.core.device import peak_memory_mb
 from llmslim.core.errors import BadOptionError
 from llmslim.core.generate import generate
+from llmslim.core.training import mixed_bf16
 from llmslim.shorten.params import DEFAULT_MODULES, count_trainable, freeze_except, lora_config, parse_modules
 from llmslim.shorten.reference import ReferenceSet
 
@@ -253,8 +254,11 @@ def _train_step(model, tokenizer, refs: ReferenceSet, cfg: SFTConfig, optimizer,
     branches = sample_branches(refs, cfg.batch_size, cfg.top_p, rng)
     if not branches:
         raise BadOptionError(f"no branch candidates at --top-p {cfg.top_p}: the reference token fills every nucleus")
-    score_branches(model, tokenizer, branches, stop, cfg.tie_advantage)
-    logits = _context_logits(model, [b.context for b in branches], pad)
+    # Weights stay fp32 (an AdamW step below 2^-8 of a bf16 weight rounds away); on a bf16 CUDA
+    # card the forward passes compute in bf16 by autocast, as the Trainer does for rl.
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed_bf16(device, next(model.parameters()).dtype)):
+        score_branches(model, tokenizer, branches, stop, cfg.tie_advantage)
+        logits = _context_logits(model, [b.context for b in branches], pad)
     loss, parts = branch_loss(
         # renormalised: the cache holds float16 log-probs, whose exp sums to 1 only to ~1e-3
         logits, torch.log_softmax(torch.stack([b.logp_ref for b in branches]).float(), -1).to(device),

@@ -36,3 +36,13 @@ def test_training_weights_are_fp32_on_every_device():
     for kind in ("cpu", "cuda", "mps"):
         assert resolve_dtype("auto", torch.device(kind), "training") == torch.float32
     assert resolve_dtype("bfloat16", torch.device("cuda"), "training") == torch.bfloat16  # asked for explicitly
+
+
+def test_commands_that_train_load_for_training():
+    """Each command whose optimizer updates the loaded weights asks for fp32 training weights."""
+    from llmslim.diffuse.cli import ADAPT, DISTILL
+    from llmslim.recover.cli import RECOVER
+    from llmslim.shorten.cli import TRAIN_COMMANDS
+
+    for command in (ADAPT, DISTILL, RECOVER, *TRAIN_COMMANDS.values()):
+        assert command.model_purpose == "training", command.name
