@@ -4,7 +4,7 @@ examples (the train split) and the size of the eval split that `sparsity eval` h
 
     arc_easy   "Question: {stem}\\nAnswer:" + " {choice}"     eval: ARC-Easy-Test, train: -Dev
     piqa       "Question: {goal}\\nAnswer:" + " {sol}"        eval: first rows, train: last rows
-    hellaswag  "{ctx}" + " {ending}"                          eval: first rows, train: last rows
+    hellaswag  "{ctx}" + " {ending}", both preprocess()ed    eval: first rows, train: last rows
 """
 
 from __future__ import annotations
@@ -52,8 +52,11 @@ def _piqa(root: Path, split: str) -> list[MCItem]:
 
 
 def _hellaswag(root: Path, split: str) -> list[MCItem]:
+    # The eval YAML's own cleaning (WikiHow's bracket artefacts), so traces see the text lm-eval scores.
+    from llmslim.eval.tasks.hellaswag_utils import preprocess
+
     rows = _half(read_records(root / "hellaswag" / "hellaswag_val_full_preprocessed.jsonl"), split)
-    return [MCItem(r["ctx"], [" " + e for e in r["endings"]], int(r["label"])) for r in rows]
+    return [MCItem(preprocess(r["ctx"]), [" " + preprocess(e) for e in r["endings"]], int(r["label"])) for r in rows]
 
 
 READERS = {"arc_easy": _arc, "piqa": _piqa, "hellaswag": _hellaswag}

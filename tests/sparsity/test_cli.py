@@ -147,3 +147,18 @@ def test_trace_and_eval_items_never_overlap(data_dir, task):
     evaluated = {(i.context, tuple(i.choices)) for i in load_items(task, data_dir, "eval")}  # --limit default: all
     traced = {(i.context, tuple(i.choices)) for i in load_items(task, data_dir, "train")}
     assert evaluated and traced and not evaluated & traced
+
+
+def test_hellaswag_items_are_the_text_lm_eval_scores(data_dir):
+    """Traces and sparse scoring must see the query and endings the eval YAML builds
+    (its process_docs cleans WikiHow artefacts in 14 of the shared file's rows)."""
+    from datasets import Dataset
+
+    from llmslim.core.data import read_records
+    from llmslim.eval.tasks.hellaswag_utils import process_docs
+    from llmslim.sparsity.tasks import load_items
+
+    rows = read_records(data_dir / "hellaswag" / "hellaswag_val_full_preprocessed.jsonl")
+    docs = process_docs(Dataset.from_list(rows[: len(rows) // 2]))
+    items = load_items("hellaswag", data_dir, "eval")
+    assert [(i.context, [c[1:] for c in i.choices]) for i in items] == [(d["query"], d["choices"]) for d in docs]
