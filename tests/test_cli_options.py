@@ -71,6 +71,7 @@ BAD = [
     (["prune", "smollm2-135m", "--dtype", "fp8"], "unknown dtype"),
     (["prune", "smollm2-135m", "--recover-steps", "-1"], "--recover-steps must be >= 0"),
     (["prune", "smollm2-135m", "--recover-full"], "--recover-full needs --recover-steps"),
+    (["prune", "smollm2-135m", "--preset", "afr-papr"], "unknown preset 'afr-papr'; did you mean afr-paper"),
     (["recover", "smollm2-135m", "--teacher", "smollm2-135m", "--kd", "1.5", "--out", "x"], "--kd must be in [0, 1]"),
     (["recover", "smollm2-135m", "--data", "/nonexistent.txt", "--out", "x"], "--data: use wikitext2, alpaca or a text file"),
     (["shorten", "rl", "smollm2-135m", "--max-steps", "0"], "--max-steps must be >= 1"),

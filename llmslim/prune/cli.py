@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -9,6 +10,7 @@ import typer
 
 from llmslim.core import report
 from llmslim.core.job import Command, run_command
+from llmslim.core.presets import apply_preset, typed_on_command_line
 from llmslim.core.options import (DEVICE, DTYPE, MODEL, SEED, TRAINING, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, LimitOpt, ModelArg,
                                   OutOpt, PplLimitOpt, PplOpt, PplSeqlenOpt, QuietOpt, SeedOpt, TasksOpt)
 from llmslim.prune.allocate import MAX_DEVIATION
@@ -19,7 +21,9 @@ CALIB = "Calibration"
 
 
 def prune(
+    ctx: typer.Context,
     model: ModelArg = MODEL,
+    preset: Annotated[Optional[str], typer.Option(help="A named recipe (llmslim/prune/presets/NAME.yaml: afr-paper, afr-reference); options typed here win over it.", rich_help_panel=METHOD)] = None,
     ratio: Annotated[float, typer.Option(help="Fraction of FFN neurons (or kv groups) to remove (AFR paper: 0.2, 0.5).", rich_help_panel=METHOD)] = 0.2,
     target: Annotated[str, typer.Option(help="'ffn' neurons (the paper), or 'attn': whole kv groups with their query heads (GQA-aware).", rich_help_panel=METHOD)] = "ffn",
     method: Annotated[str, typer.Option(help="Score: afr, snip, refer, magnitude, wanda-sp, flap, llm-pruner-vector, llm-pruner-element; 'afr:mean-abs' picks an aggregation.", rich_help_panel=METHOD)] = "afr",
@@ -56,13 +60,14 @@ def prune(
     dtype: DtypeOpt = DTYPE,
 ) -> None:
     """Remove FFN neurons (or attention kv groups) by AFR or a baseline; save a smaller model transformers loads."""
-    job = PruneJob(
+    values = dict(
         model=model, ratio=ratio, target=target, method=method, aggregate=aggregate, gmm_scope=gmm_scope, afr_recipe=afr_recipe,
         group=group, accumulate=accumulate, gmm_refit=gmm_refit, feature_mode=feature_mode, snip_loss=snip_loss, allocation=allocation, max_deviation=max_deviation, round_to=round_to, compare=compare,
         calib=calib, nsamples=nsamples, seqlen=seqlen, save_scores=save_scores, scores=scores, recover_steps=recover_steps, recover_full=recover_full,
         tasks=tasks, limit=limit, ppl=ppl, ppl_seqlen=ppl_seqlen, ppl_limit=ppl_limit,
         out=out, force=force, seed=seed, device=device, dtype=dtype,
     )
+    job = PruneJob(**apply_preset(values, "llmslim.prune", preset, typed_on_command_line(ctx), PRESET_FIELDS), preset=preset)
     run_command(PRUNE, job, json_out=json, quiet=quiet)
 
 
@@ -82,4 +87,6 @@ def render(result: dict) -> None:
     )
 
 
+# what a preset may set: the method and its budget, not where outputs go or how they print
+PRESET_FIELDS = {f.name for f in fields(PruneJob)} - {"model", "out", "force", "preset", "save_scores", "scores", "device", "dtype"}
 PRUNE = Command("prune", validate, run, render, model_purpose="gradients")

@@ -32,6 +32,7 @@ ALL_METHODS = ["afr:abs+gmm", "afr:abs", "afr:gmm", "afr:mean-abs", "afr:trim", 
 @dataclass(kw_only=True)
 class PruneJob(CommonOptions):
     model: str = "smollm2-135m"
+    preset: str | None = None  # the --preset its values came from (recorded in run.json)
     ratio: float = 0.2
     target: str = "ffn"
     method: str = "afr"
