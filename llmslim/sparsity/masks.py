@@ -62,8 +62,9 @@ def select(scores: torch.Tensor, sparsity: float, allocation: str = "perlayer", 
     keep: list[torch.Tensor | None] = [None] * L
     if allocation == "perlayer":
         k = n_keep(U, sparsity)
-        for i in active:
-            keep[i] = scores[i].float().topk(k).indices.sort().values
+        top = scores[active].float().topk(k, dim=1).indices.sort(dim=1).values  # one call for every layer
+        for row, i in enumerate(active):
+            keep[i] = top[row]
         return keep
     norm = minmax(scores[active])
     budget = n_keep(U * len(active), sparsity)

@@ -248,3 +248,104 @@ def test_sparse_lm_scores_as_lm_evals_hflm_when_nothing_is_dropped(tiny_llama_di
         assert ll == pytest.approx(want_ll, abs=1e-4) and greedy == want_greedy
     half = SparseRunner(model, SparsityConfig("static", ffn_sparsity=0.5), static_scores=static)
     assert any(abs(a[0] - b[0]) > 1e-3 for a, b in zip(SparseLM(model, tok, half).loglikelihood(reqs), expected))
+
+
+@pytest.mark.parametrize("family,transpose", [("llama", True), ("llama", False), ("phi3", True), ("opt", False)])
+def test_update_ffn_rewrites_slots_and_equals_the_masked_layer(family, transpose):
+    """Per-token decisions change only the FFN slots whose neuron changed: after each update in a
+    sequence (two neurons swapped, mostly new and unsorted, another width, dense, sliced again)
+    the model equals the masked one, the attention slices are left alone, and restoring gives
+    the dense model back."""
+    model, reference = tiny_model(family), tiny_model(family)  # same seed, same weights
+    for m in (model, reference):  # biases start at zero: make them count (opt's fc1 has one)
+        gen = torch.Generator().manual_seed(2)
+        for lin in (x for x in m.modules() if isinstance(x, torch.nn.Linear) and x.bias is not None):
+            torch.nn.init.normal_(lin.bias, std=0.5, generator=gen)
+    ids = torch.randint(0, 128, (1, 9), generator=torch.Generator().manual_seed(5))
+    dense = model(ids).logits
+    neurons, groups = random_keeps(model)
+    width = adapter_for(model).ffn(adapter_for(model).decoder_layers(model)[0], text_config(model.config)).width
+    gen = torch.Generator().manual_seed(11)
+    swapped = [torch.cat([n[2:], torch.tensor([x for x in range(width) if x not in n.tolist()][:2])]) for n in neurons]
+    sequence = [swapped,
+                [torch.randperm(width, generator=gen)[: n.numel()] for n in neurons],
+                [torch.randperm(width, generator=gen)[: n.numel() - 3] for n in neurons],
+                [None] + [torch.randperm(width, generator=gen)[:5] for _ in neurons[1:]],
+                [torch.randperm(width, generator=gen)[:7] for _ in neurons]]
+    g = Gather(model, transpose_down=transpose)
+    attn0 = adapter_for(model).attention(adapter_for(model).decoder_layers(model)[0], text_config(model.config))
+    with torch.no_grad():
+        for i, (n, k) in enumerate(zip(neurons, groups)):
+            g.apply(i, n, k)
+        q_weight = attn0.q.linear.weight
+        for step in sequence:
+            for i, n in enumerate(step):
+                g.update_ffn(i, n)
+            got = model(ids).logits
+            with masked(reference, step, groups):
+                ref = reference(ids).logits
+            assert torch.allclose(got, ref, atol=1e-5, rtol=1e-4), (got - ref).abs().max()
+            assert attn0.q.linear.weight is q_weight  # attention untouched by FFN updates
+        g.restore_all()
+        assert torch.allclose(model(ids).logits, dense, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["llama", "phi3"])
+def test_update_all_ffn_across_layers_equals_per_layer_updates(family):
+    """The stacked path (one set of ops for every layer) gives the model per-layer updates give,
+    through a sequence that also leaves it (another width, a dense layer) and comes back."""
+    model, reference = tiny_model(family), tiny_model(family)
+    ids = torch.randint(0, 128, (1, 9), generator=torch.Generator().manual_seed(5))
+    neurons, groups = random_keeps(model)
+    width = adapter_for(model).ffn(adapter_for(model).decoder_layers(model)[0], text_config(model.config)).width
+    gen = torch.Generator().manual_seed(12)
+    k = neurons[0].numel()
+    sequence = [[torch.randperm(width, generator=gen)[:k] for _ in neurons] for _ in range(3)]
+    sequence += [[torch.randperm(width, generator=gen)[: k - 2] for _ in neurons],  # per layer: a new width
+                 [None] + [torch.randperm(width, generator=gen)[: k - 2] for _ in neurons[1:]],  # per layer: layer 0 dense
+                 [torch.randperm(width, generator=gen)[: k - 2] for _ in neurons],
+                 [torch.randperm(width, generator=gen)[: k - 2] for _ in neurons]]  # stacked again
+    fast, slow = Gather(model), Gather(reference)
+    with torch.no_grad():
+        for i, (n, g) in enumerate(zip(neurons, groups)):
+            fast.apply(i, n, g)
+            slow.apply(i, n, g)
+        for n_step, step in enumerate(sequence):
+            fast.update_all_ffn(step)
+            for i, n in enumerate(step):
+                slow.update_ffn(i, n)
+            assert torch.allclose(model(ids).logits, reference(ids).logits, atol=1e-5, rtol=1e-4)
+            if n_step == 1:  # one layer updated on its own, in place in the stacked slices, then restacked
+                layer1 = torch.randperm(width, generator=gen)[:k]
+                fast.update_ffn(1, layer1)
+                slow.update_ffn(1, layer1)
+        assert fast._stacked is not None  # the last steps ran stacked
+        fast.restore_all()
+        slow.restore_all()
+        assert torch.allclose(model(ids).logits, reference(ids).logits, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["shadow", "dejavu"])
+def test_predictor_time_leaves_out_the_gather(method):
+    """The report splits a run into predictor and gather: the decision's counter must not also
+    hold the weight slicing done inside it (it did: both shares counted the gather)."""
+    import time
+
+    from llmslim.sparsity.predictor import DejaVuNet, DejaVuPredictor, ShadowNet, ShadowPredictor
+
+    model = tiny_model("llama")
+    L, F, d = 2, 96, 64
+    shadow = ShadowPredictor({"neurons": ShadowNet(d, L, F, 16, None)}, torch.zeros(1, d), torch.ones(1, d))
+    dejavu = DejaVuPredictor({"neurons": DejaVuNet(d, L, F, 8)}, torch.zeros(L, d), torch.ones(L, d))
+    runner = SparseRunner(model, SparsityConfig(method, ffn_sparsity=0.5), shadow=shadow, dejavu=dejavu)
+    apply = runner.gather.apply
+
+    def slow_apply(*args, **kwargs):  # a gather that takes 50 ms more, as the Gather counts it
+        apply(*args, **kwargs)
+        time.sleep(0.05)
+        runner.gather.seconds += 0.05
+
+    runner.gather.apply = slow_apply
+    with torch.no_grad(), runner.input(decide_at=-1):
+        model(torch.randint(0, 128, (1, 6)))
+    assert runner.gather.seconds >= 0.1 and 0 < runner.stats["predict_s"] < 0.05
