@@ -188,7 +188,7 @@ def bench(
     decide: Annotated[str, typer.Option("--decide", help="prompt, token, or 'prompt,token': each a variant timed against dense.", rich_help_panel=SPARSE)] = "prompt,token",
     fallback_margin: MarginOpt = 0.0,
     fallback_threshold: ThresholdOpt = 0.0,
-    prompt_len: Annotated[int, typer.Option("--prompt-len", help="Random prompt tokens.", rich_help_panel=SPARSE)] = 64,
+    prompt_len: Annotated[int, typer.Option("--prompt-len", help="Prompt tokens: a WikiText-2 window (second half) where the shared data is, else random tokens (token decisions change the mask less on real text).", rich_help_panel=SPARSE)] = 64,
     new_tokens: Annotated[int, typer.Option("--new-tokens", help="Generated tokens: 1 from the prefill, the rest timed decode steps.", rich_help_panel=SPARSE)] = 17,
     repeats: Annotated[int, typer.Option("--repeats", help="Interleaved timed runs per variant (medians).", rich_help_panel=SPARSE)] = 3,
     threads: Annotated[Optional[int], typer.Option("--threads", help="torch CPU threads.", rich_help_panel=SPARSE)] = None,
@@ -223,7 +223,7 @@ def render_bench(result: dict) -> None:
                      " / ".join(f"{split[p]:.1f}" for p in ("attention", "ffn", "lm_head", "other"))])
     report.stdout.print(report.table(
         f"sparsity bench {result['model']} on {result['device']}: {int(100 * result['ffn_sparsity'])}% FFN, prompt "
-        f"{result['prompt_len']}, {result['decode_steps']} decode steps, median of {result['repeats']}",
+        f"{result['prompt_len']} tokens ({result['prompt']}), {result['decode_steps']} decode steps, median of {result['repeats']}",
         ["variant", "prefill tok/s", "x dense", "decode tok/s", "x dense", "predictor", "gather",
          "decode ms: attn / ffn / head / other"], rows))
 

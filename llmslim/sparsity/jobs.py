@@ -380,6 +380,20 @@ def run_generate(job: UseJob, ctx: Context) -> dict:
             "prefill_s": timed["prefill_s"], **M.summarize(runner.records)}
 
 
+def _bench_prompt(job: UseJob, tokenizer, vocab: int):
+    """([1, prompt_len] ids, where they came from): a seeded window of the WikiText-2 second half
+    (real text: per-token masks change as they would in use), or random tokens without the data."""
+    import torch
+
+    from llmslim.core.data import calibration_windows, wikitext2_halves
+
+    try:
+        text = wikitext2_halves()[1]
+    except DataError:
+        return torch.randint(0, vocab, (1, job.prompt_len), generator=torch.Generator().manual_seed(job.seed)), "random tokens"
+    return calibration_windows(tokenizer, text, 1, job.prompt_len, job.seed), "WikiText-2"
+
+
 def run_bench(job: UseJob, ctx: Context) -> dict:
     import torch
 
@@ -392,12 +406,15 @@ def run_bench(job: UseJob, ctx: Context) -> dict:
     pred = P.load(job.predictors)
     P.check_model(pred, model, job.predictors)
     variants = {"dense": None} | {f"{job.method} ({d})": _runner(job, model, pred, d) for d in _items(job.decide)}
+    runners = [r for r in variants.values() if r is not None]
+    for r in runners[1:]:  # they run one after another: one Gather (one transposed copy, one set of buffers)
+        r.gather = runners[0].gather
     device = next(model.parameters()).device
-    vocab = model.get_input_embeddings().weight.shape[0]
-    ids = torch.randint(0, vocab, (1, job.prompt_len), generator=torch.Generator().manual_seed(job.seed)).to(device)
+    ids, prompt = _bench_prompt(job, ctx.tokenizer, model.get_input_embeddings().weight.shape[0])
+    ids = ids.to(device)
     times = time_variants(model, variants, ids, job.new_tokens, job.repeats,
                           progress=ctx.step("timing (interleaved runs)", job.repeats * len(variants)))
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     return {"model": job.model, "device": device_name, "ffn_sparsity": job.ffn_sparsity, "head_sparsity": job.head_sparsity,
-            "prompt_len": job.prompt_len, "decode_steps": job.new_tokens - 1, "repeats": job.repeats, "variants": times,
+            "prompt_len": job.prompt_len, "prompt": prompt, "decode_steps": job.new_tokens - 1, "repeats": job.repeats, "variants": times,
             "predictor_params": sum(p.numel() for net in (pred["shadow"].nets.values() if pred["shadow"] else []) for p in net.parameters())}

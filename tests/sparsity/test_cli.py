@@ -92,7 +92,11 @@ def test_collect_train_eval_on_a_tiny_model(capsys, tmp_path, tiny_llama_dir, da
     code, out, err = run(capsys, "bench", str(tiny_llama_dir), "-p", str(pred), "--prompt-len", "8", "--new-tokens", "3",
                          "--repeats", "1", "--json")
     assert code == 0, err
-    variants = json.loads(out)["variants"]
+    bench = json.loads(out)
+    variants = bench["variants"]
+    from llmslim.core.data import data_dir
+
+    assert bench["prompt"] == ("WikiText-2" if (data_dir() / "wikitext2" / "wiki.test.raw").is_file() else "random tokens")
     assert list(variants) == ["dense", "shadow (prompt)", "shadow (token)"]
     assert variants["dense"]["decode_speedup"] == 1.0 and variants["shadow (token)"]["gather_s"] > 0
     assert set(variants["shadow (prompt)"]["decode_split_ms"]) == {"attention", "ffn", "lm_head", "other"}
