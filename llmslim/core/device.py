@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from llmslim.core import distributed
 from llmslim.core.errors import BadOptionError
 
 DEVICES = ("auto", "cuda", "mps", "cpu")
@@ -13,6 +14,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def resolve_device(name: str = "auto") -> torch.device:
     if name not in DEVICES:
         raise BadOptionError(f"unknown device {name!r}; choose one of {', '.join(DEVICES)}")
+    if name in ("auto", "cuda") and torch.cuda.is_available() and distributed.launched():
+        return torch.device("cuda", distributed.local_rank())  # one GPU per process
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

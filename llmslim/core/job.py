@@ -20,13 +20,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmslim.core import report
+from llmslim.core import distributed, report
 from llmslim.core.device import resolve_device, resolve_dtype, seed_everything
 from llmslim.core.errors import BadOptionError
 from llmslim.core.options import DEVICE, DTYPE, SEED
 from llmslim.core.outputs import atomic_dir, atomic_write_text, check_creatable, check_writable, to_jsonable, write_manifest
 
 RESULTS_FILE = "results.json"
+# the commands that share their work across processes (Command.distributed)
+DISTRIBUTED_COMMANDS = ("prune", "recover")
 
 
 @dataclass(kw_only=True)
@@ -79,12 +81,16 @@ class Command:
     render: Callable[[dict], None]
     model_purpose: str | None = "inference"  # load cfg.model for this purpose; None: load nothing
     needs_out: bool = False  # a command whose product is its folder (traces, a trained model)
+    distributed: bool = False  # shares its work across the processes of torchrun / accelerate launch
 
 
 def run_command(command: Command, cfg, *, json_out: bool = False, quiet: bool = False) -> dict:
     """The shared sequence (module doc). Returns the result dict that was printed."""
     report.setup_logging(quiet or json_out)
     out: Path | None = getattr(cfg, "out", None)
+    if distributed.launched() and not command.distributed:
+        raise BadOptionError(f"{command.name} runs in one process; under torchrun or accelerate launch run one of: "
+                             f"{', '.join(DISTRIBUTED_COMMANDS)}")
     if command.needs_out and out is None:
         raise BadOptionError(f"{command.name} needs --out DIR")
     command.validate(cfg)
@@ -93,7 +99,11 @@ def run_command(command: Command, cfg, *, json_out: bool = False, quiet: bool = 
     if out is not None:
         check_writable(out, cfg.force)
         check_creatable(out)
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed)  # the same seed in every process: they draw the same windows, then share them
+    distributed.start(resolve_device(getattr(cfg, "device", "auto")))
+    if not distributed.is_main():  # one process reports and writes; the others only work
+        quiet, json_out, out = True, False, None
+        report.setup_logging(True)
 
     t0 = time.perf_counter()
     loaded = None
@@ -117,7 +127,7 @@ def run_command(command: Command, cfg, *, json_out: bool = False, quiet: bool = 
         result["out"] = str(out)
     if json_out:
         report.print_json(result)
-    else:
+    elif distributed.is_main():
         command.render(result)
     return result
 

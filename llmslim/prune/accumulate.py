@@ -72,12 +72,19 @@ class PerWindow:
         kinds = {k.partition(":")[0] for k in self.keys}
         return ({"snip", "refer"} if "afr" in kinds else set()) | (kinds - {"afr"})
 
-    def fold(self, window: dict[str, list[Tensor]]) -> None:
-        """Add one window: `window` maps "snip" / "refer" to per-layer grouped scores [units, values]."""
+    def fold(self, window: dict[str, list[Tensor]], fit_only: bool = False) -> None:
+        """Add one window: `window` maps "snip" / "refer" to per-layer grouped scores [units, values].
+        `fit_only`: only fit the GMMs `--gmm-refit once` reuses, add nothing (a process of a
+        distributed run fitting on the first window, which another process adds)."""
         for kind in dict.fromkeys(k.partition(":")[0] for k in self.keys):
             aggs = [k.partition(":")[2] for k in self.keys if k.partition(":")[0] == kind]
+            if fit_only and not (self.gmm_refit == "once" and any(agg in AFTER_CLIP for agg in aggs)):
+                continue
             for layer, values in enumerate(self._values(kind, window)):
                 values = regroup(values.float(), self.group, self.part_sizes)
+                if fit_only:
+                    self._clip(kind, layer, values)
+                    continue
                 clipped = None
                 for agg in aggs:
                     if agg in AFTER_CLIP:
@@ -90,7 +97,8 @@ class PerWindow:
                     if len(buf) <= layer:
                         buf.append(torch.zeros_like(out))
                     buf[layer] += out
-        self.windows += 1
+        if not fit_only:
+            self.windows += 1
 
     def _values(self, kind: str, window: dict[str, list[Tensor]]) -> list[Tensor]:
         if kind != "afr":

@@ -27,7 +27,9 @@ from functools import partial
 
 import torch
 
+from llmslim.core import distributed
 from llmslim.core.arch import text_config
+from llmslim.core.errors import BadOptionError
 from llmslim.core.params import trainable_only
 from llmslim.prune.units import layer_units
 
@@ -100,17 +102,33 @@ def collect(
             folder.part_sizes = units[0].part_sizes(config.hidden_size)
     need_grad = refer or snip
     kept = [name for name in ("snip", "refer") if name in per_weight and need_grad and (snip if name == "snip" else refer)]
-    run = _Pass(units, next(model.parameters()).device, kept, folders)
+    device = next(model.parameters()).device
+    run = _Pass(units, device, kept, folders)
     weights = [lin.weight for lin in run.linears.values()] if need_grad else []
+    # several processes (torchrun): each takes every world-th window and the sums are added up
+    # at the end, so the result is the one-process result on the same windows (to float order)
+    if windows.shape[0] < distributed.world():
+        raise BadOptionError(f"{windows.shape[0]} calibration windows for {distributed.world()} processes: "
+                             f"use --nsamples >= {distributed.world()}")
+    mine = distributed.shard(windows)
 
     t0 = time.perf_counter()
+    if distributed.rank() > 0 and any(f.gmm_refit == "once" for f in folders):
+        # --gmm-refit once fits on the first window, which is rank 0's: the others fit on it too
+        # (the same fit from the same scores) and keep nothing else from it
+        fit = _Pass(units, device, [], folders)
+        fit.fit_only = True
+        with trainable_only(model, weights), fit.hooks(need_grad, refer, feature_mode):
+            fit.batch(model, windows[:1].to(device), refer=refer, snip=snip, snip_loss=snip_loss)
     with trainable_only(model, weights), run.hooks(need_grad, refer, feature_mode):
-        for start in range(0, windows.shape[0], batch_size):
-            ids = windows[start : start + batch_size].to(run.device)
+        for start in range(0, mine.shape[0], batch_size):
+            ids = mine[start : start + batch_size].to(device)
             run.batch(model, ids, refer=refer, snip=snip, snip_loss=snip_loss)
             if progress:
-                progress(ids.shape[0])
+                progress(ids.shape[0] * distributed.world())  # the global count, as every process advances alike
     elapsed = time.perf_counter() - t0
+    if distributed.world() > 1:
+        _sum_over_processes(run, folders)
 
     n = run.tokens
     group = lambda name: [u.group(run.acc[name]).cpu() for u in units] if name in run.acc else []  # noqa: E731
@@ -133,6 +151,20 @@ def collect(
     )
 
 
+def _sum_over_processes(run: "_Pass", folders: list) -> None:
+    for per_weight in run.acc.values():
+        for t in per_weight.values():
+            distributed.sum_(t)
+    for t in run.act_sum + run.act_sq:
+        distributed.sum_(t)
+    run.tokens = distributed.sum_int(run.tokens)
+    for folder in folders:
+        for per_layer in folder.sums.values():
+            for t in per_layer:
+                distributed.sum_(t)
+        folder.windows = distributed.sum_int(folder.windows)
+
+
 class _Pass:
     """The state of one calibration pass: per-weight score sums (`acc`, for the signed-sum
     order), this batch's per-weight scores (`window`, folded per window), activation sums."""
@@ -149,6 +181,7 @@ class _Pass:
         self.target = None  # which score the backward in flight computes: "snip", "refer" or None
         self.features: list[torch.Tensor] = []
         self.tokens = 0
+        self.fit_only = False  # fold windows into the folders' GMM fits only (--gmm-refit once)
 
     @contextmanager
     def hooks(self, need_grad: bool, refer: bool, feature_mode: str):
@@ -201,6 +234,6 @@ class _Pass:
         if self.folders and (refer or snip):
             grouped = {name: [u.group(w) for u in self.units] for name, w in self.window.items() if w}
             for folder in self.folders:
-                folder.fold(grouped)
+                folder.fold(grouped, fit_only=self.fit_only)
             self.window = {"snip": {}, "refer": {}}
         self.tokens += ids.numel()

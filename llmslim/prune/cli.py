@@ -89,4 +89,4 @@ def render(result: dict) -> None:
 
 # what a preset may set: the method and its budget, not where outputs go or how they print
 PRESET_FIELDS = {f.name for f in fields(PruneJob)} - {"model", "out", "force", "preset", "save_scores", "scores", "device", "dtype"}
-PRUNE = Command("prune", validate, run, render, model_purpose="gradients")
+PRUNE = Command("prune", validate, run, render, model_purpose="gradients", distributed=True)

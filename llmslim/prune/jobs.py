@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmslim.core import distributed
 from llmslim.core.data import data_dir, wikitext2_halves
 from llmslim.core.device import peak_memory_mb
 from llmslim.core.errors import BadOptionError
@@ -141,6 +142,8 @@ def validate(job: PruneJob) -> None:
         raise BadOptionError(f"--recover-steps must be >= 0, got {job.recover_steps}")
     if job.recover_full and not job.recover_steps:
         raise BadOptionError("--recover-full needs --recover-steps N (N > 0)")
+    if job.recover_steps and distributed.launched():
+        raise BadOptionError("--recover-steps runs in one process: under torchrun, prune, then run `llmslim recover` on its output")
     if job.recover_steps:
         from llmslim.recover.jobs import validate as validate_recovery
 
@@ -189,7 +192,7 @@ def _calibrate(job: PruneJob, ctx: Context, methods: list[str], base: ScoreConfi
     advance = ctx.step("calibrating (forward+backward" + (", GMM per window)" if clips else ")"), windows.shape[0])
     stats = collect_for(ctx.model, windows, methods, base, gmm_refit=job.gmm_refit, feature_mode=job.feature_mode,
                         snip_loss=job.snip_loss, target=job.target, progress=advance)
-    if job.save_scores:
+    if job.save_scores and distributed.is_main():
         save_stats(job.save_scores, stats, ctx.model)
     return stats, desc
 
@@ -204,7 +207,7 @@ def run(job: PruneJob, ctx: Context) -> dict:
     ctx.timings["calibrate_s"] = time.perf_counter() - t0
 
     ppl_text = wikitext2_halves()[1] if job.ppl else None
-    evaluate = job.ppl or bool(job.tasks)
+    evaluate = (job.ppl or bool(job.tasks)) and distributed.is_main()  # the other processes only calibrate
     dense = {"method": "dense", "params": sum(p.numel() for p in model.parameters()), "width": None}
     rows = [dense] if evaluate else []
     if evaluate:

@@ -62,4 +62,4 @@ def render(result: dict) -> None:
                         + (f"; saved to {result['out']}" if result.get("out") else ""))
 
 
-RECOVER = Command("recover", validate, run, render, model_purpose="training", needs_out=True)
+RECOVER = Command("recover", validate, run, render, model_purpose="training", needs_out=True, distributed=True)

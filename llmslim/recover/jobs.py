@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from llmslim.core import distributed
 from llmslim.core.device import peak_memory_mb
 from llmslim.core.errors import BadOptionError
 from llmslim.core.job import CommonOptions, Context
@@ -129,7 +130,8 @@ def train(model, tokenizer, teacher, job: RecoverJob, advance=None) -> tuple[tor
     steps = trainer.state.global_step
     return trainer.model, {
         "kd": job.kd_weight, "temperature": job.temperature, "data": job.data, "full": job.full,
-        "lr": job.lr or LR["full" if job.full else "lora"], "steps": steps, "tokens": steps * job.batch_size * job.seqlen,
+        "lr": job.lr or LR["full" if job.full else "lora"], "steps": steps,
+        "processes": distributed.world(), "tokens": steps * job.batch_size * job.seqlen * distributed.world(),
         "train_s": train_s, "trainable_params": trainable, "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None, "losses": losses,
         "loss_parts": {"first": trainer.parts[0], "last": trainer.parts[-1]} if trainer.parts else {}}
@@ -166,12 +168,13 @@ def run(job: RecoverJob, ctx: Context) -> dict:
         return summary_metrics(m, tokenizer, ppl_text=ppl_text, ppl_seqlen=job.ppl_seqlen, ppl_limit=job.ppl_limit,
                                tasks=job.tasks, limit=job.limit, seed=job.seed, quiet=ctx.quiet)
 
-    before = metrics(model) if (job.ppl or job.tasks) else {}
+    evaluate = (job.ppl or job.tasks) and distributed.is_main()  # under torchrun the others wait for it
+    before = metrics(model) if evaluate else {}
     teacher = load_teacher(job, model.config.vocab_size)
     advance = ctx.step(f"recover ({'full' if job.full else 'LoRA'}, kd {job.kd_weight:g})", job.max_steps)
     trained, summary = train(model, tokenizer, teacher, job, advance)
     ctx.timings["train_s"] = summary.pop("train_s")
-    after = metrics(merged(trained, job.full)) if (job.ppl or job.tasks) else {}
+    after = metrics(merged(trained, job.full)) if evaluate else {}
     ctx.save(lambda folder: save_model(trained, tokenizer, folder))  # merges a LoRA adapter, keeps it in adapter/
     return {"model": job.model, "teacher": job.teacher, **summary, "before": before, "after": after,
             "peak_memory_mb": peak_memory_mb(next(model.parameters()).device)}

@@ -1,0 +1,85 @@
+"""Several processes of one job (`torchrun --nproc_per_node N -m llmslim ...` or
+`accelerate launch -m llmslim ...`): which one this is, its share of the work, and sums across
+all of them. The process group is accelerate's (PartialState over torch.distributed: gloo on CPU,
+nccl on GPUs), the one transformers' Trainer and TRL join, so a command's own reductions and a
+Trainer inside it share it.
+
+Outside a launcher every function is the single-process identity (rank 0 of 1), so commands call
+them unconditionally.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import torch
+
+COLLECTIVE_TIMEOUT_HOURS = 6
+
+
+def launched() -> bool:
+    """True under a launcher that started more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def start(device: torch.device) -> None:
+    """Join the process group (once per process; a no-op without a launcher). CPU processes use
+    gloo: accelerate only picks MULTI_CPU when told the job is on CPU."""
+    if launched():
+        from accelerate import PartialState
+
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        # one process evaluates (lm-eval, perplexity) while the others wait at their next
+        # collective: an evaluation may take an hour on CPU, far past torch's 10-30 min default
+        PartialState(cpu=device.type == "cpu", timeout=timedelta(hours=COLLECTIVE_TIMEOUT_HOURS))
+
+
+def rank() -> int:
+    return torch.distributed.get_rank() if _active() else 0
+
+
+def world() -> int:
+    return torch.distributed.get_world_size() if _active() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def shard(items: torch.Tensor) -> torch.Tensor:
+    """This process's rows of `items` (every world-th, from its rank): the same rows on every
+    run with the same world size, and together exactly all rows."""
+    return items[rank() :: world()]
+
+
+def sum_(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum `tensor` over the processes, in place (gloo: CPU tensors; nccl: CUDA tensors)."""
+    if _active():
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
+    return tensor
+
+
+def sum_int(value: int) -> int:
+    return int(sum_(torch.tensor([value], dtype=torch.long, device=_reduce_device())).item())
+
+
+def barrier() -> None:
+    if _active():
+        torch.distributed.barrier()
+
+
+def _active() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _reduce_device() -> torch.device:
+    """Where small reduction tensors live: nccl reduces CUDA tensors only."""
+    if _active() and torch.distributed.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")

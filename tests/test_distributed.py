@@ -1,0 +1,103 @@
+"""Several processes under torchrun (gloo on CPU): the work is shared and the result is the
+one-process result; one process writes and prints."""
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None,
+                                reason="torchrun not installed beside this python")
+
+TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
+
+
+def llmslim(argv, processes=1, timeout=300):
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = ([TORCHRUN, "--standalone", "--nproc_per_node", str(processes), "-m", "llmslim"] if processes > 1
+           else [sys.executable, "-m", "llmslim"]) + [str(a) for a in argv]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+@pytest.fixture()
+def corpus(tmp_path):
+    words = random.Random(0).choices([f"w{i}" for i in range(124)], k=3000)
+    path = tmp_path / "corpus.txt"
+    path.write_text(" ".join(words))
+    return path
+
+
+def test_prune_calibration_on_two_processes_equals_one(tmp_path, tiny_llama_dir, corpus):
+    common = ["prune", tiny_llama_dir, "--ratio", "0.5", "--calib", corpus, "--nsamples", "6", "--seqlen", "16",
+              "--gmm-refit", "once", "--compare", "wanda-sp", "--json"]
+    one = llmslim(common + ["--save-scores", tmp_path / "one.pt"])
+    assert one.returncode == 0, one.stderr
+    two = llmslim(common + ["--save-scores", tmp_path / "two.pt", "--out", tmp_path / "out"], processes=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+
+    a, b = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    assert (a["tokens"], a["windows"]) == (b["tokens"], b["windows"]) == (6 * 16, 6)
+    assert a["neuron"].keys() == b["neuron"].keys() and a["neuron"]
+    for key in a["neuron"]:
+        for x, y in zip(a["neuron"][key], b["neuron"][key]):
+            assert torch.allclose(x, y, rtol=1e-4, atol=1e-6), key
+    for x, y in zip(a["act_mean"] + a["act_sq"], b["act_mean"] + b["act_sq"]):
+        assert torch.allclose(x, y, rtol=1e-5, atol=1e-7)
+
+    # one process printed and wrote: one JSON document, one output folder, the same pruned widths
+    result_one, result_two = json.loads(one.stdout), json.loads(two.stdout)
+    assert result_two["calibration"]["nsamples"] == 6
+    assert [r["width"] for r in result_two["rows"]] == [r["width"] for r in result_one["rows"]]
+    assert result_two["widths"] == result_one["widths"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt", "one.pt", "out", "two.pt"]
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["widths"] == result_one["widths"]
+
+
+def test_recover_trains_with_ddp_and_one_process_writes(tmp_path, tiny_llama_dir, corpus):
+    """The Trainer under torchrun: each step takes --batch-size windows in each process."""
+    from transformers import AutoModelForCausalLM
+
+    two = llmslim(["recover", tiny_llama_dir, "--teacher", tiny_llama_dir, "--data", corpus, "--seqlen", "16",
+                   "--batch-size", "2", "--max-steps", "2", "--full", "--out", tmp_path / "rec", "--json"], processes=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    result = json.loads(two.stdout)
+    assert (result["processes"], result["steps"], result["tokens"]) == (2, 2, 2 * 2 * 16 * 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt", "rec"]
+    trained = AutoModelForCausalLM.from_pretrained(tmp_path / "rec")
+    dense = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    changed = [n for (n, p), q in zip(trained.named_parameters(), dense.parameters()) if not torch.equal(p, q)]
+    assert changed  # the optimizer moved the weights
+
+
+def test_a_command_that_runs_in_one_process_refuses_a_launcher(tiny_llama_dir):
+    result = llmslim(["info", tiny_llama_dir], processes=2)
+    assert result.returncode != 0
+    assert "info runs in one process; under torchrun or accelerate launch run one of: prune, recover" in result.stderr
+
+
+def test_the_listed_distributed_commands_are_the_ones_that_share_work():
+    import importlib
+    import pkgutil
+
+    import llmslim
+    from llmslim.core.job import DISTRIBUTED_COMMANDS, Command
+
+    commands = {}
+    for info in pkgutil.iter_modules(llmslim.__path__):
+        if not info.ispkg:
+            continue
+        try:
+            module = importlib.import_module(f"llmslim.{info.name}.cli")
+        except ModuleNotFoundError:
+            continue
+        for value in vars(module).values():
+            for c in value.values() if isinstance(value, dict) else [value]:
+                if isinstance(c, Command):
+                    commands[c.name] = c
+    assert len(commands) > 10
+    assert sorted(name for name, c in commands.items() if c.distributed) == sorted(DISTRIBUTED_COMMANDS)
