@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from llmslim.core import distributed
 from llmslim.core.device import resolve_device, resolve_dtype
 from llmslim.core.errors import ModelNotFoundError, UnsupportedArchitectureError
 from llmslim.core.outputs import atomic_dir
@@ -172,8 +173,10 @@ def load_model(
 
     if getattr(config, "llmslim_ffn_widths", None):  # a pruned model: built on the CPU, then moved
         model = build_with_widths(folder, config, torch_dtype).to(torch_device)
-    elif torch_device.type == "cuda":  # models larger than one GPU are spread by accelerate
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, device_map="auto")
+    elif torch_device.type == "cuda":  # models larger than one GPU are spread by accelerate,
+        # except under torchrun, where each process holds a whole copy on its own GPU
+        device_map = {"": torch_device} if distributed.launched() else "auto"
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, device_map=device_map)
     else:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype).to(torch_device)
     model.eval()
