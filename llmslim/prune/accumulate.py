@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from llmslim.core.errors import BadOptionError
-from llmslim.prune.aggregate import AGGREGATIONS, SCOPES, aggregate, regroup, zscore_all
+from llmslim.prune.aggregate import AGGREGATIONS, SCOPES, aggregate, regroup, zscore_stats
 from llmslim.prune.gmm import gmm_apply, gmm_clip
 
 ACCUMULATIONS = ("per-window", "signed-sum")
@@ -100,11 +100,15 @@ class PerWindow:
         if not fit_only:
             self.windows += 1
 
-    def _values(self, kind: str, window: dict[str, list[Tensor]]) -> list[Tensor]:
+    def _values(self, kind: str, window: dict[str, list[Tensor]]):
+        """Per layer, the values to aggregate: a generator, so with a window that groups each
+        layer on access (calibrate.py) one layer's copies are alive at a time, not the model's."""
         if kind != "afr":
-            return window[kind]
+            return iter(window[kind])
         # the paper's recipe, per window: z-score each over the model's weights, then add
-        return [r + s for r, s in zip(zscore_all(window["refer"]), zscore_all(window["snip"]))]
+        (r_mean, r_std), (s_mean, s_std) = zscore_stats(window["refer"]), zscore_stats(window["snip"])
+        return ((r.float() - r_mean.float()) / r_std.float() + (s.float() - s_mean.float()) / s_std.float()
+                for r, s in zip(window["refer"], window["snip"]))
 
     def _clip(self, kind: str, layer: int, values: Tensor) -> Tensor:
         rows = values if self.gmm_scope == "neuron" else values.reshape(1, -1)

@@ -106,14 +106,18 @@ def regroup(groups: Tensor, mode: str, sizes: list[int]) -> Tensor:
     raise BadOptionError(f"unknown weight grouping {mode!r}; use {' or '.join(GROUPINGS)}")
 
 
+def zscore_stats(per_layer) -> tuple[Tensor, Tensor]:
+    """(mean, std) over every value of every layer, in float64, two passes over `per_layer`
+    (a list, or a sequence that builds each layer's tensor on access: one layer alive at a time)."""
+    n = sum(t.numel() for t in per_layer)
+    mean = sum(t.sum(dtype=torch.float64) for t in per_layer) / n
+    sq = sum(((t - mean.to(t.dtype)) ** 2).sum(dtype=torch.float64) for t in per_layer)
+    return mean, (sq / (n - 1)).sqrt()
+
+
 def zscore_all(per_layer: list[Tensor]) -> list[Tensor]:
     """Standardise over every value of every layer (one mean, one std for the model)."""
-    # float64 sums, no float64 copy of the model's scores (it runs once per window)
-    n = sum(t.numel() for t in per_layer)
-    total = sum(t.sum(dtype=torch.float64) for t in per_layer)
-    mean = total / n
-    sq = sum(((t - mean.to(t.dtype)) ** 2).sum(dtype=torch.float64) for t in per_layer)
-    std = (sq / (n - 1)).sqrt()
+    mean, std = zscore_stats(per_layer)
     return [((t.float() - mean.float()) / std.float()) for t in per_layer]
 
 

@@ -1,0 +1,109 @@
+"""The memory plan (core/plan.py) against measured peaks: each case runs in a fresh process and
+reports its peak RSS (CPU) or max allocated bytes (CUDA), next to the plan's total.
+
+    .venv/bin/python benchmarks/memory_plan.py                       # every case, CPU
+    .venv/bin/python benchmarks/memory_plan.py --cases prune:smollm2-135m:256
+
+Cases: prune:SPEC:SEQLEN (one calibration window, afr:abs: SNIP + ReFer, per window) and
+recover:SPEC:SEQLEN:BATCH:full|lora (two training steps, the same model as teacher, kd 0.5).
+Writes benchmarks/results/memory_plan.json (resumable: finished cases are kept).
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+DEFAULT = ("prune:smollm2-135m:256,prune:smollm2-135m:1024,prune:random:smollm2-135m:512,"
+           "prune:random:llama-1b:256,recover:smollm2-135m:256:4:full,recover:smollm2-135m:256:4:lora")
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--cases", default=DEFAULT)
+ap.add_argument("--device", default="cpu")
+ap.add_argument("--out", default="benchmarks/results/memory_plan.json")
+ap.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this process
+args = ap.parse_args()
+
+
+def split(case: str) -> list[str]:
+    kind, rest = case.split(":", 1)
+    if rest.startswith("random:"):
+        name, *tail = rest[len("random:"):].split(":")
+        return [kind, "random:" + name, *tail]
+    return [kind, *rest.split(":")]
+
+
+def run_case(case: str) -> dict:
+    import torch
+
+    from llmslim.core import plan as P
+    from llmslim.core.device import peak_memory_mb, resolve_device, resolve_dtype
+
+    kind, spec, seqlen, *rest = split(case)
+    seqlen = int(seqlen)
+    device = resolve_device(args.device)
+    shapes = P.shapes_of(P.model_config(spec))
+
+    def load(purpose):
+        if spec.startswith("random:"):
+            from llmslim.bench.synthetic import random_model
+
+            return random_model(spec, resolve_dtype("auto", device, purpose), 0, device)
+        from llmslim.core.load import load_model
+
+        return load_model(spec, device=args.device, purpose=purpose).model
+
+    gen = torch.Generator().manual_seed(0)
+    if kind == "prune":
+        from llmslim.prune.run import collect_for
+
+        model = load("gradients")
+        dtype = next(model.parameters()).dtype
+        windows = torch.randint(0, shapes.vocab, (1, seqlen), generator=gen)
+        collect_for(model, windows, ["afr:abs"])  # no GMM: its fit takes minutes on CPU and little memory
+        parts = P.prune_parts(shapes, weight_bytes=P.DTYPE_BYTES[dtype], seqlen=seqlen, batch=1, refer=True, snip=True,
+                              signed_kinds=0, copies=0, device_type=device.type)
+    else:
+        from llmslim.recover.jobs import RecoverJob, train
+
+        batch, mode = int(rest[0]), rest[1]
+        model = load("training")
+        teacher = load("inference")
+        tok_source = spec if not spec.startswith("random:") else None
+        from llmslim.core.load import load_model
+
+        tokenizer = load_model(tok_source, device="cpu").tokenizer if tok_source else None
+        job = RecoverJob(model=spec, teacher=spec, seqlen=seqlen, batch_size=batch, max_steps=2, full=mode == "full",
+                         data="wikitext2")
+        train(model, tokenizer, teacher, job, None)
+        act_bytes = 2 if device.type == "cuda" else 4
+        parts = P.training_parts(shapes, full=mode == "full", lora_r=job.lora_r, batch=batch, seqlen=seqlen,
+                                 act_bytes=act_bytes, teacher=shapes, teacher_bytes=P.DTYPE_BYTES[next(teacher.parameters()).dtype],
+                                 device_type=device.type)
+    # CPU: the process's peak RSS; CUDA: max allocated plus the context the plan counts as runtime
+    measured = peak_memory_mb(device) * 2**20 + (P.RUNTIME_BYTES["cuda"] if device.type == "cuda" else 0)
+    return {"case": case, "device": device.type, "planned_gib": sum(parts.values()) / P.GiB,
+            "measured_gib": measured / P.GiB, "parts_gib": {k: v / P.GiB for k, v in parts.items()}}
+
+
+if args.case:
+    print(json.dumps(run_case(args.case)))
+    sys.exit(0)
+
+out = Path(args.out)
+done = {r["case"]: r for r in json.loads(out.read_text())} if out.is_file() else {}
+for case in args.cases.split(","):
+    if case in done:
+        continue
+    proc = subprocess.run([sys.executable, __file__, "--case", case, "--device", args.device], capture_output=True, text=True)
+    if proc.returncode:
+        print(f"{case}: failed\n{proc.stderr[-2000:]}")
+        continue
+    row = json.loads(proc.stdout.strip().splitlines()[-1])
+    row["ratio"] = row["planned_gib"] / row["measured_gib"]
+    done[case] = row
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(list(done.values()), indent=2) + "\n")
+    print(f"{case}: planned {row['planned_gib']:.2f} GiB, measured {row['measured_gib']:.2f} GiB "
+          f"(plan / measured {row['ratio']:.2f})", flush=True)

@@ -1,0 +1,180 @@
+"""Peak memory of a job from the model's config alone (the model built on the meta device, no
+weights read): what `--dry-run` prints, and what refuses a job that cannot fit before anything
+loads, naming the option that would make it fit.
+
+Terms, per process (bytes; b = the weights' dtype size, T = --seqlen, B = batch, L layers,
+I the FFN width, H hidden, V vocabulary, F the FFN weights' count):
+
+    runtime      torch + transformers in a CPU process (~0.45 GiB RSS before the weights),
+                 or a CUDA context (~0.5 GiB)
+    weights      parameters x b
+    activations  what backward keeps, every layer: B x T x (4 I + 2 H) x b (SwiGLU's gate, up,
+                 act(gate) and product, two norms), B x heads x T^2 x 2 bytes of attention, and
+                 the logits with the loss's fp32 log-softmax (B x T x V x (b + 4))
+    prune        a window's per-weight scores in fp32, one F x 4 per score kind (SNIP, ReFer:
+                 both for AFR; grouped, z-scored and clipped one layer at a time); ReFer's fp32
+                 copies of each projection output and their singular vectors, 2 x B x T x
+                 (2 I + H) x 4 per layer; fp32 signed sums per kind for the signed-sum order
+    training     trained weights in fp32, their gradients and AdamW's two moments; a teacher's
+                 weights and logits for distillation
+
+The coefficients of the activation and score terms were fitted to peak RSS on SmolLM2
+(benchmarks/memory_plan.py; the table and its spread are in docs/distributed.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from llmslim.core.errors import BadOptionError
+
+GiB = 2**30
+RUNTIME_BYTES = {"cpu": int(0.45 * GiB), "cuda": int(0.5 * GiB), "mps": int(0.5 * GiB)}
+DTYPE_BYTES = {torch.float32: 4, torch.bfloat16: 2, torch.float16: 2}
+
+
+@dataclass
+class Shapes:
+    """What the estimate needs from a model: counted on a meta-device build of its config."""
+
+    params: int
+    ffn_params: int
+    layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    linear_sizes: list[tuple[int, int]] = field(default_factory=list)  # (in, out) of every decoder linear
+
+
+@dataclass
+class MemoryPlan:
+    device: str
+    parts: dict[str, int]
+    available: int | None  # bytes free on the device now (None: unknown)
+
+    @property
+    def total(self) -> int:
+        return sum(self.parts.values())
+
+    @property
+    def fits(self) -> bool:
+        return self.available is None or self.total <= self.available
+
+    def to_dict(self) -> dict:
+        return {"device": self.device, "parts_gib": {k: round(v / GiB, 3) for k, v in self.parts.items()},
+                "total_gib": round(self.total / GiB, 3),
+                "available_gib": None if self.available is None else round(self.available / GiB, 3), "fits": self.fits}
+
+    def line(self) -> str:
+        parts = ", ".join(f"{k} {v / GiB:.2f}" for k, v in self.parts.items())
+        free = "unknown" if self.available is None else f"{self.available / GiB:.1f} GiB free"
+        return f"expected peak {self.total / GiB:.2f} GiB on {self.device} ({free}): {parts} (GiB)"
+
+
+def model_config(spec: str):
+    """The config of a model spec (alias, folder, .gguf, hub id, or `random:PRESET`) without its weights."""
+    from transformers import AutoConfig
+
+    from llmslim.bench.synthetic import is_random, random_config
+    from llmslim.core.load import _gguf_cache_folder, resolve_model
+
+    if is_random(spec):
+        return random_config(spec)
+    folder, gguf = resolve_model(spec)
+    if gguf:
+        cached = _gguf_cache_folder(folder, gguf)
+        return AutoConfig.from_pretrained(cached) if (cached / "config.json").is_file() else \
+            AutoConfig.from_pretrained(folder, gguf_file=gguf)
+    return AutoConfig.from_pretrained(folder)
+
+
+def shapes_of(config) -> Shapes:
+    from transformers import AutoModelForCausalLM
+
+    from llmslim.core.arch import adapter_for, text_config
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    adapter = adapter_for(model)
+    tc = text_config(model.config)
+    layers = adapter.decoder_layers(model)
+    ffn = [adapter.ffn(layer, tc) for layer in layers]
+    ffn_params = 0
+    for f in ffn:
+        mats = {id(b.linear): b.linear for b in f.inputs} | {id(f.output): f.output}  # a fused gate_up once
+        ffn_params += sum(m.weight.numel() for m in mats.values())
+    attn = adapter.attention(layers[0], tc)
+    linears = [(m.in_features, m.out_features) for layer in layers for m in layer.modules() if isinstance(m, torch.nn.Linear)]
+    seen: set[int] = set()
+    params = 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            params += p.numel()
+    return Shapes(params=params, ffn_params=ffn_params, layers=len(layers), hidden=tc.hidden_size,
+                  intermediate=max(f.width for f in ffn), heads=attn.n_heads, kv_heads=attn.n_kv_heads,
+                  head_dim=attn.head_dim, vocab=model.get_output_embeddings().weight.shape[0], linear_sizes=linears)
+
+
+def activations(s: Shapes, tokens: int, seqlen: int, act_bytes: int) -> int:
+    """What a backward pass through every layer keeps for `tokens` = batch x seqlen tokens."""
+    layer = tokens * (4 * s.intermediate + 2 * s.hidden) * act_bytes + (tokens // seqlen) * s.heads * seqlen * seqlen * 2
+    return s.layers * layer + tokens * s.vocab * (act_bytes + 4)
+
+
+def prune_parts(s: Shapes, *, weight_bytes: int, seqlen: int, batch: int, refer: bool, snip: bool,
+                signed_kinds: int, copies: int, device_type: str) -> dict[str, int]:
+    """Calibration's peak; `copies`: whole models held at once besides the loaded one (--compare)."""
+    kinds = int(refer) + int(snip)
+    tokens = batch * seqlen
+    parts = {"runtime": RUNTIME_BYTES.get(device_type, RUNTIME_BYTES["cpu"]), "weights": s.params * weight_bytes}
+    if copies:
+        parts["copies for --compare"] = copies * s.params * weight_bytes
+    if kinds:
+        parts["activations"] = activations(s, tokens, seqlen, weight_bytes)
+        parts["window scores"] = kinds * s.ffn_params * 4
+    if refer:
+        parts["refer features"] = 2 * s.layers * tokens * (2 * s.intermediate + s.hidden) * 4
+    if signed_kinds:
+        parts["signed sums"] = signed_kinds * s.ffn_params * 4
+    return parts
+
+
+def training_parts(s: Shapes, *, full: bool, lora_r: int, batch: int, seqlen: int, act_bytes: int,
+                   teacher: Shapes | None, teacher_bytes: int, device_type: str) -> dict[str, int]:
+    """fp32 trained weights (core/device: "training"), AdamW, activations, a teacher for KD."""
+    tokens = batch * seqlen
+    trainable = s.params if full else sum(lora_r * (i + o) for i, o in s.linear_sizes)
+    parts = {
+        "runtime": RUNTIME_BYTES.get(device_type, RUNTIME_BYTES["cpu"]),
+        "weights": s.params * 4 + (0 if full else trainable * 4),
+        "gradients + AdamW": trainable * (4 + 8),
+        "activations": activations(s, tokens, seqlen, act_bytes),
+    }
+    if teacher is not None:
+        parts["teacher"] = teacher.params * teacher_bytes + tokens * teacher.vocab * 4 * 2
+    return parts
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Free memory on the device now: CUDA's free bytes, or the machine's available RAM."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check(plan: MemoryPlan, advice: str) -> None:
+    """Refuse a job whose plan does not fit, naming the option that would make it fit."""
+    if not plan.fits:
+        raise BadOptionError(f"this job will not fit: {plan.line()}; {advice} (or see --dry-run)")
