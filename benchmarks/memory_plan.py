@@ -70,10 +70,10 @@ def run_case(case: str) -> dict:
         batch, mode = int(rest[0]), rest[1]
         model = load("training")
         teacher = load("inference")
-        tok_source = spec if not spec.startswith("random:") else None
-        from llmslim.core.load import load_model
+        from llmslim.core.load import _convert_gguf, load_tokenizer, resolve_model
 
-        tokenizer = load_model(tok_source, device="cpu").tokenizer if tok_source else None
+        folder, gguf = resolve_model(spec)
+        tokenizer = load_tokenizer(str(_convert_gguf(folder, gguf)) if gguf else folder)
         job = RecoverJob(model=spec, teacher=spec, seqlen=seqlen, batch_size=batch, max_steps=2, full=mode == "full",
                          data="wikitext2")
         train(model, tokenizer, teacher, job, None)

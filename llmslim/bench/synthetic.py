@@ -42,6 +42,14 @@ PRESETS: dict[str, tuple[str, dict]] = {
         rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
                          "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
     )),
+    # meta-llama/Llama-3.1-70B: 70.6B params, 141 GB in bf16 (for memory plans; too big to build here)
+    "llama3-70b": ("llama", dict(
+        hidden_size=8192, num_hidden_layers=80, intermediate_size=28672, num_attention_heads=64,
+        num_key_value_heads=8, head_dim=128, vocab_size=128256, tie_word_embeddings=False,
+        max_position_embeddings=131072, rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                         "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+    )),
     # HuggingFaceTB/SmolLM2-135M-Instruct: 134.5M params, 30 thin layers
     "smollm2-135m": ("llama", dict(
         hidden_size=576, num_hidden_layers=30, intermediate_size=1536, num_attention_heads=9,

@@ -82,6 +82,9 @@ class Command:
     model_purpose: str | None = "inference"  # load cfg.model for this purpose; None: load nothing
     needs_out: bool = False  # a command whose product is its folder (traces, a trained model)
     distributed: bool = False  # shares its work across the processes of torchrun / accelerate launch
+    # cfg -> (core.plan.MemoryPlan, advice): the job's expected peak memory, checked before the
+    # model loads (a job that cannot fit is refused) and printed by --dry-run (cfg.dry_run)
+    plan: Callable[[Any], tuple] | None = None
 
 
 def run_command(command: Command, cfg, *, json_out: bool = False, quiet: bool = False) -> dict:
@@ -91,7 +94,7 @@ def run_command(command: Command, cfg, *, json_out: bool = False, quiet: bool = 
     if distributed.launched() and not command.distributed:
         raise BadOptionError(f"{command.name} runs in one process; under torchrun or accelerate launch run one of: "
                              f"{', '.join(DISTRIBUTED_COMMANDS)}")
-    if command.needs_out and out is None:
+    if command.needs_out and out is None and not getattr(cfg, "dry_run", False):
         raise BadOptionError(f"{command.name} needs --out DIR")
     command.validate(cfg)
     if hasattr(cfg, "device"):  # a typo in --device or --dtype fails here too, not inside the loader
@@ -99,6 +102,13 @@ def run_command(command: Command, cfg, *, json_out: bool = False, quiet: bool = 
     if out is not None:
         check_writable(out, cfg.force)
         check_creatable(out)
+    if command.plan is not None:
+        from llmslim.core.plan import check
+
+        memory, advice = command.plan(cfg)
+        if getattr(cfg, "dry_run", False):
+            return _print_plan(command, cfg, memory, advice, json_out)
+        check(memory, f"{advice} (--dry-run prints the plan)")
     seed_everything(cfg.seed)  # the same seed in every process: they draw the same windows, then share them
     distributed.start(resolve_device(getattr(cfg, "device", "auto")))
     if not distributed.is_main():  # one process reports and writes; the others only work
@@ -129,6 +139,24 @@ def run_command(command: Command, cfg, *, json_out: bool = False, quiet: bool = 
         report.print_json(result)
     elif distributed.is_main():
         command.render(result)
+    return result
+
+
+def _print_plan(command: Command, cfg, memory, advice: str, json_out: bool) -> dict:
+    """--dry-run: the plan, and exit code 1 where the job would not fit."""
+    result = {"command": command.name, "model": cfg.model, "dry_run": True, "memory": memory.to_dict(),
+              "advice": None if memory.fits else advice}
+    if json_out:
+        report.print_json(result)
+    else:
+        rows = [[name, f"{value / 2**30:.2f}"] for name, value in memory.parts.items()]
+        rows.append(["total", f"{memory.total / 2**30:.2f}"])
+        report.stdout.print(report.table(f"{command.name}: peak memory in {memory.phase} ({memory.device})",
+                                         ["part", "GiB"], rows))
+        free = "unknown" if memory.available is None else f"{memory.available / 2**30:.1f} GiB"
+        report.stdout.print(f"free now: {free}; " + ("fits" if memory.fits else f"does not fit: {advice}"))
+    if not memory.fits:
+        raise BadOptionError(f"{command.name} will not fit ({memory.total / 2**30:.1f} GiB expected on {memory.device}); {advice}")
     return result
 
 

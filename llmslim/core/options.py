@@ -46,3 +46,6 @@ TRAINING = "Training"
 SaveEveryOpt = Annotated[int, typer.Option("--save-every", help="Checkpoint every N steps into --checkpoint-dir (0: none).", rich_help_panel=TRAINING)]
 CheckpointDirOpt = Annotated[Optional[Path], typer.Option("--checkpoint-dir", help="Checkpoints folder (default: OUT-checkpoints).", rich_help_panel=TRAINING)]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in --checkpoint-dir.", rich_help_panel=TRAINING)]
+
+# commands with a memory plan (prune, recover)
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the expected peak memory per part (from the config: nothing loads) and whether it fits the device; exit 1 if it does not. Without it, a job that will not fit is refused before loading.")]

@@ -15,8 +15,9 @@ I the FFN width, H hidden, V vocabulary, F the FFN weights' count):
                  both for AFR; grouped, z-scored and clipped one layer at a time); ReFer's fp32
                  copies of each projection output and their singular vectors, 2 x B x T x
                  (2 I + H) x 4 per layer; fp32 signed sums per kind for the signed-sum order
-    training     trained weights in fp32, their gradients and AdamW's two moments; a teacher's
-                 weights and logits for distillation
+    training     trained weights in fp32, their gradients and AdamW's two moments; the layers'
+                 activations as above; 4 fp32 B x T x V tensors at the loss (11 with
+                 distillation: both models' logits, log-softmaxes and the KL terms); a teacher
 
 The coefficients of the activation and score terms were fitted to peak RSS on SmolLM2
 (benchmarks/memory_plan.py; the table and its spread are in docs/distributed.md).
@@ -56,6 +57,7 @@ class MemoryPlan:
     device: str
     parts: dict[str, int]
     available: int | None  # bytes free on the device now (None: unknown)
+    phase: str = ""  # the job's most demanding phase, which the parts describe
 
     @property
     def total(self) -> int:
@@ -66,14 +68,14 @@ class MemoryPlan:
         return self.available is None or self.total <= self.available
 
     def to_dict(self) -> dict:
-        return {"device": self.device, "parts_gib": {k: round(v / GiB, 3) for k, v in self.parts.items()},
+        return {"phase": self.phase, "device": self.device, "parts_gib": {k: round(v / GiB, 3) for k, v in self.parts.items()},
                 "total_gib": round(self.total / GiB, 3),
                 "available_gib": None if self.available is None else round(self.available / GiB, 3), "fits": self.fits}
 
     def line(self) -> str:
         parts = ", ".join(f"{k} {v / GiB:.2f}" for k, v in self.parts.items())
         free = "unknown" if self.available is None else f"{self.available / GiB:.1f} GiB free"
-        return f"expected peak {self.total / GiB:.2f} GiB on {self.device} ({free}): {parts} (GiB)"
+        return f"expected peak {self.total / GiB:.2f} GiB on {self.device} ({free}) in {self.phase}: {parts} (GiB)"
 
 
 def model_config(spec: str):
@@ -122,9 +124,14 @@ def shapes_of(config) -> Shapes:
 
 
 def activations(s: Shapes, tokens: int, seqlen: int, act_bytes: int) -> int:
-    """What a backward pass through every layer keeps for `tokens` = batch x seqlen tokens."""
+    """What a backward pass through every layer keeps for `tokens` = batch x seqlen tokens,
+    with the logits and the next-token loss's fp32 log-softmax."""
+    return layer_activations(s, tokens, seqlen, act_bytes) + tokens * s.vocab * (act_bytes + 4)
+
+
+def layer_activations(s: Shapes, tokens: int, seqlen: int, act_bytes: int) -> int:
     layer = tokens * (4 * s.intermediate + 2 * s.hidden) * act_bytes + (tokens // seqlen) * s.heads * seqlen * seqlen * 2
-    return s.layers * layer + tokens * s.vocab * (act_bytes + 4)
+    return s.layers * layer
 
 
 def prune_parts(s: Shapes, *, weight_bytes: int, seqlen: int, batch: int, refer: bool, snip: bool,
@@ -150,14 +157,19 @@ def training_parts(s: Shapes, *, full: bool, lora_r: int, batch: int, seqlen: in
     """fp32 trained weights (core/device: "training"), AdamW, activations, a teacher for KD."""
     tokens = batch * seqlen
     trainable = s.params if full else sum(lora_r * (i + o) for i, o in s.linear_sizes)
+    # fp32 [tokens, vocab] tensors alive at the loss (recover/kd.py): logits, their fp32 slice and
+    # masked rows, CE's log-softmax; with distillation also the tempered student log-softmax and
+    # the teacher's logits, slice, log-softmax, probabilities and the KL terms
+    logit_copies = 11 if teacher is not None else 4
     parts = {
         "runtime": RUNTIME_BYTES.get(device_type, RUNTIME_BYTES["cpu"]),
         "weights": s.params * 4 + (0 if full else trainable * 4),
         "gradients + AdamW": trainable * (4 + 8),
-        "activations": activations(s, tokens, seqlen, act_bytes),
+        "activations": layer_activations(s, tokens, seqlen, act_bytes),
+        "logits and loss": logit_copies * tokens * s.vocab * 4,
     }
     if teacher is not None:
-        parts["teacher"] = teacher.params * teacher_bytes + tokens * teacher.vocab * 4 * 2
+        parts["teacher"] = teacher.params * teacher_bytes
     return parts
 
 
@@ -177,4 +189,12 @@ def available_bytes(device: torch.device) -> int | None:
 def check(plan: MemoryPlan, advice: str) -> None:
     """Refuse a job whose plan does not fit, naming the option that would make it fit."""
     if not plan.fits:
-        raise BadOptionError(f"this job will not fit: {plan.line()}; {advice} (or see --dry-run)")
+        raise BadOptionError(f"this job will not fit: {plan.line()}; {advice}")
+
+
+def first_that_fits(device: str, available: int | None, candidates: list[tuple[str, dict[str, int]]]) -> str:
+    """The first (option, parts) whose plan fits, as advice."""
+    for option, parts in candidates:
+        if MemoryPlan(device, parts, available).fits:
+            return f"{option} would fit"
+    return "no option tried fits (" + ", ".join(o for o, _ in candidates) + "): use a device with more memory or a smaller model"

@@ -20,8 +20,8 @@ from llmslim.prune import calibrate
 from llmslim.prune.accumulate import ACCUMULATIONS, GMM_REFITS
 from llmslim.prune.aggregate import AGGREGATIONS, GROUPINGS, SCOPES
 from llmslim.prune.allocate import ALLOCATIONS, MAX_DEVIATION
-from llmslim.prune.run import (PruneConfig, calibration_windows, check_fingerprint, collect_for, parse_method, prune_model,
-                               read_stats, save_stats)
+from llmslim.prune.run import (PruneConfig, calibration_windows, check_fingerprint, collect_for, needs, parse_method,
+                               prune_model, read_stats, save_stats)
 from llmslim.prune.scores import AFR_RECIPES, ScoreConfig, clipped, gmm_inputs
 from llmslim.prune.units import TARGETS
 
@@ -60,6 +60,7 @@ class PruneJob(CommonOptions):
     ppl_seqlen: int = 1024
     ppl_limit: int | None = None
     recover_steps: int = 0  # > 0: `llmslim recover` straight after pruning, the dense model as teacher
+    dry_run: bool = False  # print the memory plan and stop
     recover_full: bool = False  # recover every weight (recover --full) instead of LoRA adapters
 
 
@@ -154,6 +155,50 @@ def validate(job: PruneJob) -> None:
         saved = read_stats(job.scores)[0]  # a bad file fails here
         if saved.meta.get("target", "ffn") != job.target:
             raise BadOptionError(f"{job.scores} holds {saved.meta.get('target', 'ffn')} scores, not --target {job.target}")
+
+
+def memory_plan(job: PruneJob):
+    """The expected peak (core/plan.py) of calibration, or of recovery where --recover-steps asks
+    for it, and the option that would make the job fit. -> (MemoryPlan, advice)."""
+    from dataclasses import replace
+
+    import torch
+
+    from llmslim.core import plan as P
+    from llmslim.core.device import resolve_device, resolve_dtype
+
+    device = resolve_device(job.device)
+    shapes = P.shapes_of(P.model_config(job.model))
+    available = P.available_bytes(device)
+
+    def parts(j: PruneJob) -> dict[str, int]:
+        methods = _methods(j)
+        need = {"snip": False, "refer": False} if j.scores else needs(methods)
+        signed = 0
+        if not j.scores and j.accumulate == "signed-sum":
+            signed = int(need["snip"]) + int(need["refer"])
+        elif not j.scores and any(m.startswith("llm-pruner") for m in methods):
+            signed = 1
+        return P.prune_parts(shapes, weight_bytes=P.DTYPE_BYTES[resolve_dtype(j.dtype, device, "gradients")], seqlen=j.seqlen,
+                             batch=1, refer=need["refer"], snip=need["snip"], signed_kinds=signed,
+                             copies=min(2, len(methods) - 1), device_type=device.type)
+
+    plan = P.MemoryPlan(str(device), parts(job), available, "calibration")
+    if job.recover_steps:
+        from llmslim.recover.jobs import memory_plan as recover_plan
+
+        recovery, advice = recover_plan(_recover_job(job), shapes=shapes, teacher_shapes=shapes)
+        if recovery.total > plan.total:
+            return recovery, advice
+    candidates = []
+    seqlen = job.seqlen
+    while seqlen > 128:
+        seqlen //= 2
+        candidates.append((f"--seqlen {seqlen}", parts(replace(job, seqlen=seqlen))))
+    if resolve_dtype(job.dtype, device, "gradients") == torch.float32:
+        candidates.append(("--dtype bfloat16", parts(replace(job, dtype="bfloat16"))))
+    candidates.append(("--method wanda-sp --compare '' (no gradients)", parts(replace(job, method="wanda-sp", compare=None))))
+    return plan, P.first_that_fits(str(device), available, candidates)
 
 
 def _check_units(model, job: PruneJob) -> None:

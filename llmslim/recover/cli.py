@@ -8,10 +8,10 @@ import typer
 
 from llmslim.core import report
 from llmslim.core.job import Command, run_command
-from llmslim.core.options import (DEVICE, DTYPE, SEED, TRAINING, BatchSizeOpt, CheckpointDirOpt, DeviceOpt, DtypeOpt,
+from llmslim.core.options import (DEVICE, DTYPE, SEED, TRAINING, BatchSizeOpt, CheckpointDirOpt, DeviceOpt, DryRunOpt, DtypeOpt,
                                   ForceOpt, JsonOpt, LimitOpt, LoraROpt, MaxStepsOpt, ModelArg, OutOpt, PplLimitOpt, PplOpt, PplSeqlenOpt,
                                   QuietOpt, ResumeOpt, SaveEveryOpt, SeedOpt, TasksOpt)
-from llmslim.recover.jobs import RecoverJob, run, validate
+from llmslim.recover.jobs import RecoverJob, memory_plan, run, validate
 
 TRAIN = TRAINING
 
@@ -36,6 +36,7 @@ def recover(
     ppl_limit: PplLimitOpt = None,
     tasks: TasksOpt = None,
     limit: LimitOpt = None,
+    dry_run: DryRunOpt = False,
     out: OutOpt = None,
     force: ForceOpt = False,
     json: JsonOpt = False,
@@ -48,7 +49,7 @@ def recover(
     job = RecoverJob(model=model, teacher=teacher, kd=kd, temperature=temperature, data=data, seqlen=seqlen,
                      max_steps=max_steps, batch_size=batch_size, lr=lr, lora_r=lora_r, full=full, save_every=save_every,
                      checkpoint_dir=checkpoint_dir, resume=resume, ppl=ppl, ppl_seqlen=ppl_seqlen, ppl_limit=ppl_limit,
-                     tasks=tasks, limit=limit, out=out, force=force, seed=seed, device=device, dtype=dtype)
+                     tasks=tasks, limit=limit, out=out, force=force, seed=seed, device=device, dtype=dtype, dry_run=dry_run)
     run_command(RECOVER, job, json_out=json, quiet=quiet)
 
 
@@ -62,4 +63,5 @@ def render(result: dict) -> None:
                         + (f"; saved to {result['out']}" if result.get("out") else ""))
 
 
-RECOVER = Command("recover", validate, run, render, model_purpose="training", needs_out=True, distributed=True)
+RECOVER = Command("recover", validate, run, render, model_purpose="training", needs_out=True, distributed=True,
+                  plan=lambda job: memory_plan(job))

@@ -44,6 +44,7 @@ class RecoverJob(CommonOptions):
     save_every: int = 0
     resume: bool = False
     checkpoint_dir: Path | None = None
+    dry_run: bool = False  # print the memory plan and stop
 
     @property
     def kd_weight(self) -> float:
@@ -52,6 +53,34 @@ class RecoverJob(CommonOptions):
     @property
     def work_dir(self) -> Path:
         return self.checkpoint_dir or Path(f"{self.out}-checkpoints")
+
+
+def memory_plan(job: RecoverJob, shapes=None, teacher_shapes=None):
+    """Training's expected peak (core/plan.py) and the option that would make it fit.
+    -> (MemoryPlan, advice). `shapes`: the student's, when the caller has them already."""
+    from dataclasses import replace
+
+    from llmslim.core import plan as P
+    from llmslim.core.device import resolve_device, resolve_dtype
+
+    device = resolve_device(job.device)
+    shapes = shapes or P.shapes_of(P.model_config(job.model))
+    if job.kd_weight > 0 and teacher_shapes is None:
+        teacher_shapes = P.shapes_of(P.model_config(job.teacher))
+    available = P.available_bytes(device)
+
+    def parts(j: RecoverJob) -> dict[str, int]:
+        return P.training_parts(shapes, full=j.full, lora_r=j.lora_r, batch=j.batch_size, seqlen=j.seqlen,
+                                act_bytes=2 if device.type == "cuda" else 4,  # bf16 autocast on CUDA
+                                teacher=teacher_shapes if j.kd_weight > 0 else None,
+                                teacher_bytes=P.DTYPE_BYTES[resolve_dtype(j.dtype, device, "inference")], device_type=device.type)
+
+    candidates = [("LoRA (no --full)", parts(replace(job, full=False)))] if job.full else []
+    batch = job.batch_size
+    while batch > 1:
+        batch //= 2
+        candidates.append((f"--batch-size {batch}", parts(replace(job, batch_size=batch))))
+    return P.MemoryPlan(str(device), parts(job), available, "training"), P.first_that_fits(str(device), available, candidates)
 
 
 def validate(job: RecoverJob) -> None:

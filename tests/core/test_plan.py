@@ -1,0 +1,59 @@
+"""The memory plan: --dry-run prints it without loading anything; a job that will not fit is
+refused before loading, with the option that would make it fit."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from llmslim.cli import app
+from llmslim.core import load
+from llmslim.core import plan as P
+
+
+def refuse(*args, **kwargs):
+    raise AssertionError("the model was loaded")
+
+
+def invoke(argv):
+    result = CliRunner().invoke(app, [str(a) for a in argv])
+    return result
+
+
+def test_dry_run_prints_the_plan_and_loads_nothing(monkeypatch, tiny_llama_dir, tmp_path):
+    monkeypatch.setattr(load, "load_model", refuse)
+    result = invoke(["prune", tiny_llama_dir, "--seqlen", "64", "--dry-run", "--json", "--out", tmp_path / "out"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output)
+    shapes = P.shapes_of(P.model_config(str(tiny_llama_dir)))
+    parts = plan["memory"]["parts_gib"]
+    assert parts["window scores"] == pytest.approx(2 * shapes.ffn_params * 4 / P.GiB, abs=1e-3)  # SNIP + ReFer for AFR
+    assert plan["memory"]["phase"] == "calibration" and plan["memory"]["fits"] and plan["advice"] is None
+    assert not (tmp_path / "out").exists()
+    # a method without gradients has no backward: no scores, no activations
+    result = invoke(["prune", tiny_llama_dir, "--method", "wanda-sp", "--dry-run", "--json"])
+    assert set(json.loads(result.output)["memory"]["parts_gib"]) == {"runtime", "weights"}
+    # recover's plan needs no --out
+    result = invoke(["recover", tiny_llama_dir, "--teacher", tiny_llama_dir, "--full", "--dry-run", "--json"])
+    assert result.exit_code == 0, result.output
+    assert {"gradients + AdamW", "teacher", "logits and loss"} <= set(json.loads(result.output)["memory"]["parts_gib"])
+
+
+def test_a_job_that_will_not_fit_is_refused_with_the_option_that_fits(monkeypatch, tiny_llama_dir):
+    monkeypatch.setattr(load, "load_model", refuse)
+    shapes = P.shapes_of(P.model_config(str(tiny_llama_dir)))
+
+    def total(seqlen):
+        return sum(P.prune_parts(shapes, weight_bytes=4, seqlen=seqlen, batch=1, refer=True, snip=True, signed_kinds=0,
+                                 copies=0, device_type="cpu").values())
+
+    # room for 256-token windows but not for 1024
+    monkeypatch.setattr(P, "available_bytes", lambda device: (total(256) + total(512)) // 2)
+    result = invoke(["prune", tiny_llama_dir, "--seqlen", "1024"])
+    assert result.exit_code != 0
+    message = str(result.exception)
+    assert "will not fit" in message and "--seqlen 256 would fit" in message and "\n" not in message
+    result = invoke(["prune", tiny_llama_dir, "--seqlen", "1024", "--dry-run"])
+    assert result.exit_code != 0 and "does not fit: --seqlen 256 would fit" in result.output
+    monkeypatch.setattr(P, "available_bytes", lambda device: 10)
+    assert "use a device with more memory" in str(invoke(["prune", tiny_llama_dir]).exception)
