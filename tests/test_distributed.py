@@ -101,3 +101,33 @@ def test_the_listed_distributed_commands_are_the_ones_that_share_work():
                     commands[c.name] = c
     assert len(commands) > 10
     assert sorted(name for name, c in commands.items() if c.distributed) == sorted(DISTRIBUTED_COMMANDS)
+
+
+def test_a_killed_process_fails_the_job_and_writes_nothing(tmp_path, tiny_llama_dir, corpus):
+    """torchrun ends the other process when one dies; --out is written only after the work, in one
+    rename, so nothing of it exists (not even its temp sibling: the job never got that far)."""
+    import time
+
+    import psutil
+
+    out = tmp_path / "out"
+    cmd = [TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "llmslim", "prune", str(tiny_llama_dir),
+           "--calib", str(corpus), "--nsamples", "20000", "--seqlen", "16", "--method", "wanda-sp", "--out", str(out)]
+    launcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=os.environ | {"OMP_NUM_THREADS": "1"})
+    victim, deadline = None, time.time() + 120
+    while victim is None and time.time() < deadline:
+        for child in psutil.Process(launcher.pid).children(recursive=True):
+            try:
+                if child.environ().get("RANK") == "1" and child.cpu_times().user > 8:  # past the imports, calibrating
+                    victim = child
+            except psutil.Error:
+                pass
+        time.sleep(0.5)
+    assert victim is not None, "rank 1 never got going"
+    assert launcher.poll() is None, "the job ended before the kill: give it more windows"
+    victim.kill()
+    _, stderr = launcher.communicate(timeout=120)
+    assert launcher.returncode != 0
+    assert "llmslim" in stderr and "FAILED" in stderr.upper()  # torchrun's report names the failed process
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt"]
