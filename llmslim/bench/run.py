@@ -18,6 +18,7 @@ from llmslim.bench.memory import process_peak_rss, weights_bytes
 from llmslim.bench.split import time_split
 from llmslim.bench.synthetic import is_random, random_config, random_model
 from llmslim.core.errors import BadOptionError
+from llmslim.core.params import count_params
 
 log = logging.getLogger(__name__)
 
@@ -90,16 +91,6 @@ def load_subject(spec: str, *, device: str = "auto", dtype: str = "auto", seed: 
     )
 
 
-def _params(model: nn.Module) -> int:
-    seen: set[int] = set()
-    total = 0
-    for p in model.parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            total += p.numel()
-    return total
-
-
 def describe_subject(subject: Subject) -> dict:
     model = subject.model
     first = next(model.parameters())
@@ -107,7 +98,7 @@ def describe_subject(subject: Subject) -> dict:
         "name": subject.name,
         "source": subject.source,
         "family": getattr(model.config, "model_type", None),
-        "params": _params(model),
+        "params": count_params(model),
         "disk_bytes": subject.disk_bytes,
         "source_bytes": subject.source_bytes,
         "weights_bytes": weights_bytes(model),

@@ -23,3 +23,8 @@ def trainable_only(model: nn.Module, params: Iterable[nn.Parameter] = ()) -> Ite
         for p, flag in saved:
             p.requires_grad_(flag)
             p.grad = None
+
+
+def count_params(model: nn.Module) -> int:
+    """Parameters, a tied embedding once (module.parameters() yields each shared tensor once)."""
+    return sum(p.numel() for p in model.parameters())

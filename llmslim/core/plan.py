@@ -99,6 +99,7 @@ def shapes_of(config) -> Shapes:
     from transformers import AutoModelForCausalLM
 
     from llmslim.core.arch import adapter_for, text_config
+    from llmslim.core.params import count_params
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
@@ -112,13 +113,7 @@ def shapes_of(config) -> Shapes:
         ffn_params += sum(m.weight.numel() for m in mats.values())
     attn = adapter.attention(layers[0], tc)
     linears = [(m.in_features, m.out_features) for layer in layers for m in layer.modules() if isinstance(m, torch.nn.Linear)]
-    seen: set[int] = set()
-    params = 0
-    for p in model.parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            params += p.numel()
-    return Shapes(params=params, ffn_params=ffn_params, layers=len(layers), hidden=tc.hidden_size,
+    return Shapes(params=count_params(model), ffn_params=ffn_params, layers=len(layers), hidden=tc.hidden_size,
                   intermediate=max(f.width for f in ffn), heads=attn.n_heads, kv_heads=attn.n_kv_heads,
                   head_dim=attn.head_dim, vocab=model.get_output_embeddings().weight.shape[0], linear_sizes=linears)
 

@@ -118,7 +118,3 @@ def prune_heads(model, keep: list[torch.Tensor]) -> list[int]:
     config.num_key_value_heads = counts[0]
     config.num_attention_heads = counts[0] * per_group
     return counts
-
-
-def count_params(model) -> int:
-    return sum(p.numel() for p in model.parameters())

@@ -19,7 +19,8 @@ from llmslim.core.arch import model_fingerprint
 from llmslim.core.errors import BadOptionError, DataError
 from llmslim.prune.aggregate import AGGREGATIONS
 from llmslim.prune.allocate import MAX_DEVIATION, allocate
-from llmslim.prune.apply import check_head_pruning, count_params, flap_bias, prune_units
+from llmslim.core.params import count_params
+from llmslim.prune.apply import check_head_pruning, flap_bias, prune_units
 from llmslim.prune.accumulate import PerWindow, window_keys
 from llmslim.prune.calibrate import CalibStats, collect
 from llmslim.prune.units import layer_units, weight_groups

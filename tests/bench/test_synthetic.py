@@ -13,6 +13,8 @@ EXPECTED = {
                      num_key_value_heads=8, vocab_size=128256, params=1_235_814_400),
     "llama3-8b": dict(hidden_size=4096, num_hidden_layers=32, intermediate_size=14336, num_attention_heads=32,
                       num_key_value_heads=8, vocab_size=128256, params=8_030_261_248),
+    "llama3-70b": dict(hidden_size=8192, num_hidden_layers=80, intermediate_size=28672, num_attention_heads=64,
+                       num_key_value_heads=8, vocab_size=128256, params=70_553_706_496),
     "smollm2-135m": dict(hidden_size=576, num_hidden_layers=30, intermediate_size=1536, num_attention_heads=9,
                          num_key_value_heads=3, vocab_size=49152, params=134_515_008),
     "gemma3-270m": dict(hidden_size=640, num_hidden_layers=18, intermediate_size=2048, num_attention_heads=4,
