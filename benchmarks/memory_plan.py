@@ -63,7 +63,7 @@ def run_case(case: str) -> dict:
         windows = torch.randint(0, shapes.vocab, (1, seqlen), generator=gen)
         collect_for(model, windows, ["afr:abs"])  # no GMM: its fit takes minutes on CPU and little memory
         parts = P.prune_parts(shapes, weight_bytes=P.DTYPE_BYTES[dtype], seqlen=seqlen, batch=1, refer=True, snip=True,
-                              signed_kinds=0, copies=0, device_type=device.type)
+                              signed_kinds=0, device_type=device.type)
     else:
         from llmslim.recover.jobs import RecoverJob, train
 

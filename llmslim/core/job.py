@@ -102,18 +102,19 @@ def run_command(command: Command, cfg, *, json_out: bool = False, quiet: bool = 
     if out is not None:
         check_writable(out, cfg.force)
         check_creatable(out)
-    if command.plan is not None:
-        from llmslim.core.plan import check
-
-        memory, advice = command.plan(cfg)
-        if getattr(cfg, "dry_run", False):
-            return _print_plan(command, cfg, memory, advice, json_out)
-        check(memory, f"{advice} (--dry-run prints the plan)")
-    seed_everything(cfg.seed)  # the same seed in every process: they draw the same windows, then share them
     distributed.start(resolve_device(getattr(cfg, "device", "auto")))
     if not distributed.is_main():  # one process reports and writes; the others only work
         quiet, json_out, out = True, False, None
         report.setup_logging(True)
+    if command.plan is not None:
+        memory, advice = _plan(command, cfg)
+        if getattr(cfg, "dry_run", False):
+            return _print_plan(command, cfg, memory, advice, json_out)
+        if memory is not None:
+            from llmslim.core.plan import check
+
+            check(memory, f"{advice} (--dry-run prints the plan)")
+    seed_everything(cfg.seed)  # the same seed in every process: they draw the same windows, then share them
 
     t0 = time.perf_counter()
     loaded = None
@@ -142,13 +143,32 @@ def run_command(command: Command, cfg, *, json_out: bool = False, quiet: bool = 
     return result
 
 
+def _plan(command: Command, cfg):
+    """(MemoryPlan, advice), or (None, None) where the estimate itself failed: a bad model spec is
+    the user's error (one line, as load_model would say it), anything else must not block a job
+    the plan cannot describe (--dry-run shows that error)."""
+    import logging
+
+    from llmslim.core.errors import LlmslimError
+
+    try:
+        return command.plan(cfg)
+    except LlmslimError:
+        raise
+    except Exception as err:  # noqa: BLE001 (a missing estimate is not a reason to refuse)
+        if getattr(cfg, "dry_run", False):
+            raise
+        logging.getLogger("llmslim").warning("memory plan unavailable (%s: %s); starting without it", type(err).__name__, err)
+        return None, None
+
+
 def _print_plan(command: Command, cfg, memory, advice: str, json_out: bool) -> dict:
-    """--dry-run: the plan, and exit code 1 where the job would not fit."""
+    """--dry-run: the plan (printed by one process), and exit code 1 where the job would not fit."""
     result = {"command": command.name, "model": cfg.model, "dry_run": True, "memory": memory.to_dict(),
               "advice": None if memory.fits else advice}
-    if json_out:
+    if json_out and distributed.is_main():
         report.print_json(result)
-    else:
+    elif distributed.is_main():
         rows = [[name, f"{value / 2**30:.2f}"] for name, value in memory.parts.items()]
         rows.append(["total", f"{memory.total / 2**30:.2f}"])
         report.stdout.print(report.table(f"{command.name}: peak memory in {memory.phase} ({memory.device})",

@@ -128,6 +128,22 @@ def _convert_gguf(folder: str, gguf_file: str) -> Path:
     return target
 
 
+def read_config(spec: str, folder: str, **kwargs):
+    """The transformers config at `folder` (kwargs: gguf_file=...), its failures as one-line errors."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(folder, **kwargs)
+    except OSError as err:
+        if "/" in folder and not Path(folder).exists():
+            raise ModelNotFoundError(
+                f"model {spec!r} is not in the local hub cache and the hub is unreachable (or the id is wrong)"
+            ) from None
+        raise ModelNotFoundError(f"cannot read the config of {spec!r}: {str(err).splitlines()[0]}") from None
+    except ValueError as err:
+        raise UnsupportedArchitectureError(f"unsupported architecture in {spec!r}: {str(err).splitlines()[0]}") from None
+
+
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
@@ -145,7 +161,7 @@ def load_model(
     purpose: str = "inference",
 ) -> LoadedModel:
     """Load a causal LM from an alias, folder, .gguf file or hub id, on the chosen device/dtype."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     from llmslim.core.arch import adapter_for
 
@@ -157,16 +173,7 @@ def load_model(
 
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device, purpose)
-    try:
-        config = AutoConfig.from_pretrained(folder)
-    except OSError as err:
-        if "/" in folder and not Path(folder).exists():
-            raise ModelNotFoundError(
-                f"model {spec!r} is not in the local hub cache and the hub is unreachable (or the id is wrong)"
-            ) from None
-        raise ModelNotFoundError(f"cannot read the config of {spec!r}: {str(err).splitlines()[0]}") from None
-    except ValueError as err:
-        raise UnsupportedArchitectureError(f"unsupported architecture in {spec!r}: {str(err).splitlines()[0]}") from None
+    config = read_config(spec, folder)
     adapter_for(config)  # fail early and clearly on a family we cannot prune or describe
 
     from llmslim.core.widths import build_with_widths

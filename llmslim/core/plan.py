@@ -25,6 +25,7 @@ The coefficients of the activation and score terms were fitted to peak RSS on Sm
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -49,6 +50,7 @@ class Shapes:
     kv_heads: int
     head_dim: int
     vocab: int
+    attn_params: int = 0  # q, k, v, o weights of every layer (what --target attn scores)
     linear_sizes: list[tuple[int, int]] = field(default_factory=list)  # (in, out) of every decoder linear
 
 
@@ -68,7 +70,8 @@ class MemoryPlan:
         return self.available is None or self.total <= self.available
 
     def to_dict(self) -> dict:
-        return {"phase": self.phase, "device": self.device, "parts_gib": {k: round(v / GiB, 3) for k, v in self.parts.items()},
+        return {"phase": self.phase, "device": self.device, "parts_bytes": dict(self.parts),
+                "parts_gib": {k: round(v / GiB, 3) for k, v in self.parts.items()},
                 "total_gib": round(self.total / GiB, 3),
                 "available_gib": None if self.available is None else round(self.available / GiB, 3), "fits": self.fits}
 
@@ -79,20 +82,18 @@ class MemoryPlan:
 
 
 def model_config(spec: str):
-    """The config of a model spec (alias, folder, .gguf, hub id, or `random:PRESET`) without its weights."""
-    from transformers import AutoConfig
-
+    """The config of a model spec (alias, folder, .gguf, hub id, or `random:PRESET`) without its
+    weights; a missing model or an unknown architecture is a one-line error, as in load_model."""
     from llmslim.bench.synthetic import is_random, random_config
-    from llmslim.core.load import _gguf_cache_folder, resolve_model
+    from llmslim.core.load import _gguf_cache_folder, read_config, resolve_model
 
     if is_random(spec):
         return random_config(spec)
     folder, gguf = resolve_model(spec)
     if gguf:
         cached = _gguf_cache_folder(folder, gguf)
-        return AutoConfig.from_pretrained(cached) if (cached / "config.json").is_file() else \
-            AutoConfig.from_pretrained(folder, gguf_file=gguf)
-    return AutoConfig.from_pretrained(folder)
+        return read_config(spec, str(cached)) if (cached / "config.json").is_file() else read_config(spec, folder, gguf_file=gguf)
+    return read_config(spec, folder)
 
 
 def shapes_of(config) -> Shapes:
@@ -112,8 +113,13 @@ def shapes_of(config) -> Shapes:
         mats = {id(b.linear): b.linear for b in f.inputs} | {id(f.output): f.output}  # a fused gate_up once
         ffn_params += sum(m.weight.numel() for m in mats.values())
     attn = adapter.attention(layers[0], tc)
+    attn_params = 0
+    for layer in layers:
+        a = adapter.attention(layer, tc)
+        mats = {id(b.linear): b.linear for b in (a.q, a.k, a.v)} | {id(a.o): a.o}  # a fused qkv once
+        attn_params += sum(m.weight.numel() for m in mats.values())
     linears = [(m.in_features, m.out_features) for layer in layers for m in layer.modules() if isinstance(m, torch.nn.Linear)]
-    return Shapes(params=count_params(model), ffn_params=ffn_params, layers=len(layers), hidden=tc.hidden_size,
+    return Shapes(params=count_params(model), ffn_params=ffn_params, attn_params=attn_params, layers=len(layers), hidden=tc.hidden_size,
                   intermediate=max(f.width for f in ffn), heads=attn.n_heads, kv_heads=attn.n_kv_heads,
                   head_dim=attn.head_dim, vocab=model.get_output_embeddings().weight.shape[0], linear_sizes=linears)
 
@@ -130,21 +136,28 @@ def layer_activations(s: Shapes, tokens: int, seqlen: int, act_bytes: int) -> in
 
 
 def prune_parts(s: Shapes, *, weight_bytes: int, seqlen: int, batch: int, refer: bool, snip: bool,
-                signed_kinds: int, copies: int, device_type: str) -> dict[str, int]:
-    """Calibration's peak; `copies`: whole models held at once besides the loaded one (--compare)."""
+                signed_kinds: int, device_type: str, target: str = "ffn") -> dict[str, int]:
+    """Calibration's peak; `target` "attn" scores the attention weights instead of the FFN's."""
     kinds = int(refer) + int(snip)
     tokens = batch * seqlen
+    scored = s.attn_params if target == "attn" else s.ffn_params
     parts = {"runtime": RUNTIME_BYTES.get(device_type, RUNTIME_BYTES["cpu"]), "weights": s.params * weight_bytes}
-    if copies:
-        parts["copies for --compare"] = copies * s.params * weight_bytes
     if kinds:
         parts["activations"] = activations(s, tokens, seqlen, weight_bytes)
-        parts["window scores"] = kinds * s.ffn_params * 4
-    if refer:
-        parts["refer features"] = 2 * s.layers * tokens * (2 * s.intermediate + s.hidden) * 4
+        parts["window scores"] = kinds * scored * 4
+    if refer:  # fp32 copies of the scored projections' outputs and their singular vectors
+        width = (2 * s.heads * s.head_dim + 2 * s.kv_heads * s.head_dim) if target == "attn" else (2 * s.intermediate + s.hidden)
+        parts["refer features"] = 2 * s.layers * tokens * width * 4
     if signed_kinds:
-        parts["signed sums"] = signed_kinds * s.ffn_params * 4
+        parts["signed sums"] = signed_kinds * scored * 4
     return parts
+
+
+def compare_parts(s: Shapes, *, weight_bytes: int, copies: int, device_type: str) -> dict[str, int]:
+    """Pruning after calibration (the scores are folded by then): the model and, with --compare,
+    up to `copies` more whole models at once."""
+    return {"runtime": RUNTIME_BYTES.get(device_type, RUNTIME_BYTES["cpu"]), "weights": s.params * weight_bytes,
+            "copies for --compare": copies * s.params * weight_bytes}
 
 
 def training_parts(s: Shapes, *, full: bool, lora_r: int, batch: int, seqlen: int, act_bytes: int,
@@ -169,13 +182,19 @@ def training_parts(s: Shapes, *, full: bool, lora_r: int, batch: int, seqlen: in
 
 
 def available_bytes(device: torch.device) -> int | None:
-    """Free memory on the device now: CUDA's free bytes, or the machine's available RAM."""
+    """Free memory for one process now. CUDA: its GPU's free bytes under a launcher, else the sum
+    over the visible GPUs (load_model spreads a model over them with device_map="auto"). CPU:
+    the machine's available RAM, shared by the launcher's processes on this node."""
+    from llmslim.core import distributed
+
     if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+        if distributed.launched():
+            return torch.cuda.mem_get_info(device)[0]
+        return sum(torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count()))
     try:
         for line in open("/proc/meminfo"):
             if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
+                return int(line.split()[1]) * 1024 // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     except OSError:
         pass
     return None

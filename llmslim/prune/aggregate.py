@@ -109,8 +109,11 @@ def regroup(groups: Tensor, mode: str, sizes: list[int]) -> Tensor:
 def zscore_stats(per_layer) -> tuple[Tensor, Tensor]:
     """(mean, std) over every value of every layer, in float64, two passes over `per_layer`
     (a list, or a sequence that builds each layer's tensor on access: one layer alive at a time)."""
-    n = sum(t.numel() for t in per_layer)
-    mean = sum(t.sum(dtype=torch.float64) for t in per_layer) / n
+    n, total = 0, 0.0
+    for t in per_layer:  # counted in the same pass (a lazy sequence builds each layer per pass)
+        n += t.numel()
+        total = total + t.sum(dtype=torch.float64)
+    mean = total / n
     sq = sum(((t - mean.to(t.dtype)) ** 2).sum(dtype=torch.float64) for t in per_layer)
     return mean, (sq / (n - 1)).sqrt()
 

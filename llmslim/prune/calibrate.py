@@ -121,12 +121,15 @@ def collect(
         fit.fit_only = True
         with trainable_only(model, weights), fit.hooks(need_grad, refer, feature_mode):
             fit.batch(model, windows[:1].to(device), refer=refer, snip=snip, snip_loss=snip_loss)
+    shown = 0  # the global count: rank 0 (which shows it) holds the largest share, scaled to all
     with trainable_only(model, weights), run.hooks(need_grad, refer, feature_mode):
         for start in range(0, mine.shape[0], batch_size):
             ids = mine[start : start + batch_size].to(device)
             run.batch(model, ids, refer=refer, snip=snip, snip_loss=snip_loss)
             if progress:
-                progress(ids.shape[0] * distributed.world())  # the global count, as every process advances alike
+                now = (start + ids.shape[0]) * windows.shape[0] // mine.shape[0]
+                progress(now - shown)
+                shown = now
     elapsed = time.perf_counter() - t0
     if distributed.world() > 1:
         _sum_over_processes(run, folders)

@@ -158,8 +158,9 @@ def validate(job: PruneJob) -> None:
 
 
 def memory_plan(job: PruneJob):
-    """The expected peak (core/plan.py) of calibration, or of recovery where --recover-steps asks
-    for it, and the option that would make the job fit. -> (MemoryPlan, advice)."""
+    """The expected peak (core/plan.py) of the job's most demanding phase: calibration, pruning
+    with --compare's model copies, or recovery where --recover-steps asks for it; and the option
+    that would make the job fit. -> (MemoryPlan, advice)."""
     from dataclasses import replace
 
     import torch
@@ -171,7 +172,7 @@ def memory_plan(job: PruneJob):
     shapes = P.shapes_of(P.model_config(job.model))
     available = P.available_bytes(device)
 
-    def parts(j: PruneJob) -> dict[str, int]:
+    def calibration(j: PruneJob) -> dict[str, int]:
         methods = _methods(j)
         need = {"snip": False, "refer": False} if j.scores else needs(methods)
         signed = 0
@@ -180,24 +181,33 @@ def memory_plan(job: PruneJob):
         elif not j.scores and any(m.startswith("llm-pruner") for m in methods):
             signed = 1
         return P.prune_parts(shapes, weight_bytes=P.DTYPE_BYTES[resolve_dtype(j.dtype, device, "gradients")], seqlen=j.seqlen,
-                             batch=1, refer=need["refer"], snip=need["snip"], signed_kinds=signed,
-                             copies=min(2, len(methods) - 1), device_type=device.type)
+                             batch=1, refer=need["refer"], snip=need["snip"], signed_kinds=signed, device_type=device.type,
+                             target=j.target)
 
-    plan = P.MemoryPlan(str(device), parts(job), available, "calibration")
+    weight_bytes = P.DTYPE_BYTES[resolve_dtype(job.dtype, device, "gradients")]
+    phases = [P.MemoryPlan(str(device), calibration(job), available, "calibration"),
+              P.MemoryPlan(str(device), P.compare_parts(shapes, weight_bytes=weight_bytes, copies=min(2, len(_methods(job)) - 1),
+                                                        device_type=device.type), available, "pruning (--compare copies)")]
     if job.recover_steps:
         from llmslim.recover.jobs import memory_plan as recover_plan
 
-        recovery, advice = recover_plan(_recover_job(job), shapes=shapes, teacher_shapes=shapes)
-        if recovery.total > plan.total:
-            return recovery, advice
+        phases.append(recover_plan(_recover_job(job), shapes=shapes, teacher_shapes=shapes)[0])
+    plan = max(phases, key=lambda p: p.total)
+    if plan.phase == "training":
+        lora = recover_plan(_recover_job(replace(job, recover_full=False)), shapes=shapes, teacher_shapes=shapes)[0]
+        advice = ("without --recover-full (LoRA) it would fit" if job.recover_full and lora.fits
+                  else "recover separately (`llmslim recover`, where --batch-size and --seqlen are options)")
+        return plan, advice
+    if plan.phase != "calibration":
+        return plan, "fewer --compare methods would fit" if phases[0].fits else "a device with more memory"
     candidates = []
     seqlen = job.seqlen
     while seqlen > 128:
         seqlen //= 2
-        candidates.append((f"--seqlen {seqlen}", parts(replace(job, seqlen=seqlen))))
+        candidates.append((f"--seqlen {seqlen}", calibration(replace(job, seqlen=seqlen))))
     if resolve_dtype(job.dtype, device, "gradients") == torch.float32:
-        candidates.append(("--dtype bfloat16", parts(replace(job, dtype="bfloat16"))))
-    candidates.append(("--method wanda-sp --compare '' (no gradients)", parts(replace(job, method="wanda-sp", compare=None))))
+        candidates.append(("--dtype bfloat16", calibration(replace(job, dtype="bfloat16"))))
+    candidates.append(("--method wanda-sp --compare '' (no gradients)", calibration(replace(job, method="wanda-sp", compare=None))))
     return plan, P.first_that_fits(str(device), available, candidates)
 
 

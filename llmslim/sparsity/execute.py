@@ -195,6 +195,8 @@ class Gather:
             return None
         if self._stacked is not None and self._stacked["k"] == k:
             return self._stacked
+        if len({s["slots"].device for s in sliced}) > 1:  # layers spread over devices (device_map): per layer
+            return None
         if self._stacked_sources is None:  # the original weights, one tensor per kind of weight
             self._stacked_sources = {
                 "inputs": [torch.stack([s["inputs"][n][2].detach() for s in sliced]) for n in range(len(sliced[0]["inputs"]))],
@@ -234,12 +236,13 @@ class Gather:
         per-token decisions: consecutive tokens keep mostly the same neurons, so only the slots
         whose neuron left are rewritten with the newcomers' rows (a full re-slice copies
         (1 - sparsity) of the FFN weights every token, more than the matmuls it saves)."""
-        t0 = time.perf_counter()
         self._stacked = None  # its held-neuron masks would go stale
+        if i not in self._saved:  # nothing sliced in this layer yet (apply counts its own time)
+            self.apply(i, neurons, None)
+            return
+        t0 = time.perf_counter()
         with torch.no_grad():
-            if i not in self._saved:  # nothing sliced in this layer yet
-                self.apply(i, neurons, None)
-            elif neurons is None:
+            if neurons is None:
                 self._restore_ffn(i)
             else:
                 keep = torch.as_tensor(neurons, dtype=torch.long)

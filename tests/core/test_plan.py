@@ -3,7 +3,6 @@ refused before loading, with the option that would make it fit."""
 
 import json
 
-import pytest
 from typer.testing import CliRunner
 
 from llmslim.cli import app
@@ -26,8 +25,8 @@ def test_dry_run_prints_the_plan_and_loads_nothing(monkeypatch, tiny_llama_dir, 
     assert result.exit_code == 0, result.output
     plan = json.loads(result.output)
     shapes = P.shapes_of(P.model_config(str(tiny_llama_dir)))
-    parts = plan["memory"]["parts_gib"]
-    assert parts["window scores"] == pytest.approx(2 * shapes.ffn_params * 4 / P.GiB, abs=1e-3)  # SNIP + ReFer for AFR
+    parts = plan["memory"]["parts_bytes"]
+    assert parts["window scores"] == 2 * shapes.ffn_params * 4  # SNIP + ReFer for AFR
     assert plan["memory"]["phase"] == "calibration" and plan["memory"]["fits"] and plan["advice"] is None
     assert not (tmp_path / "out").exists()
     # a method without gradients has no backward: no scores, no activations
@@ -45,7 +44,7 @@ def test_a_job_that_will_not_fit_is_refused_with_the_option_that_fits(monkeypatc
 
     def total(seqlen):
         return sum(P.prune_parts(shapes, weight_bytes=4, seqlen=seqlen, batch=1, refer=True, snip=True, signed_kinds=0,
-                                 copies=0, device_type="cpu").values())
+                                 device_type="cpu").values())
 
     # room for 256-token windows but not for 1024
     monkeypatch.setattr(P, "available_bytes", lambda device: (total(256) + total(512)) // 2)
@@ -57,3 +56,19 @@ def test_a_job_that_will_not_fit_is_refused_with_the_option_that_fits(monkeypatc
     assert result.exit_code != 0 and "does not fit: --seqlen 256 would fit" in result.output
     monkeypatch.setattr(P, "available_bytes", lambda device: 10)
     assert "use a device with more memory" in str(invoke(["prune", tiny_llama_dir]).exception)
+
+
+def test_the_plan_is_the_largest_phase_and_scores_what_is_pruned(monkeypatch, tiny_llama_dir):
+    monkeypatch.setattr(load, "load_model", refuse)
+    shapes = P.shapes_of(P.model_config(str(tiny_llama_dir)))
+    # --compare's model copies come after calibration (its scores folded by then): not added to it
+    plan = json.loads(invoke(["prune", tiny_llama_dir, "--compare", "wanda-sp,flap", "--dry-run", "--json"]).output)["memory"]
+    assert plan["phase"] == "calibration" and "copies for --compare" not in plan["parts_gib"]
+    plan = json.loads(invoke(["prune", tiny_llama_dir, "--method", "wanda-sp", "--compare", "flap,magnitude", "--dry-run",
+                              "--json"]).output)["memory"]
+    assert plan["phase"] == "pruning (--compare copies)"
+    assert plan["parts_bytes"]["copies for --compare"] == 2 * shapes.params * 4
+    # --target attn scores the attention weights
+    plan = json.loads(invoke(["prune", tiny_llama_dir, "--target", "attn", "--ratio", "0.5", "--dry-run", "--json"]).output)
+    assert plan["memory"]["parts_bytes"]["window scores"] == 2 * shapes.attn_params * 4
+    assert shapes.attn_params != shapes.ffn_params
