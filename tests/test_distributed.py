@@ -74,10 +74,22 @@ def test_recover_trains_with_ddp_and_one_process_writes(tmp_path, tiny_llama_dir
     assert changed  # the optimizer moved the weights
 
 
+def test_diffuse_adapt_trains_with_ddp(tmp_path, tiny_llama_dir, corpus):
+    """The MDLM loss under the Trainer's DDP (the forward through the wrapper, the mask built
+    from the model inside it)."""
+    two = llmslim(["diffuse", "adapt", tiny_llama_dir, "--data", corpus, "--seqlen", "16", "--batch-size", "2",
+                   "--max-steps", "2", "--out", tmp_path / "mdlm", "--json"], processes=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    result = json.loads(two.stdout)
+    assert (result["processes"], result["steps"], result["tokens"]) == (2, 2, 2 * 2 * 16 * 2)
+    assert all(loss == loss for loss in result["losses"])  # finite, not NaN
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt", "mdlm"]
+
+
 def test_a_command_that_runs_in_one_process_refuses_a_launcher(tiny_llama_dir):
     result = llmslim(["info", tiny_llama_dir], processes=2)
     assert result.returncode != 0
-    assert "info runs in one process; under torchrun or accelerate launch run one of: prune, recover" in result.stderr
+    assert "info runs in one process; under torchrun or accelerate launch run one of: prune, recover, diffuse adapt" in result.stderr
 
 
 def test_the_listed_distributed_commands_are_the_ones_that_share_work():

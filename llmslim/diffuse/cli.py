@@ -161,7 +161,8 @@ def render_eval(result: dict) -> None:
         report.stdout.print(f"LAMBADA ({lam['items']} passages): diffusion {lam['diffusion_acc']:.3f}, AR evaluator {lam['evaluator_ar_acc']:.3f}")
 
 
-ADAPT = Command("diffuse adapt", jobs.validate_adapt, jobs.run_adapt, render_adapt, model_purpose="training", needs_out=True)
+ADAPT = Command("diffuse adapt", jobs.validate_adapt, jobs.run_adapt, render_adapt, model_purpose="training", needs_out=True,
+                distributed=True)
 DISTILL = Command("diffuse distill", jobs.validate_distill, jobs.run_distill, render_distill, model_purpose="training", needs_out=True)
 SAMPLE = Command("diffuse sample", jobs.validate_sample, jobs.run_sample, render_sample)
 EVAL = Command("diffuse eval", jobs.validate_eval, jobs.run_eval, render_eval)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from llmslim.core import distributed
 from llmslim.core.errors import BadOptionError
 from llmslim.core.job import CommonOptions, Context
 
@@ -124,7 +125,8 @@ def run_adapt(job: AdaptJob, ctx: Context) -> dict:
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {"model": job.model, "from_scratch": job.from_scratch, "mask_token_id": mask_id, "data": job.data,
             "windows": windows.shape[0], "seqlen": job.seqlen, "steps": trainer.state.global_step,
-            "tokens": trainer.state.global_step * job.batch_size * job.seqlen, "params": sum(p.numel() for p in model.parameters()),
+            "processes": distributed.world(), "tokens": trainer.state.global_step * job.batch_size * job.seqlen * distributed.world(),
+            "params": sum(p.numel() for p in model.parameters()),
             "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None, "losses": losses}
 
 

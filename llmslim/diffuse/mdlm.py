@@ -87,9 +87,12 @@ def attention_mask(batch: int, length: int, dtype: torch.dtype, device, attn_imp
 
 def denoise(model, xt: torch.Tensor, mask_id: int, causal_fraction: float = 0.0,
             generator: torch.Generator | None = None) -> torch.Tensor:
-    """log p_theta(x_0 | x_t) with SUBS and the shift: [B, L, V] float32 log-probabilities."""
-    mask4d = attention_mask(xt.shape[0], xt.shape[1], model.dtype, xt.device,
-                            model.config._attn_implementation, causal_fraction, generator)
+    """log p_theta(x_0 | x_t) with SUBS and the shift: [B, L, V] float32 log-probabilities.
+    `model` may be wrapped for DDP (the Trainer under torchrun): the forward goes through the
+    wrapper (it syncs gradients), the dtype and config come from the model inside."""
+    inner = getattr(model, "module", model)
+    mask4d = attention_mask(xt.shape[0], xt.shape[1], inner.dtype, xt.device,
+                            inner.config._attn_implementation, causal_fraction, generator)
     logits = model(input_ids=xt, attention_mask=mask4d, use_cache=False).logits.float()
     return subs(logits, xt, mask_id)
 
