@@ -8,7 +8,7 @@ import typer
 
 from llmslim.core import report
 from llmslim.core.job import Command, run_command
-from llmslim.core.options import (DEVICE, DTYPE, MODEL, SEED, TRAINING, BatchSizeOpt, CheckpointDirOpt, DeviceOpt, DtypeOpt,
+from llmslim.core.options import (DEVICE, DTYPE, MODEL, SEED, TRAINING, BatchSizeOpt, CheckpointDirOpt, DeviceOpt, DryRunOpt, DtypeOpt,
                                   ForceOpt, JsonOpt, MaxStepsOpt, ModelArg, OutOpt, QuietOpt, ResumeOpt, SaveEveryOpt, SeedOpt)
 from llmslim.diffuse import jobs
 
@@ -38,6 +38,7 @@ def adapt(
     save_every: SaveEveryOpt = 0,
     checkpoint_dir: CheckpointDirOpt = None,
     resume: ResumeOpt = False,
+    dry_run: DryRunOpt = False,
     out: OutOpt = None,
     force: ForceOpt = False,
     json: JsonOpt = False,
@@ -49,7 +50,8 @@ def adapt(
     """Adapt an AR model into a masked diffusion LM (the SDTT teacher): MDLM loss, full attention, shift kept."""
     job = jobs.AdaptJob(model=model, data=data, seqlen=seqlen, max_steps=max_steps, batch_size=batch_size, lr=lr,
                         warmup_steps=warmup_steps, anneal_steps=anneal_steps, from_scratch=from_scratch, save_every=save_every,
-                        checkpoint_dir=checkpoint_dir, resume=resume, out=out, force=force, seed=seed, device=device, dtype=dtype)
+                        checkpoint_dir=checkpoint_dir, resume=resume, out=out, force=force, seed=seed, device=device, dtype=dtype,
+                        dry_run=dry_run)
     run_command(ADAPT, job, json_out=json, quiet=quiet)
 
 
@@ -162,7 +164,7 @@ def render_eval(result: dict) -> None:
 
 
 ADAPT = Command("diffuse adapt", jobs.validate_adapt, jobs.run_adapt, render_adapt, model_purpose="training", needs_out=True,
-                distributed=True)
+                distributed=True, plan=jobs.memory_plan_adapt)
 DISTILL = Command("diffuse distill", jobs.validate_distill, jobs.run_distill, render_distill, model_purpose="training", needs_out=True)
 SAMPLE = Command("diffuse sample", jobs.validate_sample, jobs.run_sample, render_sample)
 EVAL = Command("diffuse eval", jobs.validate_eval, jobs.run_eval, render_eval)

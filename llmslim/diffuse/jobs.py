@@ -63,6 +63,7 @@ class AdaptJob(CommonOptions):
     warmup_steps: int = 50
     anneal_steps: int = 0  # 0: full attention from the first step (DiffuLLaMA's 7B run)
     from_scratch: bool = False
+    dry_run: bool = False  # print the memory plan and stop
     save_every: int = 0
     resume: bool = False
     checkpoint_dir: Path | None = None
@@ -83,6 +84,32 @@ def validate_adapt(job: AdaptJob) -> None:
         raise BadOptionError(f"--resume: no checkpoint folder {job.work_dir}")
     check_text_source(job.data)
     resolve_model(job.model)
+
+
+def memory_plan_adapt(job: AdaptJob):
+    """The adaptation's expected peak (core/plan.py: every weight trained in fp32 with AdamW, no
+    teacher; the small config with --from-scratch) and the option that would make it fit."""
+    from dataclasses import replace
+
+    from llmslim.core import plan as P
+    from llmslim.core.device import resolve_device
+    from llmslim.diffuse.train import small_config
+
+    device = resolve_device(job.device)
+    config = P.model_config(job.model)
+    shapes = P.shapes_of(small_config(config) if job.from_scratch else config)
+    available = P.available_bytes(device)
+
+    def parts(j: AdaptJob) -> dict[str, int]:
+        return P.training_parts(shapes, full=True, lora_r=0, batch=j.batch_size, seqlen=j.seqlen,
+                                act_bytes=2 if device.type == "cuda" else 4, teacher=None, teacher_bytes=0,
+                                device_type=device.type)
+
+    candidates, batch = [], job.batch_size
+    while batch > 1:
+        batch //= 2
+        candidates.append((f"--batch-size {batch}", parts(replace(job, batch_size=batch))))
+    return P.MemoryPlan(str(device), parts(job), available, "training"), P.first_that_fits(str(device), available, candidates)
 
 
 def run_adapt(job: AdaptJob, ctx: Context) -> dict:

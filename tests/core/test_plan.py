@@ -36,6 +36,11 @@ def test_dry_run_prints_the_plan_and_loads_nothing(monkeypatch, tiny_llama_dir, 
     result = invoke(["recover", tiny_llama_dir, "--teacher", tiny_llama_dir, "--full", "--dry-run", "--json"])
     assert result.exit_code == 0, result.output
     assert {"gradients + AdamW", "teacher", "logits and loss"} <= set(json.loads(result.output)["memory"]["parts_gib"])
+    # diffuse adapt trains every weight, no teacher
+    result = invoke(["diffuse", "adapt", tiny_llama_dir, "--dry-run", "--json"])
+    assert result.exit_code == 0, result.output
+    parts = json.loads(result.output)["memory"]["parts_bytes"]
+    assert "teacher" not in parts and parts["gradients + AdamW"] == shapes.params * 12
 
 
 def test_a_job_that_will_not_fit_is_refused_with_the_option_that_fits(monkeypatch, tiny_llama_dir):
