@@ -69,11 +69,6 @@ def sum_int(value: int) -> int:
     return int(sum_(torch.tensor([value], dtype=torch.long, device=_reduce_device())).item())
 
 
-def barrier() -> None:
-    if _active():
-        torch.distributed.barrier()
-
-
 def _active() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
