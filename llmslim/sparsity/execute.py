@@ -27,6 +27,7 @@ and keeps them for the calls that follow (decode steps) until the `with` block e
 from __future__ import annotations
 
 import copy
+import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -82,13 +83,20 @@ class Gather:
                     state.append(("attr", module, name, getattr(module, name)))
         return state
 
+    def _buffer(self, key: tuple, shape: tuple, like: torch.Tensor, avoid: list = ()) -> torch.Tensor:
+        """A contiguous `shape` view of a buffer kept under `key` and reused while it is big enough
+        (allocating per input costs page faults); a fresh one where it shares storage with a
+        tensor in `avoid` (the data about to be copied into it)."""
+        n = math.prod(shape)
+        buf = self._buffers.get(key)
+        stale = buf is None or buf.numel() < n or buf.dtype != like.dtype
+        if stale or any(x.untyped_storage().data_ptr() == buf.untyped_storage().data_ptr() for x in avoid):
+            buf = self._buffers[key] = torch.empty(n, dtype=like.dtype, device=like.device)
+        return buf[:n].view(shape)
+
     def _rows(self, key: tuple, src: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """src[index] (rows) written into a reused buffer; a contiguous [k, cols] view."""
-        k, cols = index.numel(), src.shape[1]
-        buf = self._buffers.get(key)
-        if buf is None or buf.numel() < k * cols or buf.dtype != src.dtype:
-            buf = self._buffers[key] = torch.empty(k * cols, dtype=src.dtype, device=src.device)
-        out = buf[: k * cols].view(k, cols)
+        out = self._buffer(key, (index.numel(), src.shape[1]), src)
         torch.index_select(src, 0, index, out=out)
         return out
 
@@ -114,11 +122,7 @@ class Gather:
                 self._down_t[i] = down.weight.detach().t().contiguous()
             down.weight = nn.Parameter(self._rows((i, "down"), self._down_t[i], keep).t(), requires_grad=False)
         else:
-            k, rows = keep.numel(), down.weight.shape[0]
-            buf = self._buffers.get((i, "down"))
-            if buf is None or buf.numel() < k * rows:
-                buf = self._buffers[(i, "down")] = torch.empty(k * rows, dtype=down.weight.dtype, device=keep.device)
-            out = buf[: k * rows].view(rows, k)
+            out = self._buffer((i, "down"), (down.weight.shape[0], keep.numel()), down.weight)
             torch.index_select(down.weight.detach(), 1, keep, out=out)
             down.weight = nn.Parameter(out, requires_grad=False)
         down.in_features = keep.numel()
@@ -224,11 +228,7 @@ class Gather:
     def _stacked_buffer(self, key: tuple, slices: list) -> torch.Tensor:
         """The slices stacked into a buffer kept for the next input of the same shape (a fresh
         160 MB allocation per input on SmolLM2 cost ~110 ms in page faults, 7 ms per decode step)."""
-        shape = (len(slices), *slices[0].shape)
-        buf = self._buffers.get(("stacked", *key))
-        aliased = buf is not None and any(x.untyped_storage().data_ptr() == buf.untyped_storage().data_ptr() for x in slices)
-        if buf is None or aliased or buf.shape != shape or buf.dtype != slices[0].dtype:  # aliased: restacking its own views
-            buf = self._buffers[("stacked", *key)] = torch.empty(shape, dtype=slices[0].dtype, device=slices[0].device)
+        buf = self._buffer(("stacked", *key), (len(slices), *slices[0].shape), slices[0], avoid=slices)  # not its own views
         return torch.stack(slices, out=buf)
 
     def update_ffn(self, i: int, neurons: torch.Tensor | None) -> None:
