@@ -86,10 +86,27 @@ def test_diffuse_adapt_trains_with_ddp(tmp_path, tiny_llama_dir, corpus):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt", "mdlm"]
 
 
+def test_diffuse_distill_trains_with_ddp_and_one_process_writes_the_rounds(tmp_path, tiny_llama_dir, corpus):
+    """SDTT rounds under the Trainer's DDP: each round's student is written once (by rank 0), the
+    checkpoint folder is emptied into --out, and nothing else appears."""
+    adapt = llmslim(["diffuse", "adapt", tiny_llama_dir, "--data", corpus, "--seqlen", "16", "--batch-size", "2",
+                     "--max-steps", "1", "--out", tmp_path / "mdlm", "--quiet"])
+    assert adapt.returncode == 0, adapt.stderr[-3000:]
+    two = llmslim(["diffuse", "distill", tmp_path / "mdlm", "--data", corpus, "--rounds", "2", "--steps-per-round", "2",
+                   "--start-sampling-steps", "8", "--batch-size", "2", "--out", tmp_path / "students", "--json"], processes=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    result = json.loads(two.stdout)
+    assert (result["processes"], result["tokens_per_round"]) == (2, 2 * 2 * 16 * 2)
+    assert [(r["round"], r["steps"]) for r in result["rounds"]] == [(0, 2), (1, 2)]
+    assert all(r["last_loss"] == r["last_loss"] for r in result["rounds"])  # finite, not NaN
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt", "mdlm", "students"]
+    assert sorted(p.name for p in (tmp_path / "students").iterdir()) == ["results.json", "round-0", "round-1", "run.json"]
+
+
 def test_a_command_that_runs_in_one_process_refuses_a_launcher(tiny_llama_dir):
     result = llmslim(["info", tiny_llama_dir], processes=2)
     assert result.returncode != 0
-    assert "info runs in one process; under torchrun or accelerate launch run one of: prune, recover, diffuse adapt" in result.stderr
+    assert "info runs in one process; under torchrun or accelerate launch run one of: prune, recover, diffuse adapt, diffuse distill" in result.stderr
 
 
 def test_the_listed_distributed_commands_are_the_ones_that_share_work():

@@ -28,7 +28,7 @@ from llmslim.core.outputs import atomic_dir, atomic_write_text, check_creatable,
 
 RESULTS_FILE = "results.json"
 # the commands that share their work across processes (Command.distributed)
-DISTRIBUTED_COMMANDS = ("prune", "recover", "diffuse adapt")
+DISTRIBUTED_COMMANDS = ("prune", "recover", "diffuse adapt", "diffuse distill")
 
 
 @dataclass(kw_only=True)

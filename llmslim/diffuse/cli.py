@@ -165,6 +165,7 @@ def render_eval(result: dict) -> None:
 
 ADAPT = Command("diffuse adapt", jobs.validate_adapt, jobs.run_adapt, render_adapt, model_purpose="training", needs_out=True,
                 distributed=True, plan=jobs.memory_plan_adapt)
-DISTILL = Command("diffuse distill", jobs.validate_distill, jobs.run_distill, render_distill, model_purpose="training", needs_out=True)
+DISTILL = Command("diffuse distill", jobs.validate_distill, jobs.run_distill, render_distill, model_purpose="training", needs_out=True,
+                  distributed=True)
 SAMPLE = Command("diffuse sample", jobs.validate_sample, jobs.run_sample, render_sample)
 EVAL = Command("diffuse eval", jobs.validate_eval, jobs.run_eval, render_eval)

@@ -225,7 +225,8 @@ def run_distill(job: DistillJob, ctx: Context) -> dict:
     first = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     windows = token_windows(tokenizer, training_text(job.data, tokenizer), cfg.seqlen, first_token=first)
     out = job.work_dir
-    out.mkdir(parents=True, exist_ok=True)
+    if distributed.is_main():
+        out.mkdir(parents=True, exist_ok=True)
     settings = {"start_sampling_steps": job.start_steps, "teacher_steps": job.teacher_steps, "divergence": job.divergence,
                 "steps_per_round": job.steps_per_round, "ema": job.ema}
     ema, rounds, start_round = None, [], 0
@@ -267,17 +268,20 @@ def run_distill(job: DistillJob, ctx: Context) -> dict:
                        "steps": trainer.state.global_step, "train_s": time.perf_counter() - t0,
                        "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
                        "settings": settings})
-        averaged = ema.copy_to(student).eval()
-        with atomic_dir(out / ROUND_DIR.format(r), force=True) as folder:  # weights, raw state and record together
-            save_model(averaged, tokenizer, folder)
-            (folder / ROUND_RECORD).write_text(json.dumps(rounds[-1], indent=2) + "\n")
-            torch.save({"student": student.state_dict(), "ema": ema.shadow, "ema_updates": ema.updates}, folder / RAW_WEIGHTS)
-        del teacher, averaged
+        if distributed.is_main():  # under torchrun every process holds the same weights; one writes them
+            averaged = ema.copy_to(student).eval()
+            with atomic_dir(out / ROUND_DIR.format(r), force=True) as folder:  # weights, raw state and record together
+                save_model(averaged, tokenizer, folder)
+                (folder / ROUND_RECORD).write_text(json.dumps(rounds[-1], indent=2) + "\n")
+                torch.save({"student": student.state_dict(), "ema": ema.shadow, "ema_updates": ema.updates}, folder / RAW_WEIGHTS)
+            del averaged
+        del teacher
     student.eval()
     ctx.save(lambda folder: _publish_rounds(out, folder, job.rounds))  # the emptied checkpoint folder goes after
     return {"model": job.model, "divergence": job.divergence, "teacher_steps": job.teacher_steps, "ema": job.ema,
             "rounds": rounds, "final_sampling_steps": job.start_steps // job.teacher_steps ** job.rounds,
-            "tokens_per_round": job.steps_per_round * job.batch_size * cfg.seqlen}
+            "processes": distributed.world(),
+            "tokens_per_round": job.steps_per_round * job.batch_size * cfg.seqlen * distributed.world()}
 
 
 def _publish_rounds(work: Path, folder: Path, n: int) -> None:

@@ -169,6 +169,18 @@ def test_one_distillation_step_lowers_the_divergence():
     assert after.item() < before.item()
 
 
+def test_a_batch_with_nothing_masked_still_runs_the_student():
+    """Position 0 is never masked, so one-token windows leave nothing to distil: the loss is 0 but
+    comes from the student's forward, with a (zero) gradient on every weight. Under DDP a process
+    whose loss skipped the student would leave the others waiting in the gradient sync."""
+    teacher, student = tiny_model("llama", seed=0), tiny_model("llama", seed=1)
+    loss = sdtt_loss(student, teacher, torch.randint(0, 100, (2, 1)), 1 / 8, MASK, "kl")
+    assert loss.item() == 0.0
+    loss.backward()
+    grads = [p.grad for p in student.parameters()]
+    assert all(g is not None for g in grads) and all(torch.count_nonzero(g) == 0 for g in grads)
+
+
 def test_adapt_distill_sample_eval_through_the_cli(tmp_path, tiny_llama_dir, data_dir):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(" ".join(f"w{(i * 7) % 40}" for i in range(3000)))
