@@ -103,10 +103,27 @@ def test_diffuse_distill_trains_with_ddp_and_one_process_writes_the_rounds(tmp_p
     assert sorted(p.name for p in (tmp_path / "students").iterdir()) == ["results.json", "round-0", "round-1", "run.json"]
 
 
+def test_budget_train_shares_each_epoch_between_the_processes(tmp_path, tiny_llama_dir):
+    """TRL's SFTTrainer under torchrun: an epoch of 4 examples at --batch-size 1 is 4 steps in one
+    process and 2 in two (each step takes one example in each)."""
+    rows = [{"id": str(i), "question": f"w{i} w{i + 1}", "kind": "number", "searched": True, "improved": True,
+             "answer": f"w{i + 2} [[{i}]]", "vanilla_output": f"w9 w9 w9 w9 w{i + 2} [[{i}]]", "budget": 8} for i in range(4)]
+    search = tmp_path / "search.jsonl"
+    search.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    two = llmslim(["budget", "train", tiny_llama_dir, "--search", search, "--epochs", "1", "--batch-size", "1",
+                   "--out", tmp_path / "pt", "--json"], processes=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    result = json.loads(two.stdout)
+    assert (result["processes"], result["examples"], result["steps"]) == (2, 4, 2)
+    assert len(result["losses"]) == 2 and all(loss == loss for loss in result["losses"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pt", "search.jsonl"]
+    assert (tmp_path / "pt" / "config.json").is_file()
+
+
 def test_a_command_that_runs_in_one_process_refuses_a_launcher(tiny_llama_dir):
     result = llmslim(["info", tiny_llama_dir], processes=2)
     assert result.returncode != 0
-    assert "info runs in one process; under torchrun or accelerate launch run one of: prune, recover, diffuse adapt, diffuse distill" in result.stderr
+    assert "info runs in one process; under torchrun or accelerate launch run one of: prune, recover, budget train, diffuse adapt, diffuse distill" in result.stderr
 
 
 def test_the_listed_distributed_commands_are_the_ones_that_share_work():

@@ -255,4 +255,5 @@ ESTIMATE = Command("budget estimate", PL.validate_estimate, PL.run_estimate, ren
 RUN = Command("budget run", PL.validate_run, PL.run_modes, _render_modes, model_purpose=None)
 SEARCH = Command("budget search", PL.validate_search, PL.run_search, render_search, model_purpose=None)
 ELASTICITY = Command("budget elasticity", PL.validate_elasticity, PL.run_elasticity, render_elasticity, model_purpose=None)
-TRAIN_COMMAND = Command("budget train", PL.validate_train, PL.run_train, render_train, model_purpose=None, needs_out=True)
+TRAIN_COMMAND = Command("budget train", PL.validate_train, PL.run_train, render_train, model_purpose=None, needs_out=True,
+                        distributed=True)

@@ -6,7 +6,6 @@ budgets.jsonl); results.json holds the summaries (estimate's also its budget per
 from __future__ import annotations
 
 import json
-import math
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -17,6 +16,7 @@ from llmslim.budget import run as R
 from llmslim.budget.backends import HTTPBackend, LocalBackend
 from llmslim.budget.counting import Counter
 from llmslim.budget.questions import load_questions, question_key
+from llmslim.core import distributed
 from llmslim.core.data import read_records
 from llmslim.core.device import peak_memory_mb
 from llmslim.core.errors import BadOptionError, DataError
@@ -353,14 +353,14 @@ def run_train(job: Job, ctx: Context) -> dict:
     loaded = load_model(job.backend.model or MODEL, device=job.backend.device, dtype=job.backend.dtype, purpose="training")
     ctx.timings["load_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    steps = cfg.max_steps or cfg.epochs * math.ceil(len(examples) / cfg.batch_size)
+    steps = cfg.steps(len(examples))
     with tempfile.TemporaryDirectory() as work:
         model, info = T.train(loaded.model, loaded.tokenizer, examples, cfg, Path(work), ctx.step(f"TALE-PT ({cfg.algo}, LoRA)", steps))
     ctx.timings["train_s"] = time.perf_counter() - t0
     ctx.save(lambda folder: save_model(model, loaded.tokenizer, folder))
     ctx.save(lambda folder: (folder / "train_examples.jsonl").write_text(_jsonl(examples), encoding="utf-8"))
     return {"algo": cfg.algo, "targets": job.options["targets"], "examples": len(examples),
-            "improved_examples": sum(e["improved"] for e in examples), "steps": info["steps"],
+            "improved_examples": sum(e["improved"] for e in examples), "steps": info["steps"], "processes": distributed.world(),
             "first_loss": info["losses"][0] if info["losses"] else None,
             "last_loss": info["losses"][-1] if info["losses"] else None, "losses": info["losses"],
             "config": asdict(cfg), "base_model": job.backend.model, "peak_memory_mb": peak_memory_mb(loaded.device)}

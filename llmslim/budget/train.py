@@ -54,6 +54,13 @@ class TrainConfig:
         if self.rank < 1 or self.batch_size < 1 or self.max_length < 2 or self.lr <= 0:
             raise BadOptionError("--lora-r and --batch-size must be >= 1, --max-length >= 2, --lr > 0")
 
+    def steps(self, rows: int) -> int:
+        """Optimizer steps: --max-steps, or --epochs passes over `rows`. Under torchrun each step
+        takes --batch-size rows in every process, so an epoch is that many times shorter."""
+        from llmslim.core import distributed
+
+        return self.max_steps or self.epochs * math.ceil(rows / (self.batch_size * distributed.world()))
+
 
 def examples_from_search(records: list[dict], t: P.Templates = P.DEFAULT, only_improved: bool = True) -> list[dict]:
     """{prompt, chosen, rejected} from `budget search` rows: searched, correct answers that the
@@ -132,13 +139,14 @@ def sft(model, tokenizer, examples: list[dict], cfg: TrainConfig, workdir: Path,
     from trl import SFTConfig, SFTTrainer
 
     rows = [{"prompt": render_prompt(tokenizer, e["prompt"]), "completion": e["chosen"]} for e in examples]
-    steps = cfg.max_steps or cfg.epochs * math.ceil(len(rows) / cfg.batch_size)
+    steps = cfg.steps(len(rows))
     args = SFTConfig(
         output_dir=str(workdir), per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.lr, max_steps=steps,
         lr_scheduler_type="linear", warmup_steps=max(1, steps // 10), max_grad_norm=1.0, weight_decay=0.0,
         max_length=cfg.max_length, completion_only_loss=True, packing=False, logging_steps=1, save_strategy="no",
         report_to=[], seed=cfg.seed, data_seed=cfg.seed, use_cpu=next(model.parameters()).device.type == "cpu",
         bf16=_mixed_bf16(model), disable_tqdm=True, dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,  # under torchrun: every LoRA weight gets a gradient
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                          peft_config=_lora(model, cfg), callbacks=[_progress_callback(progress)])
@@ -163,11 +171,12 @@ def dpo(model, tokenizer, examples: list[dict], cfg: TrainConfig, workdir: Path,
              "chosen": [{"role": "assistant", "content": e["chosen"]}] if tokenizer.chat_template else e["chosen"],
              "rejected": [{"role": "assistant", "content": e["rejected"]}] if tokenizer.chat_template else e["rejected"]}
             for e in pairs]
-    steps = cfg.max_steps or cfg.epochs * math.ceil(len(rows) / cfg.batch_size)
+    steps = cfg.steps(len(rows))
     args = DPOConfig(
         output_dir=str(workdir), per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.lr, max_steps=steps,
         beta=cfg.beta, max_length=cfg.max_length, logging_steps=1, save_strategy="no", report_to=[], seed=cfg.seed,
         use_cpu=next(model.parameters()).device.type == "cpu", bf16=_mixed_bf16(model), disable_tqdm=True,
+        ddp_find_unused_parameters=False,
     )
     trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                          peft_config=_lora(model, cfg), callbacks=[_progress_callback(progress)])

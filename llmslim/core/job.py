@@ -28,7 +28,7 @@ from llmslim.core.outputs import atomic_dir, atomic_write_text, check_creatable,
 
 RESULTS_FILE = "results.json"
 # the commands that share their work across processes (Command.distributed)
-DISTRIBUTED_COMMANDS = ("prune", "recover", "diffuse adapt", "diffuse distill")
+DISTRIBUTED_COMMANDS = ("prune", "recover", "budget train", "diffuse adapt", "diffuse distill")
 
 
 @dataclass(kw_only=True)
@@ -102,7 +102,7 @@ def run_command(command: Command, cfg, *, json_out: bool = False, quiet: bool = 
     if out is not None:
         check_writable(out, cfg.force)
         check_creatable(out)
-    distributed.start(resolve_device(getattr(cfg, "device", "auto")))
+    distributed.start(resolve_device(_device_option(cfg)))
     if not distributed.is_main():  # one process reports and writes; the others only work
         quiet, json_out, out = True, False, None
         report.setup_logging(True)
@@ -141,6 +141,12 @@ def run_command(command: Command, cfg, *, json_out: bool = False, quiet: bool = 
     elif distributed.is_main():
         command.render(result)
     return result
+
+
+def _device_option(cfg) -> str:
+    """--device as typed: a config's own field, or its model backend's (budget's jobs)."""
+    backend = getattr(cfg, "backend", None)
+    return getattr(cfg, "device", None) or getattr(backend, "device", None) or "auto"
 
 
 def _plan(command: Command, cfg):
