@@ -123,7 +123,7 @@ def test_budget_train_shares_each_epoch_between_the_processes(tmp_path, tiny_lla
 def test_a_command_that_runs_in_one_process_refuses_a_launcher(tiny_llama_dir):
     result = llmslim(["info", tiny_llama_dir], processes=2)
     assert result.returncode != 0
-    assert "info runs in one process; under torchrun or accelerate launch run one of: prune, recover, budget train, diffuse adapt, diffuse distill" in result.stderr
+    assert "info runs in one process; under torchrun or accelerate launch run one of: prune, recover, shorten rl, shorten sft, budget train, diffuse adapt, diffuse distill" in result.stderr
 
 
 def test_the_listed_distributed_commands_are_the_ones_that_share_work():

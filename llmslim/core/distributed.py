@@ -11,6 +11,7 @@ them unconditionally.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from datetime import timedelta
 
 import torch
@@ -52,6 +53,19 @@ def is_main() -> bool:
     return rank() == 0
 
 
+@contextmanager
+def main_first():
+    """Rank 0 runs the block first (say, building a cache) while the others wait; then they
+    run it (and find the cache). accelerate's main_process_first; a plain block without a launcher."""
+    if not _active():
+        yield
+        return
+    from accelerate import PartialState
+
+    with PartialState().main_process_first():
+        yield
+
+
 def shard(items: torch.Tensor) -> torch.Tensor:
     """This process's rows of `items` (every world-th, from its rank): the same rows on every
     run with the same world size, and together exactly all rows."""
@@ -66,14 +80,14 @@ def sum_(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def sum_int(value: int) -> int:
-    return int(sum_(torch.tensor([value], dtype=torch.long, device=_reduce_device())).item())
+    return int(sum_(torch.tensor([value], dtype=torch.long, device=reduce_device())).item())
 
 
 def _active() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
-def _reduce_device() -> torch.device:
+def reduce_device() -> torch.device:
     """Where small reduction tensors live: nccl reduces CUDA tensors only."""
     if _active() and torch.distributed.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())

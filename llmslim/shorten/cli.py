@@ -199,6 +199,7 @@ def render_eval(result: dict) -> None:
                         f"{result['proxy_similarity']:.3f} (quality change {result['proxy_quality_change_pct']:+.1f}%)")
 
 
-TRAIN_COMMANDS = {method: Command(f"shorten {method}", jobs.validate_train, jobs.run_train, render_train, model_purpose="training")
+TRAIN_COMMANDS = {method: Command(f"shorten {method}", jobs.validate_train, jobs.run_train, render_train, model_purpose="training",
+                                  distributed=True)
                   for method in ("rl", "sft")}
 EVAL_COMMAND = Command("shorten eval", jobs.validate_eval, jobs.run_eval, render_eval, model_purpose=None)

@@ -10,6 +10,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from llmslim.core import distributed
 from llmslim.core.data import data_dir, read_prompts
 from llmslim.core.device import peak_memory_mb
 from llmslim.core.errors import BadOptionError, DataError, LlmslimError
@@ -113,12 +114,14 @@ def _step_progress(ctx: Context, method: str, steps: int):
 
 def _references(job: TrainJob, ctx: Context, cfg, prompts: list[str]):
     """The model's own answers to the training prompts (cached), and those trained on."""
-    refs = get_references(
-        ctx.model, ctx.tokenizer, prompts, model_id=ctx.loaded.path, cache_root=job.ref_cache or cache_dir() / "shorten",
-        max_new_tokens=job.max_new_tokens, batch_size=job.batch_size_gen,
-        branch=cfg.branch_settings() if job.method == "sft" else None, regenerate=job.regenerate,
-        progress=ctx.step("reference answers (once, cached)", len(prompts)),
-    )
+    # under torchrun the first process builds the cache while the others wait, then they read it
+    with distributed.main_first():
+        refs = get_references(
+            ctx.model, ctx.tokenizer, prompts, model_id=ctx.loaded.path, cache_root=job.ref_cache or cache_dir() / "shorten",
+            max_new_tokens=job.max_new_tokens, batch_size=job.batch_size_gen,
+            branch=cfg.branch_settings() if job.method == "sft" else None, regenerate=job.regenerate and distributed.is_main(),
+            progress=ctx.step("reference answers (once, cached)", len(prompts)),
+        )
     used = select_refs(refs, job.max_ref_tokens, job.keep_unfinished)
     if not used.refs:
         raise DataError(f"none of the {len(refs.refs)} reference answers is finished and within --max-ref-tokens "
@@ -150,7 +153,7 @@ def run_train(job: TrainJob, ctx: Context) -> dict:
         result = train_sft(ctx.model, ctx.tokenizer, used, cfg, work_dir=work, resume=job.resume, val_prompts=val_prompts,
                            val_limit=job.max_new_tokens, progress=progress)
     ctx.timings["train_s"] = time.perf_counter() - t0
-    if created_work and not cfg.save_every and work.is_dir():
+    if created_work and not cfg.save_every and work.is_dir() and distributed.is_main():
         shutil.rmtree(work, ignore_errors=True)  # TRL/our per-run scratch; kept when checkpoints were asked for
 
     trained, history = result.pop("model"), result["history"]
@@ -161,7 +164,7 @@ def run_train(job: TrainJob, ctx: Context) -> dict:
 
     ctx.save(write)
     last = [h for h in history if "loss" in h]
-    return {"method": job.method, "model": job.model, "references": ref_info, "config": asdict(cfg),
+    return {"method": job.method, "model": job.model, "processes": distributed.world(), "references": ref_info, "config": asdict(cfg),
             **({"adapter": "adapter/"} if cfg.lora else {}), **{k: v for k, v in result.items() if k != "history"},
             "last": last[-1] if last else {}, "validation": [h for h in history if "val_mean_length" in h],
             "peak_memory_mb": peak_memory_mb(ctx.loaded.device)}  # every step's row: history.jsonl

@@ -97,7 +97,8 @@ def _callbacks(reward: ShortenReward, history: list, val_prompts: list[str], tok
                 progress(row)
 
         def on_step_end(self, args, state, control, model=None, **kw):
-            if cfg.eval_every and val_prompts and state.global_step % cfg.eval_every == 0:
+            # under torchrun one process validates; the others wait for it at the next step's sync
+            if cfg.eval_every and val_prompts and state.global_step % cfg.eval_every == 0 and state.is_world_process_zero:
                 was_training = model.training
                 model.eval()
                 gens = generate(model, tokenizer, val_prompts, max_new_tokens=limit, batch_size=len(val_prompts))

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from llmslim.core import distributed
 from llmslim.core.device import peak_memory_mb
 from llmslim.core.errors import BadOptionError
 from llmslim.core.generate import generate
@@ -165,6 +166,10 @@ def score_branches(model, tokenizer, branches: list[Branch], stop_ids: set[int],
     if was_training:
         model.train()
     for b, row in zip(branches, out[:, width:].tolist()):
+        # each branch only as far as its own reference's rest: the batch runs to the longest rest,
+        # and a branch that ends past its own would otherwise count as shorter than an unfinished
+        # reference in one batch and tie in another (its label would depend on its neighbours)
+        row = row[: b.ref_remaining]
         if b.alt in stop_ids:
             end = 0
         else:
@@ -248,17 +253,23 @@ def _resume(work_dir: Path, model, optimizer, rng: random.Random) -> tuple[list[
     return state["history"], state["step"], str(ckpt)
 
 
-def _train_step(model, tokenizer, refs: ReferenceSet, cfg: SFTConfig, optimizer, params, rng: random.Random, stop, pad) -> dict:
-    """One optimizer step on cfg.batch_size branches; returns the step's history row."""
+def _train_step(model, trained, tokenizer, refs: ReferenceSet, cfg: SFTConfig, optimizer, params, rng: random.Random, stop,
+                pad) -> dict:
+    """One optimizer step on cfg.batch_size branches per process; returns the step's history row.
+    `trained` is `model`, or under torchrun its DDP wrapper: the loss's forward goes through it so
+    that backward averages the gradients over the processes. Every process draws the same
+    batch_size x processes branches from the shared generator and takes every world-th one, so
+    together they train on the branches one process would draw at that batch size."""
     device = next(model.parameters()).device
-    branches = sample_branches(refs, cfg.batch_size, cfg.top_p, rng)
-    if not branches:
+    drawn = sample_branches(refs, cfg.batch_size * distributed.world(), cfg.top_p, rng)
+    if len(drawn) < distributed.world():  # the same draw in every process: all stop here together
         raise BadOptionError(f"no branch candidates at --top-p {cfg.top_p}: the reference token fills every nucleus")
+    branches = distributed.shard(drawn)
     # Weights stay fp32 (an AdamW step below 2^-8 of a bf16 weight rounds away); on a bf16 CUDA
     # card the forward passes compute in bf16 by autocast, as the Trainer does for rl.
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed_bf16(device, next(model.parameters()).dtype)):
         score_branches(model, tokenizer, branches, stop, cfg.tie_advantage)
-        logits = _context_logits(model, [b.context for b in branches], pad)
+        logits = _context_logits(trained, [b.context for b in branches], pad)
     loss, parts = branch_loss(
         # renormalised: the cache holds float16 log-probs, whose exp sums to 1 only to ~1e-3
         logits, torch.log_softmax(torch.stack([b.logp_ref for b in branches]).float(), -1).to(device),
@@ -270,10 +281,20 @@ def _train_step(model, tokenizer, refs: ReferenceSet, cfg: SFTConfig, optimizer,
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm).item()
     optimizer.step()
     n = len(branches)
-    return {"loss": loss.item(), **parts, "grad_norm": grad_norm,
-            "shorter_frac": sum(b.advantage > 0 for b in branches) / n,
-            "longer_frac": sum(b.advantage < 0 and not b.tied for b in branches) / n, "tie_frac": sum(b.tied for b in branches) / n,
-            "branch_len": sum(b.branch_len for b in branches) / n, "ref_remaining": sum(b.ref_remaining for b in branches) / n}
+    row = {"loss": loss.item(), **parts, "grad_norm": grad_norm,
+           "shorter_frac": sum(b.advantage > 0 for b in branches) / n,
+           "longer_frac": sum(b.advantage < 0 and not b.tied for b in branches) / n, "tie_frac": sum(b.tied for b in branches) / n,
+           "branch_len": sum(b.branch_len for b in branches) / n, "ref_remaining": sum(b.ref_remaining for b in branches) / n}
+    return _mean_over_processes(row)
+
+
+def _mean_over_processes(row: dict) -> dict:
+    """The step's statistics averaged over the processes (each holds the mean of its branches;
+    the grad norm is the same everywhere, taken after DDP averaged the gradients)."""
+    if distributed.world() == 1:
+        return row
+    values = distributed.sum_(torch.tensor(list(row.values()), dtype=torch.float64, device=distributed.reduce_device()))
+    return {k: v / distributed.world() for k, v in zip(row, values.tolist())}
 
 
 def train_sft(model, tokenizer, refs: ReferenceSet, cfg: SFTConfig, *, work_dir: Path, resume: bool = False,
@@ -297,11 +318,18 @@ def train_sft(model, tokenizer, refs: ReferenceSet, cfg: SFTConfig, *, work_dir:
     history, start, resumed_from = _resume(work_dir, model, optimizer, rng) if resume else ([], 0, None)
     stop = _stop_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    trained = model
+    if distributed.world() > 1:  # torch's DDP (made after --resume loaded the weights): backward averages the gradients
+        from torch.nn.parallel import DistributedDataParallel
+
+        trained = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     t0 = time.perf_counter()
     model.train()
     for step in range(start + 1, cfg.steps + 1):
-        row = {"step": step, **_train_step(model, tokenizer, refs, cfg, optimizer, params, rng, stop, pad)}
+        row = {"step": step, **_train_step(model, trained, tokenizer, refs, cfg, optimizer, params, rng, stop, pad)}
         history.append(row)
+        if not distributed.is_main():  # one process validates and writes checkpoints
+            continue
         if cfg.eval_every and val_prompts and step % cfg.eval_every == 0:
             model.eval()
             gens = generate(model, tokenizer, val_prompts, max_new_tokens=val_limit, batch_size=len(val_prompts))

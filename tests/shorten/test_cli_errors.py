@@ -149,3 +149,37 @@ def test_branch_advantages_shorter_longer_and_ties(tie):
     score_branches(Scripted(), Tok(), branches, {EOS}, tie_advantage=tie)
     assert [b.branch_len for b in branches] == [3, 4, 5]
     assert [b.advantage for b in branches] == [1, tie, -1] and [b.tied for b in branches] == [False, True, False]
+
+
+def test_a_branch_label_does_not_depend_on_the_other_branches_in_its_batch():
+    """The batch generates as far as its longest reference rest; a branch whose (unfinished)
+    reference stopped after 2 more tokens and that ends only 3 tokens later is a tie alone and
+    must stay one next to a branch with a longer rest (it once became "shorter" there)."""
+    import torch
+
+    from llmslim.shorten.sft import Branch, score_branches
+
+    EOS, PAD = 9, 0
+
+    class Scripted(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def generate(self, input_ids, **kwargs):
+            rows = torch.tensor([[5, 5, EOS, PAD, PAD, PAD]] * input_ids.shape[0])
+            return torch.cat([input_ids, rows[:, : kwargs["max_new_tokens"]]], dim=1)
+
+    class Tok:
+        pad_token_id = PAD
+
+    def branch(rest, finished):
+        return Branch(ref=0, pos=1, alt=3, context=[1, 2], logp_ref=torch.zeros(10), ref_remaining=rest, ref_finished=finished)
+
+    alone = [branch(2, False)]
+    score_branches(Scripted(), Tok(), alone, {EOS})
+    together = [branch(2, False), branch(6, True)]
+    score_branches(Scripted(), Tok(), together, {EOS})
+    assert (alone[0].advantage, alone[0].tied, alone[0].branch_len) == (-1, True, 3)
+    assert (together[0].advantage, together[0].tied, together[0].branch_len) == (-1, True, 3)
+    assert (together[1].advantage, together[1].branch_len) == (1, 4)  # ends 4 tokens in, before its rest of 6
