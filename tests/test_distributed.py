@@ -120,10 +120,30 @@ def test_budget_train_shares_each_epoch_between_the_processes(tmp_path, tiny_lla
     assert (tmp_path / "pt" / "config.json").is_file()
 
 
+def test_sparsity_collect_on_two_processes_equals_one(tmp_path, tiny_llama_dir, corpus, data_dir):
+    """Each process traces every other example (windows and ARC prompts of other lengths, an odd
+    count); rank 0 puts the rows back in example order and alone writes the traces."""
+    common = ["sparsity", "collect", tiny_llama_dir, "--data", f"{corpus},arc_easy", "--limit", "5", "--seqlen", "16",
+              "--criteria", "plainact,fisher", "--batch-size", "2", "--json"]
+    one = llmslim(common + ["--out", tmp_path / "one"])
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = llmslim(common + ["--out", tmp_path / "two"], processes=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert json.loads(two.stdout)["examples"] == json.loads(one.stdout)["examples"] == 10
+    a, b = torch.load(tmp_path / "one" / "traces.pt"), torch.load(tmp_path / "two" / "traces.pt")
+    assert b["meta"]["processes"] == 2 and b["meta"]["n"] == 10
+    for key in ("features", "features_pre", "layer_inputs"):
+        assert torch.allclose(a[key].float(), b[key].float(), rtol=1e-4, atol=1e-5), key
+    for kind in ("heads", "neurons"):
+        for c in ("plainact", "fisher"):
+            assert torch.allclose(a[kind][c], b[kind][c], rtol=1e-4, atol=1e-6), (kind, c)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt", "one", "two"]
+
+
 def test_a_command_that_runs_in_one_process_refuses_a_launcher(tiny_llama_dir):
     result = llmslim(["info", tiny_llama_dir], processes=2)
     assert result.returncode != 0
-    assert "info runs in one process; under torchrun or accelerate launch run one of: prune, recover, shorten rl, shorten sft, budget train, diffuse adapt, diffuse distill" in result.stderr
+    assert "info runs in one process; under torchrun or accelerate launch run one of: prune, recover, shorten rl, shorten sft, budget train, sparsity collect, diffuse adapt, diffuse distill" in result.stderr
 
 
 def test_the_listed_distributed_commands_are_the_ones_that_share_work():

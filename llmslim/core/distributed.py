@@ -79,6 +79,15 @@ def sum_(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def gather_to_main(obj):
+    """Every process's `obj` (any picklable), in rank order, on rank 0; None on the others."""
+    if not _active():
+        return [obj]
+    gathered = [None] * world() if is_main() else None
+    torch.distributed.gather_object(obj, gathered, dst=0)
+    return gathered
+
+
 def sum_int(value: int) -> int:
     return int(sum_(torch.tensor([value], dtype=torch.long, device=reduce_device())).item())
 

@@ -28,7 +28,7 @@ from llmslim.core.outputs import atomic_dir, atomic_write_text, check_creatable,
 
 RESULTS_FILE = "results.json"
 # the commands that share their work across processes (Command.distributed)
-DISTRIBUTED_COMMANDS = ("prune", "recover", "shorten rl", "shorten sft", "budget train", "diffuse adapt", "diffuse distill")
+DISTRIBUTED_COMMANDS = ("prune", "recover", "shorten rl", "shorten sft", "budget train", "sparsity collect", "diffuse adapt", "diffuse distill")
 
 
 @dataclass(kw_only=True)

@@ -231,6 +231,6 @@ def render_bench(result: dict) -> None:
 GENERATE_COMMAND = Command("sparsity generate", lambda job: jobs.validate_use(job, bench=False), jobs.run_generate, render_generate)
 BENCH_COMMAND = Command("sparsity bench", lambda job: jobs.validate_use(job, bench=True), jobs.run_bench, render_bench)
 COLLECT = Command("sparsity collect", jobs.validate_collect, jobs.run_collect, render_collect, model_purpose="gradients",
-                  needs_out=True)
+                  needs_out=True, distributed=True)
 TRAIN_COMMAND = Command("sparsity train", jobs.validate_train, jobs.run_train, render_train, model_purpose=None)
 EVAL_COMMAND = Command("sparsity eval", jobs.validate_eval, jobs.run_eval, render_eval)

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from llmslim.core import distributed
 from llmslim.core.arch import adapter_for, model_fingerprint, text_config
 from llmslim.core.data import read_torch_file
 from llmslim.core.errors import DataError
@@ -179,35 +180,62 @@ def trace_batch(model, ids: torch.Tensor, decide_at: list[int], crits: list[str]
 
 
 def collect(model, examples: list[Example], criteria: list[str], *, batch_size: int = 8, progress=None) -> Traces:
-    """Traces of `examples` (equal-length neighbours share a batch)."""
+    """Traces of `examples` (equal-length neighbours share a batch). Under torchrun process r
+    traces examples r, r + N, ...; rank 0 gathers the rows back into the examples' order and
+    returns all of them (each other process returns its own)."""
     if not examples:
         raise DataError("no examples to trace")
     crits = C.parse(criteria)
+    if len(examples) < distributed.world():
+        raise DataError(f"{len(examples)} examples for {distributed.world()} processes: each needs one at least")
+    mine = distributed.shard(list(range(len(examples))))
     parts = []
     t0 = time.perf_counter()
     with trainable_only(model):  # gradients flow to the activations only
         i = 0
-        while i < len(examples):
+        while i < len(mine):
             n = 1
-            while n < batch_size and i + n < len(examples) and examples[i + n].ids.numel() == examples[i].ids.numel():
+            while n < batch_size and i + n < len(mine) and examples[mine[i + n]].ids.numel() == examples[mine[i]].ids.numel():
                 n += 1
-            chunk = examples[i : i + n]
+            chunk = [examples[j] for j in mine[i : i + n]]
             parts.append(trace_batch(model, torch.stack([e.ids for e in chunk]), [e.decide_at for e in chunk], crits,
                                      [e.loss_from for e in chunk]))
             i += n
             if progress:
-                progress(n)
-    cat = lambda key: torch.cat([p[key] for p in parts])  # noqa: E731
+                progress(n * distributed.world())  # the bar counts every process's examples
+    rows = {"features": _cat(parts, "features"), "features_pre": _cat(parts, "features_pre"),
+            "layer_inputs": _cat(parts, "layer_inputs").half(),
+            "heads": {c: torch.cat([p["heads"][c] for p in parts]) for c in crits},
+            "neurons": {c: torch.cat([p["neurons"][c] for p in parts]) for c in crits}}
+    if distributed.world() > 1:
+        rows = _in_example_order(distributed.gather_to_main((mine, rows))) or rows
     return Traces(
-        features=cat("features"),
-        features_pre=cat("features_pre"),
-        layer_inputs=cat("layer_inputs").half(),
-        heads={c: torch.cat([p["heads"][c] for p in parts]) for c in crits},
-        neurons={c: torch.cat([p["neurons"][c] for p in parts]) for c in crits},
+        **rows,
         meta={**shape(model), "fingerprint": model_fingerprint(model), "criteria": crits, "n": len(examples),
-              "collect_s": time.perf_counter() - t0,
+              "collect_s": time.perf_counter() - t0, "processes": distributed.world(),
               "sources": sorted({e.source for e in examples}), "tokens": sum(e.ids.numel() for e in examples)},
     )
+
+
+def _cat(parts: list[dict], key: str) -> torch.Tensor:
+    return torch.cat([p[key] for p in parts])
+
+
+def _in_example_order(gathered: list | None) -> dict | None:
+    """Rank 0: the processes' (example indices, rows) merged into one set of rows in example
+    order; None on the other processes."""
+    if gathered is None:
+        return None
+    order = torch.tensor([j for indices, _ in gathered for j in indices]).argsort()
+
+    def merge(get):
+        return torch.cat([get(rows) for _, rows in gathered])[order]
+
+    first = gathered[0][1]
+    return {"features": merge(lambda r: r["features"]), "features_pre": merge(lambda r: r["features_pre"]),
+            "layer_inputs": merge(lambda r: r["layer_inputs"]),
+            "heads": {c: merge(lambda r, c=c: r["heads"][c]) for c in first["heads"]},
+            "neurons": {c: merge(lambda r, c=c: r["neurons"][c]) for c in first["neurons"]}}
 
 
 # ---------------------------------------------------------------- example builders
