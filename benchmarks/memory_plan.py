@@ -4,8 +4,10 @@ reports its peak RSS (CPU) or max allocated bytes (CUDA), next to the plan's tot
     .venv/bin/python benchmarks/memory_plan.py                       # every case, CPU
     .venv/bin/python benchmarks/memory_plan.py --cases prune:smollm2-135m:256
 
-Cases: prune:SPEC:SEQLEN (one calibration window, afr:abs: SNIP + ReFer, per window) and
-recover:SPEC:SEQLEN:BATCH:full|lora (two training steps, the same model as teacher, kd 0.5).
+Cases: prune:SPEC:SEQLEN (one calibration window, afr:abs: SNIP + ReFer, per window),
+recover:SPEC:SEQLEN:BATCH:full|lora (two training steps, the same model as teacher, kd 0.5) and
+distill:SPEC:SEQLEN:BATCH (two SDTT steps of SPEC with a MASK token added: student, teacher copy,
+EMA, as `diffuse distill` holds them).
 Writes benchmarks/results/memory_plan.json (resumable: finished cases are kept).
 """
 
@@ -16,7 +18,8 @@ import sys
 from pathlib import Path
 
 DEFAULT = ("prune:smollm2-135m:256,prune:smollm2-135m:1024,prune:random:smollm2-135m:512,"
-           "prune:random:llama-1b:256,recover:smollm2-135m:256:4:full,recover:smollm2-135m:256:4:lora")
+           "prune:random:llama-1b:256,recover:smollm2-135m:256:4:full,recover:smollm2-135m:256:4:lora,"
+           "distill:smollm2-135m:128:8,distill:smollm2-135m:256:4")
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--cases", default=DEFAULT)
@@ -64,6 +67,38 @@ def run_case(case: str) -> dict:
         collect_for(model, windows, ["afr:abs"])  # no GMM: its fit takes minutes on CPU and little memory
         parts = P.prune_parts(shapes, weight_bytes=P.DTYPE_BYTES[dtype], seqlen=seqlen, batch=1, refer=True, snip=True,
                               signed_kinds=0, device_type=device.type)
+    elif kind == "distill":
+        import copy
+
+        from transformers.trainer_callback import PrinterCallback
+
+        from llmslim.core.data import WindowDataset
+        from llmslim.core.load import _convert_gguf, load_tokenizer, resolve_model
+        from llmslim.core.training import training_args
+        from llmslim.diffuse.jobs import SDTT_LOGIT_COPIES
+        from llmslim.diffuse.train import EMA, EMAUpdate, SDTTTrainer, add_mask_token
+
+        batch = int(rest[0])
+        student = load("training")
+        folder, gguf = resolve_model(spec)
+        mask_id = add_mask_token(student, load_tokenizer(str(_convert_gguf(folder, gguf)) if gguf else folder))
+        shapes = P.shapes_of(student.config)  # the vocabulary with MASK, as the diffusion folder's config
+        teacher = copy.deepcopy(student).eval().requires_grad_(False)
+        ema = EMA(student, 0.9999)
+        windows = torch.randint(0, shapes.vocab - 1, (4 * batch, seqlen), generator=gen)
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as work:
+            trainer = SDTTTrainer(model=student, args=training_args(work, batch_size=batch, lr=1e-4, max_steps=2, warmup_steps=0,
+                                                                     scheduler="constant", seed=0, device=device, dtype=student.dtype),
+                                  train_dataset=WindowDataset(windows), teacher=teacher, dt=1 / 64, mask_id=mask_id,
+                                  divergence="kl", teacher_steps=2, callbacks=[EMAUpdate(ema, student)])
+            trainer.remove_callback(PrinterCallback)
+            trainer.train()
+        parts = {**P.training_parts(shapes, full=True, lora_r=0, batch=batch, seqlen=seqlen, act_bytes=2 if device.type == "cuda" else 4,
+                                    teacher=shapes, teacher_bytes=P.DTYPE_BYTES[student.dtype], device_type=device.type,
+                                    logit_copies=SDTT_LOGIT_COPIES),
+                 "EMA weights": shapes.params * 4}
     else:
         from llmslim.recover.jobs import RecoverJob, train
 

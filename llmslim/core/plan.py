@@ -161,14 +161,16 @@ def compare_parts(s: Shapes, *, weight_bytes: int, copies: int, device_type: str
 
 
 def training_parts(s: Shapes, *, full: bool, lora_r: int, batch: int, seqlen: int, act_bytes: int,
-                   teacher: Shapes | None, teacher_bytes: int, device_type: str) -> dict[str, int]:
-    """fp32 trained weights (core/device: "training"), AdamW, activations, a teacher for KD."""
+                   teacher: Shapes | None, teacher_bytes: int, device_type: str, logit_copies: int | None = None) -> dict[str, int]:
+    """fp32 trained weights (core/device: "training"), AdamW, activations, a teacher for KD.
+    `logit_copies`: the loss's fp32 [tokens, vocab] tensors alive at once, where a loss other
+    than recover's keeps another number."""
     tokens = batch * seqlen
     trainable = s.params if full else sum(lora_r * (i + o) for i, o in s.linear_sizes)
-    # fp32 [tokens, vocab] tensors alive at the loss (recover/kd.py): logits, their fp32 slice and
-    # masked rows, CE's log-softmax; with distillation also the tempered student log-softmax and
-    # the teacher's logits, slice, log-softmax, probabilities and the KL terms
-    logit_copies = 11 if teacher is not None else 4
+    # fp32 [tokens, vocab] tensors alive at recover's loss (recover/kd.py): logits, their fp32
+    # slice and masked rows, CE's log-softmax; with distillation also the tempered student
+    # log-softmax and the teacher's logits, slice, log-softmax, probabilities and the KL terms
+    logit_copies = logit_copies or (11 if teacher is not None else 4)
     parts = {
         "runtime": RUNTIME_BYTES.get(device_type, RUNTIME_BYTES["cpu"]),
         "weights": s.params * 4 + (0 if full else trainable * 4),

@@ -70,6 +70,7 @@ def distill(
     ema: Annotated[float, typer.Option("--ema", help="Decay of the student's weight average (what is saved and sampled); 0: none.", rich_help_panel=TRAINING)] = 0.9999,
     checkpoint_dir: CheckpointDirOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Skip the rounds already saved in --checkpoint-dir.", rich_help_panel=TRAINING)] = False,
+    dry_run: DryRunOpt = False,
     out: OutOpt = None,
     force: ForceOpt = False,
     json: JsonOpt = False,
@@ -82,7 +83,7 @@ def distill(
     job = jobs.DistillJob(model=model, rounds=rounds, steps_per_round=steps_per_round, start_steps=start_sampling_steps,
                           divergence=divergence, teacher_steps=teacher_steps, data=data, batch_size=batch_size, lr=lr,
                           warmup_steps=warmup_steps, ema=ema, checkpoint_dir=checkpoint_dir, resume=resume, out=out,
-                          force=force, seed=seed, device=device, dtype=dtype)
+                          force=force, seed=seed, device=device, dtype=dtype, dry_run=dry_run)
     run_command(DISTILL, job, json_out=json, quiet=quiet)
 
 
@@ -166,6 +167,6 @@ def render_eval(result: dict) -> None:
 ADAPT = Command("diffuse adapt", jobs.validate_adapt, jobs.run_adapt, render_adapt, model_purpose="training", needs_out=True,
                 distributed=True, plan=jobs.memory_plan_adapt)
 DISTILL = Command("diffuse distill", jobs.validate_distill, jobs.run_distill, render_distill, model_purpose="training", needs_out=True,
-                  distributed=True)
+                  distributed=True, plan=jobs.memory_plan_distill)
 SAMPLE = Command("diffuse sample", jobs.validate_sample, jobs.run_sample, render_sample)
 EVAL = Command("diffuse eval", jobs.validate_eval, jobs.run_eval, render_eval)

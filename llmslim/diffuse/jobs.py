@@ -175,6 +175,7 @@ class DistillJob(CommonOptions):
     ema: float = 0.9999  # the reference's decay (with its (1 + n) / (10 + n) warm-up)
     resume: bool = False
     checkpoint_dir: Path | None = None
+    dry_run: bool = False  # print the memory plan and stop
 
     @property
     def work_dir(self) -> Path:
@@ -200,6 +201,43 @@ def validate_distill(job: DistillJob) -> None:
     check_text_source(job.data)
     resolve_model(job.model)
     _check_diffusion_folder(job.model)
+
+
+# fp32 [tokens, vocab] tensors alive at SDTT's loss (sdtt.py): the student's logits, shifted
+# copy and log-probabilities; each teacher step's logits, log-probabilities and transition
+# probabilities, the targets; the divergence's sliced rows of both with their exp. Fitted to
+# peak RSS on SmolLM2 (benchmarks/memory_plan.py: 11 left 0.86 of the measured peak, 16.7 fits)
+SDTT_LOGIT_COPIES = 16
+
+
+def memory_plan_distill(job: DistillJob):
+    """A round's expected peak: the student trained in fp32 with AdamW, the teacher (a copy of
+    it), the EMA's fp32 weights, activations at the diffusion window (config.json's seqlen) and
+    SDTT's loss; the option that would make it fit."""
+    from dataclasses import replace
+
+    from llmslim.core import plan as P
+    from llmslim.core.device import resolve_device, resolve_dtype
+
+    device = resolve_device(job.device)
+    config = P.model_config(job.model)
+    settings = getattr(config, "llmslim_diffusion", None) or {}
+    seqlen = settings.get("seqlen", 128)
+    shapes = P.shapes_of(config)
+    weight_bytes = P.DTYPE_BYTES[resolve_dtype(job.dtype, device, "training")]
+    available = P.available_bytes(device)
+
+    def parts(j: DistillJob) -> dict[str, int]:
+        return {**P.training_parts(shapes, full=True, lora_r=0, batch=j.batch_size, seqlen=seqlen,
+                                   act_bytes=2 if device.type == "cuda" else 4, teacher=shapes, teacher_bytes=weight_bytes,
+                                   device_type=device.type, logit_copies=SDTT_LOGIT_COPIES),
+                "EMA weights": shapes.params * 4}
+
+    candidates, batch = [], job.batch_size
+    while batch > 1:
+        batch //= 2
+        candidates.append((f"--batch-size {batch}", parts(replace(job, batch_size=batch))))
+    return P.MemoryPlan(str(device), parts(job), available, "a distillation round"), P.first_that_fits(str(device), available, candidates)
 
 
 def _round_done(out: Path, r: int) -> bool:

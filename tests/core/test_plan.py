@@ -77,3 +77,33 @@ def test_the_plan_is_the_largest_phase_and_scores_what_is_pruned(monkeypatch, ti
     plan = json.loads(invoke(["prune", tiny_llama_dir, "--target", "attn", "--ratio", "0.5", "--dry-run", "--json"]).output)
     assert plan["memory"]["parts_bytes"]["window scores"] == 2 * shapes.attn_params * 4
     assert shapes.attn_params != shapes.ffn_params
+
+
+def test_diffuse_distill_plans_a_round_at_the_diffusion_window(monkeypatch, tiny_llama_dir, tmp_path):
+    """The student, its teacher copy and EMA, at the seqlen the diffusion folder was adapted at;
+    too little memory names the batch that fits."""
+    import shutil
+
+    from llmslim.diffuse.jobs import SDTT_LOGIT_COPIES
+
+    folder = tmp_path / "mdlm"
+    shutil.copytree(tiny_llama_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["llmslim_diffusion"] = {"mask_token_id": 0, "seqlen": 48, "eps": 1e-3}
+    (folder / "config.json").write_text(json.dumps(config))
+    monkeypatch.setattr(load, "load_model", refuse)
+    shapes = P.shapes_of(P.model_config(str(folder)))
+    result = invoke(["diffuse", "distill", folder, "--batch-size", "4", "--dry-run", "--json"])
+    assert result.exit_code == 0, result.output
+    parts = json.loads(result.output)["memory"]["parts_bytes"]
+    assert parts["teacher"] == parts["EMA weights"] == shapes.params * 4
+    assert parts["logits and loss"] == SDTT_LOGIT_COPIES * 4 * 48 * shapes.vocab * 4
+
+    def total(batch):
+        return sum(json.loads(invoke(["diffuse", "distill", folder, "--batch-size", str(batch), "--dry-run", "--json"])
+                              .output)["memory"]["parts_bytes"].values())
+
+    room = (total(1) + total(2)) // 2
+    monkeypatch.setattr(P, "available_bytes", lambda device: room)
+    result = invoke(["diffuse", "distill", folder, "--batch-size", "8", "--out", tmp_path / "students"])
+    assert result.exit_code != 0 and "--batch-size 1 would fit" in str(result.exception)
