@@ -7,7 +7,10 @@ reports its peak RSS (CPU) or max allocated bytes (CUDA), next to the plan's tot
 Cases: prune:SPEC:SEQLEN (one calibration window, afr:abs: SNIP + ReFer, per window),
 recover:SPEC:SEQLEN:BATCH:full|lora (two training steps, the same model as teacher, kd 0.5) and
 distill:SPEC:SEQLEN:BATCH (two SDTT steps of SPEC with a MASK token added: student, teacher copy,
-EMA, as `diffuse distill` holds them).
+EMA, as `diffuse distill` holds them) and shorten:rl|sft:SPEC:MAX_NEW_TOKENS:BATCH (the command
+itself on the first 8 Alpaca prompts with unfinished references kept: rl one step of 4 sampled
+answers per prompt, sft 8 steps, whose branch points, drawn anywhere in the answers' heads, reach
+further into them than one step's do).
 Writes benchmarks/results/memory_plan.json (resumable: finished cases are kept).
 """
 
@@ -19,7 +22,8 @@ from pathlib import Path
 
 DEFAULT = ("prune:smollm2-135m:256,prune:smollm2-135m:1024,prune:random:smollm2-135m:512,"
            "prune:random:llama-1b:256,recover:smollm2-135m:256:4:full,recover:smollm2-135m:256:4:lora,"
-           "distill:smollm2-135m:128:8,distill:smollm2-135m:256:4")
+           "distill:smollm2-135m:128:8,distill:smollm2-135m:256:4,shorten:rl:smollm2-135m:256:2,"
+           "shorten:rl:smollm2-135m:128:1,shorten:sft:smollm2-135m:256:4,shorten:sft:smollm2-135m:128:8")
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--cases", default=DEFAULT)
@@ -31,6 +35,9 @@ args = ap.parse_args()
 
 def split(case: str) -> list[str]:
     kind, rest = case.split(":", 1)
+    if kind == "shorten":  # shorten:rl:SPEC:... -> the method joins the kind
+        method, rest = rest.split(":", 1)
+        kind = f"shorten-{method}"
     if rest.startswith("random:"):
         name, *tail = rest[len("random:"):].split(":")
         return [kind, "random:" + name, *tail]
@@ -67,6 +74,33 @@ def run_case(case: str) -> dict:
         collect_for(model, windows, ["afr:abs"])  # no GMM: its fit takes minutes on CPU and little memory
         parts = P.prune_parts(shapes, weight_bytes=P.DTYPE_BYTES[dtype], seqlen=seqlen, batch=1, refer=True, snip=True,
                               signed_kinds=0, device_type=device.type)
+    elif kind.startswith("shorten-"):
+        import tempfile
+
+        from llmslim.cli import main
+        from llmslim.core.job import run_command
+        from llmslim.shorten import cli as shorten_cli
+
+        method, max_new, batch = kind.split("-", 1)[1], seqlen, int(rest[0])
+        jobs_seen = []
+
+        def keep_job(command, job, **kw):  # the job the command line made, for its plan below
+            jobs_seen.append(job)
+            return run_command(command, job, **kw)
+
+        shorten_cli.run_command = keep_job
+        with tempfile.TemporaryDirectory() as work:
+            argv = ["shorten", method, spec, "--limit", "8", "--val-size", "0", "--max-new-tokens", str(max_new), "--keep-unfinished",
+                    "--max-steps", "1" if method == "rl" else "8", "--batch-size", str(batch), "--ref-cache", f"{work}/cache", "--out", f"{work}/out",
+                    "--device", args.device, "--quiet"]
+            try:
+                main(argv)
+            except SystemExit as done:
+                if done.code:
+                    raise
+        from llmslim.shorten.jobs import memory_plan
+
+        parts = memory_plan(jobs_seen[0])[0].parts
     elif kind == "distill":
         import copy
 

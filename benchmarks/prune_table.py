@@ -69,6 +69,7 @@ parser.add_argument("--recover-steps", type=int, default=0, help="also recover e
 parser.add_argument("--recover-full", action="store_true", help="recover every weight instead of LoRA adapters")
 parser.add_argument("--recover-lr", type=float, default=None, help="recover's --lr (default: recover's)")
 parser.add_argument("--recover-kd", type=float, default=0.5, help="recover's --kd (the dense model is the teacher)")
+parser.add_argument("--recover-data", default="wikitext2", help="recover's --data (wikitext2, alpaca, a comma mix, a file)")
 parser.add_argument("--plot", action="store_true", help="also write OUT with .png: mean accuracy against parameters")
 args = parser.parse_args()
 if args.print_orders:
@@ -149,18 +150,20 @@ def recover(pruned) -> tuple[torch.nn.Module, dict]:
     with tempfile.TemporaryDirectory(prefix="prune-table-recover-") as work:
         job = RecoverJob(model=args.model, teacher=args.model, kd=args.recover_kd, max_steps=args.recover_steps,
                          full=args.recover_full, lr=args.recover_lr, seed=args.seed, device="cpu", dtype="float32",
-                         checkpoint_dir=Path(work))
+                         checkpoint_dir=Path(work), data=args.recover_data)
         trained, summary = train(pruned, tok, model if job.kd_weight > 0 else None, job)
     plain = merged(trained, job.full).eval()
-    return plain, {k: summary[k] for k in ("steps", "tokens", "train_s", "kd", "lr", "full", "trainable_params", "first_loss", "last_loss")}
+    return plain, {k: summary[k] for k in ("steps", "tokens", "train_s", "kd", "lr", "full", "data", "trainable_params", "first_loss",
+                                           "last_loss")}
 
 
 partial = Path(args.out + ".partial")
 rows = json.loads(partial.read_text()) if args.resume and partial.is_file() else []
-# a recovered row counts as done only with the same recovery (full or LoRA, lr, kd)
-recovery = {"full": args.recover_full, "lr": args.recover_lr, "kd": args.recover_kd}
+# a recovered row counts as done only with the same recovery (full or LoRA, lr, kd, data; rows
+# from before --recover-data were recovered on wikitext2)
+recovery = {"full": args.recover_full, "lr": args.recover_lr, "kd": args.recover_kd, "data": args.recover_data}
 rows = [r for r in rows if "recover" not in r or
-        {k: r["recover"][k] for k in ("full", "kd")} == {"full": recovery["full"], "kd": recovery["kd"]}
+        (r["recover"]["full"], r["recover"]["kd"], r["recover"].get("data", "wikitext2")) == (recovery["full"], recovery["kd"], recovery["data"])
         and (recovery["lr"] is None or r["recover"]["lr"] == recovery["lr"])]
 done = {(r["ratio"], r["method"]) for r in rows}
 
@@ -177,7 +180,7 @@ if (0.0, "dense") not in done:  # first: every percentage in the table is of it
           "eval_s": time.perf_counter() - t0})
 for ratio in [float(r) for r in args.ratios.split(",")]:
     for spec in args.methods.split(","):
-        recovered_name = f"{spec} + recover {args.recover_steps}"
+        recovered_name = f"{spec} + recover {args.recover_steps}" + ("" if args.recover_data == "wikitext2" else f" on {args.recover_data}")
         if (ratio, spec) in done and (not args.recover_steps or (ratio, recovered_name) in done):
             continue
         method, cfg, allocation = score_config(spec)

@@ -52,6 +52,7 @@ class Shapes:
     vocab: int
     attn_params: int = 0  # q, k, v, o weights of every layer (what --target attn scores)
     linear_sizes: list[tuple[int, int]] = field(default_factory=list)  # (in, out) of every decoder linear
+    linear_names: list[str] = field(default_factory=list)  # their module names (q_proj, ...), in the same order
 
 
 @dataclass
@@ -118,10 +119,12 @@ def shapes_of(config) -> Shapes:
         a = adapter.attention(layer, tc)
         mats = {id(b.linear): b.linear for b in (a.q, a.k, a.v)} | {id(a.o): a.o}  # a fused qkv once
         attn_params += sum(m.weight.numel() for m in mats.values())
-    linears = [(m.in_features, m.out_features) for layer in layers for m in layer.modules() if isinstance(m, torch.nn.Linear)]
+    named = [(name.rsplit(".", 1)[-1], m) for layer in layers for name, m in layer.named_modules() if isinstance(m, torch.nn.Linear)]
+    linears = [(m.in_features, m.out_features) for _, m in named]
     return Shapes(params=count_params(model), ffn_params=ffn_params, attn_params=attn_params, layers=len(layers), hidden=tc.hidden_size,
                   intermediate=max(f.width for f in ffn), heads=attn.n_heads, kv_heads=attn.n_kv_heads,
-                  head_dim=attn.head_dim, vocab=model.get_output_embeddings().weight.shape[0], linear_sizes=linears)
+                  head_dim=attn.head_dim, vocab=model.get_output_embeddings().weight.shape[0], linear_sizes=linears,
+                  linear_names=[name for name, _ in named])
 
 
 def activations(s: Shapes, tokens: int, seqlen: int, act_bytes: int) -> int:
@@ -161,12 +164,18 @@ def compare_parts(s: Shapes, *, weight_bytes: int, copies: int, device_type: str
 
 
 def training_parts(s: Shapes, *, full: bool, lora_r: int, batch: int, seqlen: int, act_bytes: int,
-                   teacher: Shapes | None, teacher_bytes: int, device_type: str, logit_copies: int | None = None) -> dict[str, int]:
+                   teacher: Shapes | None, teacher_bytes: int, device_type: str, logit_copies: int | None = None,
+                   modules: list[str] | None = None) -> dict[str, int]:
     """fp32 trained weights (core/device: "training"), AdamW, activations, a teacher for KD.
     `logit_copies`: the loss's fp32 [tokens, vocab] tensors alive at once, where a loss other
-    than recover's keeps another number."""
+    than recover's keeps another number. `modules`: only the linears of these names train (in
+    place, or their LoRA adapters), as shorten's --train-modules; None: all of them."""
     tokens = batch * seqlen
-    trainable = s.params if full else sum(lora_r * (i + o) for i, o in s.linear_sizes)
+    sizes = [io for io, name in zip(s.linear_sizes, s.linear_names) if modules is None or name in modules]
+    if full:
+        trainable = s.params if modules is None else sum(i * o for i, o in sizes)
+    else:
+        trainable = sum(lora_r * (i + o) for i, o in sizes)
     # fp32 [tokens, vocab] tensors alive at recover's loss (recover/kd.py): logits, their fp32
     # slice and masked rows, CE's log-softmax; with distillation also the tempered student
     # log-softmax and the teacher's logits, slice, log-softmax, probabilities and the KL terms

@@ -9,7 +9,7 @@ import typer
 
 from llmslim.core import report
 from llmslim.core.job import Command, run_command
-from llmslim.core.options import (DEVICE, DTYPE, MODEL, SEED, CheckpointDirOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, LoraROpt,
+from llmslim.core.options import (DEVICE, DTYPE, MODEL, SEED, CheckpointDirOpt, DeviceOpt, DryRunOpt, DtypeOpt, ForceOpt, JsonOpt, LoraROpt,
                                   MaxStepsOpt, ModelArg, OutOpt, QuietOpt, ResumeOpt, SaveEveryOpt, SeedOpt)
 from llmslim.shorten import jobs
 from llmslim.shorten.params import DEFAULT_MODULES
@@ -37,12 +37,13 @@ SimOpt = Annotated[Optional[str], typer.Option("--sim-model", help="sentence-tra
 
 
 def _train(method: str, model, cfg, *, prompts, limit, val_size, max_new_tokens, max_ref_tokens, keep_unfinished,
-           sim_model, ref_cache, regenerate, out, force, resume, checkpoint_dir, json, quiet, seed, device, dtype) -> None:
+           sim_model, ref_cache, regenerate, out, force, resume, checkpoint_dir, json, quiet, seed, device, dtype,
+           dry_run) -> None:
     job = jobs.TrainJob(method=method, model=model, prompts=prompts, limit=limit, val_size=val_size,
                         max_new_tokens=max_new_tokens, max_ref_tokens=max_ref_tokens, keep_unfinished=keep_unfinished,
                         sim_model=sim_model, ref_cache=ref_cache, regenerate=regenerate,
-                        out=out or jobs.default_out(model, method), force=force, resume=resume,
-                        checkpoint_dir=checkpoint_dir, seed=seed, device=device, dtype=dtype, method_config=cfg)
+                        out=out if dry_run else out or jobs.default_out(model, method), force=force, resume=resume,
+                        checkpoint_dir=checkpoint_dir, seed=seed, device=device, dtype=dtype, method_config=cfg, dry_run=dry_run)
     run_command(TRAIN_COMMANDS[method], job, json_out=json, quiet=quiet)
 
 
@@ -74,6 +75,7 @@ def rl(
     keep_unfinished: UnfinishedOpt = False,
     ref_cache: RefCacheOpt = None,
     regenerate: RegenOpt = False,
+    dry_run: DryRunOpt = False,
     out: OutOpt = None,
     force: ForceOpt = False,
     json: JsonOpt = False,
@@ -92,7 +94,7 @@ def rl(
     _train("rl", model, cfg, prompts=prompts, limit=limit, val_size=val_size, max_new_tokens=max_new_tokens,
            max_ref_tokens=max_ref_tokens, keep_unfinished=keep_unfinished, sim_model=sim_model, ref_cache=ref_cache,
            regenerate=regenerate, out=out, force=force, resume=resume, checkpoint_dir=checkpoint_dir, json=json,
-           quiet=quiet, seed=seed, device=device, dtype=dtype)
+           quiet=quiet, seed=seed, device=device, dtype=dtype, dry_run=dry_run)
 
 
 @app.command("sft")
@@ -122,6 +124,7 @@ def sft(
     keep_unfinished: UnfinishedOpt = False,
     ref_cache: RefCacheOpt = None,
     regenerate: RegenOpt = False,
+    dry_run: DryRunOpt = False,
     out: OutOpt = None,
     force: ForceOpt = False,
     json: JsonOpt = False,
@@ -140,7 +143,7 @@ def sft(
     _train("sft", model, cfg, prompts=prompts, limit=limit, val_size=val_size, max_new_tokens=max_new_tokens,
            max_ref_tokens=max_ref_tokens, keep_unfinished=keep_unfinished, sim_model=None, ref_cache=ref_cache,
            regenerate=regenerate, out=out, force=force, resume=resume, checkpoint_dir=checkpoint_dir, json=json,
-           quiet=quiet, seed=seed, device=device, dtype=dtype)
+           quiet=quiet, seed=seed, device=device, dtype=dtype, dry_run=dry_run)
 
 
 @app.command("eval")
@@ -200,6 +203,6 @@ def render_eval(result: dict) -> None:
 
 
 TRAIN_COMMANDS = {method: Command(f"shorten {method}", jobs.validate_train, jobs.run_train, render_train, model_purpose="training",
-                                  distributed=True)
+                                  distributed=True, plan=jobs.memory_plan)
                   for method in ("rl", "sft")}
 EVAL_COMMAND = Command("shorten eval", jobs.validate_eval, jobs.run_eval, render_eval, model_purpose=None)

@@ -40,6 +40,7 @@ class TrainJob(CommonOptions):
     resume: bool = False
     checkpoint_dir: Path | None = None
     method_config: object = None  # RLConfig or SFTConfig
+    dry_run: bool = False  # print the memory plan and stop
 
     @property
     def work_dir(self) -> Path:
@@ -96,6 +97,72 @@ def validate_train(job: TrainJob) -> None:
     if job.resume and not job.work_dir.is_dir():
         raise BadOptionError(f"--resume: no checkpoint folder {job.work_dir}")
     _prompts(job)  # a missing or short prompts file fails here
+
+
+# Prompt length before the tokenizer is read: at most one token per 3 UTF-8 bytes (English BPE
+# averages about 4), plus the chat template's wrapping
+PROMPT_BYTES_PER_TOKEN = 3
+CHAT_TEMPLATE_TOKENS = 32
+# fp32 [sequences x tokens, vocab] tensors alive at the loss; fitted to peak RSS on SmolLM2
+# (benchmarks/memory_plan.py; docs/distributed.md has the table)
+RL_LOGIT_COPIES = 6  # GRPO: the policy's logits, tempered copy, log-softmax, entropy terms; the reference's (4 left 0.87)
+SFT_LOGIT_COPIES = 2  # the contexts' logits (every position) and their fp32 copy
+
+
+def memory_plan(job: TrainJob):
+    """The training step's expected peak from the config (core/plan.py): the model in fp32, the
+    trained q/k/v (or LoRA adapters) with AdamW, activations for the step's sequences, the loss's
+    logits, GRPO's reference model (beta > 0 without LoRA: TRL loads a second copy) and the
+    similarity model; the option that would make it fit."""
+    import math
+    from dataclasses import replace
+
+    from llmslim.core import plan as P
+    from llmslim.core.device import resolve_device, resolve_dtype
+    from llmslim.shorten.params import parse_modules
+
+    cfg = _method_config(job)
+    device = resolve_device(job.device)
+    shapes = P.shapes_of(P.model_config(job.model))
+    weight_bytes = P.DTYPE_BYTES[resolve_dtype(job.dtype, device, "training")]
+    prompt_tokens = max(len(p.encode("utf-8")) for p in _prompts(job)[0]) // PROMPT_BYTES_PER_TOKEN + CHAT_TEMPLATE_TOKENS
+    available = P.available_bytes(device)
+    act_bytes = 2 if device.type == "cuda" else 4
+
+    def parts(c) -> dict[str, int]:
+        if job.method == "rl":  # batch x generations sequences of prompt + completion
+            completion = c.completion_limit or math.ceil(job.max_new_tokens * 1.25) + 8  # the auto limit's bound
+            batch, seqlen, copies = c.batch_size * c.num_generations, prompt_tokens + completion, RL_LOGIT_COPIES
+            reference = shapes if c.beta > 0 and not c.lora else None
+        else:  # batch contexts: prompt + the answer's head
+            batch, seqlen, copies = c.batch_size, prompt_tokens + math.ceil(job.max_new_tokens * c.head_ratio), SFT_LOGIT_COPIES
+            reference = None
+        out = P.training_parts(shapes, full=not c.lora, lora_r=c.lora_r, batch=batch, seqlen=seqlen, act_bytes=act_bytes,
+                               teacher=reference, teacher_bytes=weight_bytes, device_type=device.type, logit_copies=copies,
+                               modules=parse_modules(c.train_modules))
+        if "teacher" in out:
+            out["reference model"] = out.pop("teacher")
+        if job.method == "rl":
+            out["similarity model"] = _sim_model_bytes(job.sim_model)
+        return out
+
+    candidates, batch = [], cfg.batch_size
+    while batch > 1:
+        batch //= 2
+        candidates.append((f"--batch-size {batch}", parts(replace(cfg, batch_size=batch))))
+    if not cfg.lora:
+        candidates.append(("--lora", parts(replace(cfg, lora=True))))
+    return P.MemoryPlan(str(device), parts(cfg), available, f"one {job.method} training step"), P.first_that_fits(str(device), available, candidates)
+
+
+def _sim_model_bytes(spec: str | None) -> int:
+    """The sentence embedder's weights as stored (fp32 on the CPU, as the reward runs it)."""
+    from llmslim.shorten.reward import resolve_sim_model
+
+    folder = Path(resolve_sim_model(spec))
+    if not folder.is_dir():  # a hub id: its size is unknown until it downloads
+        return 0
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.suffix in (".safetensors", ".bin"))
 
 
 def _step_progress(ctx: Context, method: str, steps: int):

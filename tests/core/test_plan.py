@@ -107,3 +107,31 @@ def test_diffuse_distill_plans_a_round_at_the_diffusion_window(monkeypatch, tiny
     monkeypatch.setattr(P, "available_bytes", lambda device: room)
     result = invoke(["diffuse", "distill", folder, "--batch-size", "8", "--out", tmp_path / "students"])
     assert result.exit_code != 0 and "--batch-size 1 would fit" in str(result.exception)
+
+
+def test_shorten_plans_its_step_and_trains_only_the_chosen_modules(monkeypatch, tiny_llama_dir, tmp_path):
+    """rl: batch x generations sequences, TRL's reference copy (beta > 0, no LoRA) and the
+    similarity model; sft: neither. Gradients and AdamW for q/k/v only (the default modules)."""
+    monkeypatch.setattr(load, "load_model", refuse)
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps([{"instruction": "w1 w2 w3"} for _ in range(4)]))
+    common = [tiny_llama_dir, "--prompts", prompts, "--val-size", "1", "--max-new-tokens", "16", "--dry-run", "--json"]
+    shapes = P.shapes_of(P.model_config(str(tiny_llama_dir)))
+    qkv = sum(i * o for (i, o), name in zip(shapes.linear_sizes, shapes.linear_names) if name in ("q_proj", "k_proj", "v_proj"))
+    assert 0 < qkv < shapes.params
+
+    rl = json.loads(invoke(["shorten", "rl", *common]).output)["memory"]["parts_bytes"]
+    assert rl["gradients + AdamW"] == qkv * 12 and rl["reference model"] == shapes.params * 4 and rl["similarity model"] > 0
+    assert "reference model" not in json.loads(invoke(["shorten", "rl", *common, "--lora"]).output)["memory"]["parts_bytes"]
+    sft = json.loads(invoke(["shorten", "sft", *common]).output)["memory"]["parts_bytes"]
+    assert sft["gradients + AdamW"] == qkv * 12 and "reference model" not in sft and "similarity model" not in sft
+    assert sft["logits and loss"] < rl["logits and loss"]  # 4 contexts against 2 x 4 sampled answers
+
+    def total(batch):
+        return sum(json.loads(invoke(["shorten", "sft", *common, "--batch-size", str(batch)]).output)["memory"]["parts_bytes"].values())
+
+    room = (total(1) + total(2)) // 2
+    monkeypatch.setattr(P, "available_bytes", lambda device: room)
+    result = invoke(["shorten", "sft", tiny_llama_dir, "--prompts", prompts, "--val-size", "1", "--max-new-tokens", "16",
+                     "--batch-size", "8", "--out", tmp_path / "short"])
+    assert result.exit_code != 0 and "--batch-size 1 would fit" in str(result.exception)
