@@ -93,6 +93,13 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as err:  # noqa: BLE001 - not bad input: a bug of ours or of a library
         if debug:
             raise
+        from llmslim.core import distributed
+
+        if distributed.is_collective_failure(err):
+            from llmslim.core.errors import JobStoppedError
+
+            sys.stderr.write(f"error: {JobStoppedError('a collective failed: another process of this job is gone')}\n")
+            sys.exit(1)
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         sys.stderr.write(
             f"internal error: {type(err).__name__}: {first}\n"

@@ -196,4 +196,19 @@ def test_a_killed_process_fails_the_job_and_writes_nothing(tmp_path, tiny_llama_
     _, stderr = launcher.communicate(timeout=120)
     assert launcher.returncode != 0
     assert "llmslim" in stderr and "FAILED" in stderr.upper()  # torchrun's report names the failed process
+    # the surviving process says what happened in one line of ours (it used to die silently)
+    ours = [line for line in stderr.splitlines() if line.startswith("error: stopped (SIGTERM: the launcher stops the other processes")]
+    assert len(ours) == 1 and "no --out was written" in ours[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt"]
+
+
+def test_a_failed_collective_is_reported_as_a_stopped_job_not_a_bug(monkeypatch):
+    """Under a launcher, gloo's error when the other process vanished mid-collective is one line
+    naming that, not "internal error ... a bug in llmslim"; a plain RuntimeError stays a bug."""
+    from llmslim.core.distributed import is_collective_failure
+
+    gone = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:4567")
+    assert not is_collective_failure(gone)  # one process: no launcher, so not a collective
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert is_collective_failure(gone)
+    assert not is_collective_failure(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))

@@ -11,6 +11,7 @@ them unconditionally.
 from __future__ import annotations
 
 import os
+import signal
 from contextlib import contextmanager
 from datetime import timedelta
 
@@ -39,6 +40,26 @@ def start(device: torch.device) -> None:
         # one process evaluates (lm-eval, perplexity) while the others wait at their next
         # collective: an evaluation may take an hour on CPU, far past torch's 10-30 min default
         PartialState(cpu=device.type == "cpu", timeout=timedelta(hours=COLLECTIVE_TIMEOUT_HOURS))
+        # when one process dies the launcher sends the others SIGTERM: end with our one line
+        # (and unwind, so no temp output is left) rather than die silently
+        signal.signal(signal.SIGTERM, _stopped_by_launcher)
+
+
+def _stopped_by_launcher(signum, frame):
+    from llmslim.core.errors import JobStoppedError
+
+    raise JobStoppedError()
+
+
+def is_collective_failure(err: BaseException) -> bool:
+    """A collective that failed because another process is gone (gloo: the connection closed;
+    nccl: the communicator aborted), as opposed to a bug: only under a launcher."""
+    if not launched():
+        return False
+    if isinstance(err, getattr(torch.distributed, "DistError", ())):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and any(word in text for word in ("gloo", "Gloo", "NCCL", "Connection closed by peer"))
 
 
 def rank() -> int:

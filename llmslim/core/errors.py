@@ -23,3 +23,11 @@ class OutputExistsError(LlmslimError):
 
 class BadOptionError(LlmslimError):
     pass
+
+
+class JobStoppedError(LlmslimError):
+    """Under torchrun / accelerate launch: another process of the job ended, so the launcher
+    stopped this one (or a collective with it failed)."""
+
+    def __init__(self, why: str = "SIGTERM: the launcher stops the other processes when one fails, or the job was cancelled"):
+        super().__init__(f"stopped ({why}); no --out was written (the launcher's report names a failed process)")
