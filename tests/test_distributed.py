@@ -2,6 +2,7 @@
 one-process result; one process writes and prints."""
 
 import json
+import math
 import os
 import random
 import shutil
@@ -98,7 +99,7 @@ def test_diffuse_distill_trains_with_ddp_and_one_process_writes_the_rounds(tmp_p
     result = json.loads(two.stdout)
     assert (result["processes"], result["tokens_per_round"]) == (2, 2 * 2 * 16 * 2)
     assert [(r["round"], r["steps"]) for r in result["rounds"]] == [(0, 2), (1, 2)]
-    assert all(r["last_loss"] == r["last_loss"] for r in result["rounds"])  # finite, not NaN
+    assert all(r["last_loss"] is not None and math.isfinite(r["last_loss"]) for r in result["rounds"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt", "mdlm", "students"]
     assert sorted(p.name for p in (tmp_path / "students").iterdir()) == ["results.json", "round-0", "round-1", "run.json"]
 
@@ -212,3 +213,34 @@ def test_a_failed_collective_is_reported_as_a_stopped_job_not_a_bug(monkeypatch)
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert is_collective_failure(gone)
     assert not is_collective_failure(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+
+
+def test_each_process_draws_its_own_noise_and_one_process_is_unchanged(monkeypatch):
+    """The Trainer seeds every process alike; ProcessSeed gives process r the seed + r stream
+    (diffusion noise, dropout), and leaves a one-process run's stream as the Trainer set it."""
+    from types import SimpleNamespace
+
+    from llmslim.core import distributed
+    from llmslim.core.training import ProcessSeed
+
+    def draws(rank, world):
+        monkeypatch.setattr(distributed, "rank", lambda: rank)
+        monkeypatch.setattr(distributed, "world", lambda: world)
+        torch.manual_seed(0)  # what the Trainer does in every process
+        ProcessSeed().on_train_begin(SimpleNamespace(seed=0), None, None)
+        return torch.rand(4)
+
+    torch.manual_seed(0)
+    trainers_stream = torch.rand(4)
+    assert torch.equal(draws(0, 1), trainers_stream)
+    assert not torch.equal(draws(0, 2), draws(1, 2))
+
+
+def test_the_plan_counts_ddps_gradient_buckets_under_a_launcher(monkeypatch, tiny_llama_dir):
+    from llmslim.core import plan as P
+
+    shapes = P.shapes_of(P.model_config(str(tiny_llama_dir)))
+    kwargs = dict(full=True, lora_r=0, batch=1, seqlen=16, act_bytes=4, teacher=None, teacher_bytes=0, device_type="cpu")
+    assert "DDP gradient buckets" not in P.training_parts(shapes, **kwargs)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert P.training_parts(shapes, **kwargs)["DDP gradient buckets"] == shapes.params * 4

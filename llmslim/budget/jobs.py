@@ -350,7 +350,8 @@ def run_train(job: Job, ctx: Context) -> dict:
 
     cfg, examples = job.options["config"], _train_examples(job)
     t0 = time.perf_counter()
-    loaded = load_model(job.backend.model or MODEL, device=job.backend.device, dtype=job.backend.dtype, purpose="training")
+    with distributed.main_first():  # a GGUF is converted once, into a cache the other processes then read
+        loaded = load_model(job.backend.model or MODEL, device=job.backend.device, dtype=job.backend.dtype, purpose="training")
     ctx.timings["load_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     steps = cfg.steps(len(examples))

@@ -113,15 +113,18 @@ def _lora(model, cfg: TrainConfig):
     return LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets, task_type="CAUSAL_LM")
 
 
-def _progress_callback(progress):
+def _callbacks(progress) -> list:
+    """The progress tick and a seed per process under torchrun (LoRA dropout)."""
     from transformers import TrainerCallback
+
+    from llmslim.core.training import ProcessSeed
 
     class Advance(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             if progress:
                 progress(1)
 
-    return Advance()
+    return [Advance(), ProcessSeed()]
 
 
 def _mixed_bf16(model) -> bool:
@@ -149,7 +152,7 @@ def sft(model, tokenizer, examples: list[dict], cfg: TrainConfig, workdir: Path,
         ddp_find_unused_parameters=False,  # under torchrun: every LoRA weight gets a gradient
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                         peft_config=_lora(model, cfg), callbacks=[_progress_callback(progress)])
+                         peft_config=_lora(model, cfg), callbacks=_callbacks(progress))
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # it prints every log dict on stdout (breaks --json)
@@ -179,7 +182,7 @@ def dpo(model, tokenizer, examples: list[dict], cfg: TrainConfig, workdir: Path,
         ddp_find_unused_parameters=False,
     )
     trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                         peft_config=_lora(model, cfg), callbacks=[_progress_callback(progress)])
+                         peft_config=_lora(model, cfg), callbacks=_callbacks(progress))
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # it prints every log dict on stdout (breaks --json)

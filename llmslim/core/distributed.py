@@ -100,6 +100,15 @@ def sum_(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def from_main(obj):
+    """Rank 0's `obj` (any picklable) in every process."""
+    if not _active():
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def gather_to_main(obj):
     """Every process's `obj` (any picklable), in rank order, on rank 0; None on the others."""
     if not _active():

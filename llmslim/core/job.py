@@ -110,7 +110,11 @@ def run_command(command: Command, cfg, *, json_out: bool = False, quiet: bool = 
         memory, advice = _plan(command, cfg)
         if getattr(cfg, "dry_run", False):
             return _print_plan(command, cfg, memory, advice, json_out)
+        # every process judges by rank 0's reading of free memory: one read later, after rank 0
+        # began loading, could refuse alone and end the job for a reason the others never saw
+        available = distributed.from_main(memory.available if memory is not None else None)
         if memory is not None:
+            memory.available = available
             from llmslim.core.plan import check
 
             check(memory, f"{advice} (--dry-run prints the plan)")
@@ -121,7 +125,8 @@ def run_command(command: Command, cfg, *, json_out: bool = False, quiet: bool = 
     if command.model_purpose is not None:
         from llmslim.core.load import load_model  # transformers: imported once there is work
 
-        loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, purpose=command.model_purpose)
+        with distributed.main_first():  # a GGUF is converted once, into a cache the others then read
+            loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, purpose=command.model_purpose)
     ctx = Context(loaded, None, {"load_s": time.perf_counter() - t0} if loaded is not None else {}, quiet or json_out)
     with report.progress(enabled=not (quiet or json_out)) as bar:
         ctx.progress = bar

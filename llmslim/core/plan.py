@@ -17,7 +17,8 @@ I the FFN width, H hidden, V vocabulary, F the FFN weights' count):
                  (2 I + H) x 4 per layer; fp32 signed sums per kind for the signed-sum order
     training     trained weights in fp32, their gradients and AdamW's two moments; the layers'
                  activations as above; 4 fp32 B x T x V tensors at the loss (11 with
-                 distillation: both models' logits, log-softmaxes and the KL terms); a teacher
+                 distillation: both models' logits, log-softmaxes and the KL terms); a teacher;
+                 under torchrun DDP's gradient buckets (one more fp32 copy of the gradients)
 
 The coefficients of the activation and score terms were fitted to peak RSS on SmolLM2
 (benchmarks/memory_plan.py; the table and its spread are in docs/distributed.md).
@@ -189,6 +190,10 @@ def training_parts(s: Shapes, *, full: bool, lora_r: int, batch: int, seqlen: in
     }
     if teacher is not None:
         parts["teacher"] = teacher.params * teacher_bytes
+    from llmslim.core import distributed
+
+    if distributed.launched():  # DDP's reduction buckets: another fp32 copy of the gradients
+        parts["DDP gradient buckets"] = trainable * 4
     return parts
 
 

@@ -41,3 +41,19 @@ class Advance(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if self.advance:
             self.advance(1)
+
+
+class ProcessSeed(TrainerCallback):
+    """Under torchrun, a seed per process for the noise a loss draws itself (diffusion times and
+    masks, SDTT's teacher steps, LoRA dropout): the Trainer seeds every process alike, so without
+    this process r's i-th window would get process 0's draws. The seed + rank, as accelerate's
+    device-specific seed (which TRL's GRPOTrainer uses); set before the first step, so --resume
+    still restores each process's saved state. One process: nothing changes."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from accelerate.utils import set_seed
+
+        from llmslim.core import distributed
+
+        if distributed.world() > 1:
+            set_seed(args.seed + distributed.rank())

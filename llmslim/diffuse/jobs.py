@@ -120,7 +120,7 @@ def run_adapt(job: AdaptJob, ctx: Context) -> dict:
     from llmslim.core.data import WindowDataset, token_windows, training_text
     from llmslim.core.save import save_model
     from llmslim.diffuse.mdlm import DiffusionConfig
-    from llmslim.core.training import Advance, training_args
+    from llmslim.core.training import Advance, ProcessSeed, training_args
     from llmslim.diffuse.train import MaskedDiffusionTrainer, add_mask_token, small_config
 
     model, tokenizer = ctx.model, ctx.tokenizer
@@ -139,7 +139,7 @@ def run_adapt(job: AdaptJob, ctx: Context) -> dict:
                                         warmup_steps=job.warmup_steps, scheduler="constant_with_warmup", seed=job.seed, device=model.device,
                                         dtype=model.dtype, save_every=job.save_every),
         train_dataset=WindowDataset(windows), mask_id=mask_id, anneal_steps=job.anneal_steps,
-        callbacks=[Advance(ctx.step("adapting to masked diffusion (MDLM loss)", job.max_steps))],
+        callbacks=[Advance(ctx.step("adapting to masked diffusion (MDLM loss)", job.max_steps)), ProcessSeed()],
     )
     trainer.remove_callback(PrinterCallback)  # it prints every log dict on stdout (breaks --json)
     t0 = time.perf_counter()
@@ -203,11 +203,11 @@ def validate_distill(job: DistillJob) -> None:
     _check_diffusion_folder(job.model)
 
 
-# fp32 [tokens, vocab] tensors alive at SDTT's loss (sdtt.py): the student's logits, shifted
-# copy and log-probabilities; each teacher step's logits, log-probabilities and transition
-# probabilities, the targets; the divergence's sliced rows of both with their exp. Fitted to
-# peak RSS on SmolLM2 (benchmarks/memory_plan.py: 11 left 0.86 of the measured peak, 16.7 fits)
-SDTT_LOGIT_COPIES = 16
+# fp32 [tokens, vocab] tensors alive at SDTT's loss (sdtt.py): the teacher's targets (its steps'
+# other tensors are freed before the student runs), the student's logits, shifted copy and
+# log-probabilities, the divergence's sliced rows of both with their exp. Fitted to peak RSS on
+# SmolLM2 (benchmarks/memory_plan.py; docs/distributed.md has the table)
+SDTT_LOGIT_COPIES = 11
 
 
 def memory_plan_distill(job: DistillJob):
@@ -255,7 +255,7 @@ def run_distill(job: DistillJob, ctx: Context) -> dict:
     from llmslim.core.data import WindowDataset, token_windows, training_text
     from llmslim.core.outputs import atomic_dir
     from llmslim.core.save import save_model
-    from llmslim.core.training import Advance, training_args
+    from llmslim.core.training import Advance, ProcessSeed, training_args
     from llmslim.diffuse.train import EMA, EMAUpdate, SDTTTrainer
 
     student, tokenizer = ctx.model, ctx.tokenizer
@@ -294,7 +294,7 @@ def run_distill(job: DistillJob, ctx: Context) -> dict:
                                               warmup_steps=job.warmup_steps if r == 0 else 0, scheduler="constant_with_warmup", seed=job.seed + r,
                                               device=student.device, dtype=student.dtype),
             train_dataset=WindowDataset(windows), teacher=teacher, dt=dt, mask_id=cfg.mask_token_id, divergence=job.divergence,
-            teacher_steps=job.teacher_steps, callbacks=[EMAUpdate(ema, student), Advance(advance)],
+            teacher_steps=job.teacher_steps, callbacks=[EMAUpdate(ema, student), Advance(advance), ProcessSeed()],
         )
         trainer.remove_callback(PrinterCallback)
         t0 = time.perf_counter()

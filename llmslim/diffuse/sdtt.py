@@ -80,11 +80,12 @@ def sdtt_loss(student, teacher, x0: torch.Tensor, dt: float, mask_id: int, kind:
     t = sdtt_times(x0.shape[0], generator, x0.device)
     xt = add_noise(x0, t, mask_id, generator)
     masked = xt == mask_id
-    log_q = denoise(student, xt, mask_id)
     if not masked.any():
         # nothing to distil, but the student's forward still runs: under DDP every process must
         # take part in each step's gradient sync, and a process that skipped it would hang the rest
-        return log_q.sum() * 0.0
+        return denoise(student, xt, mask_id).sum() * 0.0
+    # the teacher first: its passes' [B, L, V] tensors are freed before the student's graph exists
     target = teacher_targets(teacher, xt, t, dt, mask_id, k, generator)
+    log_q = denoise(student, xt, mask_id)
     return divergence(log_q[masked], target[masked], kind, mask_id)
 

@@ -44,7 +44,7 @@ class TrainJob(CommonOptions):
 
     @property
     def work_dir(self) -> Path:
-        return self.checkpoint_dir or Path(f"{self.out}-checkpoints")
+        return self.checkpoint_dir or Path(f"{self.out or default_out(self.model, self.method)}-checkpoints")
 
 
 def default_out(model: str, method: str) -> Path:

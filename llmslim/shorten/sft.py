@@ -262,7 +262,10 @@ def _train_step(model, trained, tokenizer, refs: ReferenceSet, cfg: SFTConfig, o
     together they train on the branches one process would draw at that batch size."""
     device = next(model.parameters()).device
     drawn = sample_branches(refs, cfg.batch_size * distributed.world(), cfg.top_p, rng)
-    if len(drawn) < distributed.world():  # the same draw in every process: all stop here together
+    # an equal share each (DDP averages the processes' gradients with equal weights); the same
+    # draw in every process, so all of them stop here together when nothing is left
+    drawn = drawn[: len(drawn) // distributed.world() * distributed.world()]
+    if not drawn:
         raise BadOptionError(f"no branch candidates at --top-p {cfg.top_p}: the reference token fills every nucleus")
     branches = distributed.shard(drawn)
     # Weights stay fp32 (an AdamW step below 2^-8 of a bf16 weight rounds away); on a bf16 CUDA

@@ -50,6 +50,12 @@ def test_resume_without_checkpoints(capsys, tiny_llama_dir, tmp_path):
     one_line(*run_cli(capsys, "sft", tiny_llama_dir, "--out", tmp_path / "o", "--resume"), "--resume: no checkpoint")
 
 
+def test_dry_run_resume_looks_for_the_default_checkpoints(capsys, tiny_llama_dir):
+    """--dry-run leaves --out unset, but --resume still names the folder the real run would use."""
+    code, err = run_cli(capsys, "sft", tiny_llama_dir, "--dry-run", "--resume")
+    one_line(code, err, f"--resume: no checkpoint folder {tiny_llama_dir.stem}-shorten-sft-checkpoints")
+
+
 def test_missing_prompts_file(capsys, tiny_llama_dir, tmp_path):
     one_line(*run_cli(capsys, "rl", tiny_llama_dir, "--prompts", tmp_path / "nope.jsonl", "--out", tmp_path / "o"),
              "data file not found")

@@ -20,10 +20,12 @@ def _args(model_dir, prompts_file, tmp_path):
 def test_sft_on_two_processes_trains_what_one_process_trains_on_their_branches(eos_llama_dir, prompts_file, tmp_path):
     common = ["shorten", "sft", *_args(eos_llama_dir, prompts_file, tmp_path), "--max-steps", 2, "--lr", 1e-2,
               "--top-p", 0.95, "--lam1", 0.05, "--lam2", 0.05]
-    one = llmslim([*common, "--batch-size", 4, "--out", tmp_path / "one"])
-    assert one.returncode == 0, one.stderr[-3000:]
+    # two processes first: rank 0 builds the references and branch distributions while the other
+    # waits, then reads them; the one-process run reuses that cache
     two = llmslim([*common, "--batch-size", 2, "--out", tmp_path / "two"], processes=2)
     assert two.returncode == 0, two.stderr[-3000:]
+    one = llmslim([*common, "--batch-size", 4, "--out", tmp_path / "one"])
+    assert one.returncode == 0, one.stderr[-3000:]
     r1, r2 = json.loads(one.stdout), json.loads(two.stdout)
     assert (r1["processes"], r2["processes"]) == (1, 2)
     for key in ("loss", "shorter_frac", "longer_frac", "branch_len", "grad_norm"):  # the step's statistics over all branches
