@@ -1,95 +1,150 @@
-"""Quality vs FFN sparsity on SmolLM2-135M-Instruct: static, shadow, dejavu, oracle masks chosen
-per input, with the plainact and l2norm criteria, run with gathered (really smaller) FFNs.
+"""Quality vs sparsity on SmolLM2-135M-Instruct (issue 15's table): static, shadow, dejavu and
+oracle masks chosen per input, with prompt and per-token decisions, with and without the dense
+fallback, FFN sparsity 0.3 / 0.5 / 0.7 with heads dense or one kv group in three skipped; every
+sparse row runs with gathered (really smaller) FFNs. Rows run in the order the table needs them
+(FFN-only prompt decisions first), so a run cut short leaves a useful partial table.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/sparsity_eval.py            # the docs table
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/sparsity_eval.py --n 8 --limit 3 --ppl-windows 2   # smoke
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/sparsity_eval.py --resume     # the docs table (hours)
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/sparsity_eval.py --n 8 --limit 3 --ppl-windows 2 \\
+        --cache /tmp/sparsity-smoke --out /tmp/sparsity-smoke/table                   # smoke
 
 Steps (one process, one model load):
-1. traces: `--n` examples from each of WikiText-2 (first half of the test file, 64-token windows),
-   ARC-Easy Dev, PIQA and HellaSwag (items from the end of the files, never evaluated);
-   plainact and l2norm scores from one forward+backward each;
-2. per criterion: ShadowLLM predictor (low-rank output head, R=16; the paper's full head is
+1. traces: `--n` examples from each of WikiText-2 (first half of the test file, `--seqlen`-token
+   windows), ARC-Easy Dev, PIQA and HellaSwag (items from the end of the files, never evaluated);
+   the `--criteria` scores from one forward+backward each. Cached in `--cache`/traces.pt.
+2. per criterion: the ShadowLLM predictor (low-rank output head, R=16; the paper's full head is
    trained too, for the Spearman comparison) and DejaVu per-layer predictors (rank 16), 20% of
-   the traces held out;
-3. eval: perplexity on `--ppl-windows` WikiText-2 windows (second half; mask from the first 64
+   the traces held out. Cached in `--cache`/CRITERION/ with their Spearman rho.
+3. rows: perplexity on `--ppl-windows` WikiText-2 windows (second half; mask from the first 64
    tokens, NLL of the next 64) and accuracy on the first `--limit` items of ARC-Easy test, PIQA
    and HellaSwag with our own log-likelihood scoring (mask from each item's context; lm-eval
-   gives no hook to pick a mask per request), at each sparsity.
-Writes benchmarks/results/sparsity_eval.json and .png.
+   gives no hook to pick a mask per request). One row per configuration, appended to
+   OUT.json.partial as it finishes; `--resume` runs only the missing ones.
+Writes OUT.json (rows, Spearman, sizes) and OUT.png.
 """
 
 import argparse
 import json
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 from llmslim.core import report
+from llmslim.core.data import data_dir, wikitext2_halves
 from llmslim.core.load import load_model
 from llmslim.core.outputs import to_jsonable
 from llmslim.sparsity import predictor as P
-from llmslim.sparsity.collect import collect
-from types import SimpleNamespace
-
-from llmslim.core.job import Context
-from llmslim.sparsity.jobs import EvalJob, collect_examples, plot, run_eval
+from llmslim.sparsity.collect import Traces, collect
+from llmslim.sparsity.evaluate import ppl_windows
+from llmslim.sparsity.execute import SparsityConfig
+from llmslim.sparsity.jobs import collect_examples, evaluate_config, plot
+from llmslim.sparsity.tasks import load_items
 
 ap = argparse.ArgumentParser()
-ap.add_argument("--n", type=int, default=24, help="trace examples per source (4 sources)")
+ap.add_argument("--n", type=int, default=64, help="trace examples per source (4 sources)")
 ap.add_argument("--seqlen", type=int, default=64)
 ap.add_argument("--epochs", type=int, default=30)
-ap.add_argument("--limit", type=int, default=6, help="items per task")
-ap.add_argument("--ppl-windows", type=int, default=4)
-ap.add_argument("--sparsity", default="0.3,0.5,0.7")
+ap.add_argument("--criteria", default="plainact")
+ap.add_argument("--methods", default="static,shadow,dejavu,oracle")
+ap.add_argument("--limit", type=int, default=200, help="items per task")
+ap.add_argument("--ppl-windows", type=int, default=16)
+ap.add_argument("--sparsity", default="0.3,0.5,0.7", help="FFN sparsities")
+ap.add_argument("--heads", default="0,0.34",
+                help="head sparsities (kv groups; SmolLM2 has 3 a layer and the count is floored: 0.34 skips one)")
+ap.add_argument("--decide", default="prompt,token", help="shadow and dejavu: a mask per prompt or per token")
+ap.add_argument("--fallbacks", default="0:0,0.05:0.2",
+                help="dense-fallback settings MARGIN:THRESHOLD for shadow and dejavu (0:0 is off)")
+ap.add_argument("--cache", default="runs/sparsity_eval", help="traces and predictors, reused by later runs")
 ap.add_argument("--out", default="benchmarks/results/sparsity_eval")
+ap.add_argument("--resume", action="store_true", help="keep the rows of OUT.json.partial and run only the missing ones")
 args = ap.parse_args()
 
+floats = lambda text: [float(x) for x in text.split(",") if x]  # noqa: E731
+fallbacks = [tuple(float(v) for v in pair.split(":")) for pair in args.fallbacks.split(",")]
 torch.set_num_threads(1)
 torch.manual_seed(0)
 t_start = time.perf_counter()
 loaded = load_model("smollm2-135m", device="cpu", dtype="float32")
 model, tok = loaded.model, loaded.tokenizer
+cache = Path(args.cache)
+cache.mkdir(parents=True, exist_ok=True)
+criteria = [c for c in args.criteria.split(",") if c]
 
-# 1. traces
-examples = collect_examples(tok, ["wikitext2", "arc_easy", "piqa", "hellaswag"], args.n, args.seqlen, seed=0)
-with report.progress() as bar:
-    t = bar.add_task("tracing", total=len(examples))
-    traces = collect(model, examples, ["plainact", "l2norm"], batch_size=8, progress=lambda n: bar.advance(t, n))
-t_collect = traces.meta["collect_s"]
+# 1. traces (cached: they depend on --n and --seqlen only)
+traces_path = cache / f"traces-n{args.n}-seq{args.seqlen}.pt"
+if traces_path.is_file():
+    traces = Traces.load(traces_path)
+else:
+    examples = collect_examples(tok, ["wikitext2", "arc_easy", "piqa", "hellaswag"], args.n, args.seqlen, seed=0)
+    with report.progress() as bar:
+        t = bar.add_task("tracing", total=len(examples))
+        traces = collect(model, examples, criteria, batch_size=8, progress=lambda n: bar.advance(t, n))
+    traces.save(cache)
+    (cache / "traces.pt").rename(traces_path)
 
-# 2. predictors
-work = Path(tempfile.mkdtemp(prefix="sparsity_eval_"))  # predictor files: not kept
-rho, pred_dirs = {}, []
-for crit in ("plainact", "l2norm"):
-    res = P.train(traces, crit, P.TrainConfig(epochs=args.epochs))  # lowrank:16 head, the default
-    full = P.train(traces, crit, P.TrainConfig(epochs=args.epochs, head="full"), which=("shadow",))
-    rho[crit] = {kind: {name: {"spearman": m["spearman"], "params": m.get("params")} for name, m in per.items()}
-                 for kind, per in res["metrics"].items()}
-    for kind in rho[crit]:
-        rho[crit][kind]["shadow_full_head"] = {"spearman": full["metrics"][kind]["shadow"]["spearman"],
-                                               "params": full["metrics"][kind]["shadow"]["params"]}
-    d = work / crit
-    d.mkdir(parents=True, exist_ok=True)
-    P.save(res, traces.meta | {"n": len(traces)}, d)
-    pred_dirs.append(d)
-t_train = time.perf_counter() - t_start - t_collect
+# 2. predictors (cached per criterion and trace set)
+predictors, rho = {}, {}
+for crit in criteria:
+    folder = cache / f"{crit}-{traces_path.stem}-e{args.epochs}"
+    if not (folder / "spearman.json").is_file():
+        res = P.train(traces, crit, P.TrainConfig(epochs=args.epochs))  # lowrank:16 head, the default
+        full = P.train(traces, crit, P.TrainConfig(epochs=args.epochs, head="full"), which=("shadow",))
+        spearman = {kind: {name: {"spearman": m["spearman"], "params": m.get("params")} for name, m in per.items()}
+                    for kind, per in res["metrics"].items()}
+        for kind in spearman:
+            spearman[kind]["shadow_full_head"] = {"spearman": full["metrics"][kind]["shadow"]["spearman"],
+                                                  "params": full["metrics"][kind]["shadow"]["params"]}
+        folder.mkdir(parents=True, exist_ok=True)
+        P.save(res, traces.meta | {"n": len(traces)}, folder)
+        (folder / "spearman.json").write_text(json.dumps(spearman, indent=2) + "\n")
+    predictors[crit] = P.load(folder)
+    rho[crit] = json.loads((folder / "spearman.json").read_text())
 
-rows = [[c, k, name, m["spearman"], m["params"]] for c, per in rho.items() for k, v in per.items() for name, m in v.items()]
-report.stdout.print(report.table(f"Spearman rho on the held-out 20% of {len(traces)} traces", ["criterion", "units", "predictor", "rho", "params"], rows))
+# 3. rows
+windows = ppl_windows(tok, wikitext2_halves()[1], 64, args.ppl_windows) if args.ppl_windows else None
+items = {t: len(load_items(t, data_dir(), "eval", args.limit)) for t in ("arc_easy", "piqa", "hellaswag")}
+# in the order the table needs them, so a partial run is a useful table: FFN-only prompt
+# decisions for every method first, then per-token decisions, the fallback, the heads
+variants = sorted(((heads, decide, fallback) for heads in floats(args.heads) for decide in args.decide.split(",")
+                   for fallback in fallbacks), key=lambda v: (v[0] > 0, v[2] != (0.0, 0.0), v[1] != "prompt"))
+configs = [(None, SparsityConfig("dense", ffn_sparsity=0.0))]
+for heads, decide, (margin, threshold) in variants:
+    for crit in criteria:
+        for method in args.methods.split(","):
+            if method not in ("shadow", "dejavu") and (decide != "prompt" or margin or threshold):
+                continue  # static and oracle masks: one per prompt, no fallback
+            for s in floats(args.sparsity):
+                configs.append((crit, SparsityConfig(method, ffn_sparsity=s, head_sparsity=heads, decide=decide,
+                                                     fallback_margin=margin, fallback_threshold=threshold)))
 
-# 3. eval
-job = EvalJob(predictors=pred_dirs, ffn_sparsity=args.sparsity, limit=args.limit, ppl_limit=args.ppl_windows, ppl_prompt_len=64)
-with report.progress() as bar:
-    result = run_eval(job, Context(SimpleNamespace(model=model, tokenizer=tok), bar))
-result["spearman"] = rho
-result["sizes"] = vars(args) | {"traces": len(traces), "collect_s": t_collect, "train_s": t_train,
-                                "total_s": time.perf_counter() - t_start, "threads": torch.get_num_threads()}
-from llmslim.sparsity.cli import render_eval  # noqa: E402
 
-render_eval(result)
-Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+def key(crit, cfg) -> str:
+    return (f"{crit or '-'}|{cfg.method}|ffn{cfg.ffn_sparsity}|heads{cfg.head_sparsity}|{cfg.decide}"
+            f"|fallback{cfg.fallback_margin}:{cfg.fallback_threshold}")
+
+
+partial = Path(args.out + ".json.partial")
+partial.parent.mkdir(parents=True, exist_ok=True)
+rows = json.loads(partial.read_text()) if args.resume and partial.is_file() else []
+done = {r["key"] for r in rows}
+todo = [(crit, cfg) for crit, cfg in configs if key(crit, cfg) not in done]
+print(f"{len(configs)} configurations, {len(todo)} to run; {sum(items.values())} items and "
+      f"{windows.shape[0] if windows is not None else 0} ppl windows each", flush=True)
+for i, (crit, cfg) in enumerate(todo):
+    row, _ = evaluate_config(model, tok, cfg, predictors.get(crit), criterion=crit or "-", windows=windows, items=items, seed=0)
+    row |= {"key": key(crit, cfg), "fallback_margin": cfg.fallback_margin, "fallback_threshold": cfg.fallback_threshold}
+    rows.append(row)
+    partial.write_text(json.dumps(to_jsonable(rows), indent=2) + "\n")  # a cut-short run keeps its rows (--resume)
+    print(f"[{i + 1}/{len(todo)}] {row['key']}: ppl {row.get('ppl', float('nan')):.1f}, mean acc {row.get('mean_acc', float('nan')):.3f}, "
+          f"FFN skipped {row.get('neurons_skipped', 0):.3f}, {row['seconds']:.0f} s", flush=True)
+
+order = {key(crit, cfg): n for n, (crit, cfg) in enumerate(configs)}
+rows = sorted((r for r in rows if r["key"] in order), key=lambda r: order[r["key"]])
+result = {"model": "smollm2-135m", "rows": rows, "tasks": list(items), "limit": args.limit,
+          "ppl": {"windows": int(windows.shape[0]) if windows is not None else 0, "prompt_len": 64},
+          "spearman": rho, "sizes": vars(args) | {"traces": len(traces), "threads": torch.get_num_threads(),
+                                                  "total_s": time.perf_counter() - t_start}}
 Path(args.out + ".json").write_text(json.dumps(to_jsonable(result), indent=2) + "\n")
 plot(result, Path(args.out + ".png"))
-report.stdout.print(f"total {result['sizes']['total_s']:.0f} s (collect {t_collect:.0f} s, train {t_train:.0f} s); wrote {args.out}.json and .png")
+print(f"wrote {args.out}.json and .png ({len(rows)} rows)")

@@ -206,15 +206,46 @@ def _configs(preds: list[dict], methods: list[str], sparsities: list[float], dec
         for d in (decisions if m in ("shadow", "dejavu") else ["prompt"])]
 
 
+def evaluate_config(model, tokenizer, cfg, pr: dict | None, *, criterion: str, windows, items: dict[str, int], seed: int,
+                    progress=None) -> tuple[dict, list[dict]]:
+    """One row of the quality table: `cfg` (a SparsityConfig; dense with pr None) on the
+    perplexity windows and the first items[t] items of each task, and its per-input skip records."""
+    from llmslim.eval.harness import run_tasks
+    from llmslim.eval.run import headline
+    from llmslim.sparsity.evaluate import oracle_scores, perplexity
+    from llmslim.sparsity.execute import SparseRunner
+    from llmslim.sparsity.lm import SparseLM
+
+    method, s, decide = cfg.method, cfg.ffn_sparsity, cfg.decide
+    runner = SparseRunner(model, cfg, static_scores=pr["static"] if pr else None,
+                          shadow=pr["shadow"] if pr else None, dejavu=pr["dejavu"] if pr else None)
+    t1 = time.perf_counter()
+    row = {"criterion": criterion, "method": method, "decide": decide, "ffn_sparsity": s, "head_sparsity": cfg.head_sparsity}
+    oracle_crit = pr["criterion"] if pr else "plainact"
+    importance = pr["meta"].get("importance", "prompt") if pr else "continuation"  # the oracle's, as its predictors'
+    if windows is not None:
+        row["ppl"] = perplexity(model, runner, windows, oracle_crit, progress=progress, importance=importance)["perplexity"]
+    oracle = (lambda ids, c=oracle_crit: oracle_scores(model, ids, c, ids.numel() - 1)) if method == "oracle" else None
+    for t, n in items.items():
+        res = run_tasks(model, tokenizer, [t], limit=n, seed=seed, show_progress=False,
+                        lm=SparseLM(model, tokenizer, runner, oracle=oracle, progress=progress))["results"]
+        row[t] = headline({t: res[t]})[t][1]
+    if items:
+        row["mean_acc"] = sum(row[t] for t in items) / len(items)
+    row |= M.summarize(runner.records) if method != "dense" else {}
+    row |= {"seconds": time.perf_counter() - t1, "predict_s": runner.stats["predict_s"], "gather_s": runner.gather.seconds}
+    records = [{"criterion": criterion, "method": method, "decide": decide, "ffn_sparsity": s, "decision": n,
+                **{f"{kind}_{field}": [x[field] for x in r[kind]] for kind in ("neurons", "groups")
+                   for field in ("ran", "added", "dense")}} for n, r in enumerate(runner.records)]
+    return row, records
+
+
 def run_eval(job: EvalJob, ctx: Context) -> dict:
     """Every (criterion, method, sparsity) with a mask per input, plus the dense model."""
     from llmslim.core.data import data_dir, wikitext2_halves
-    from llmslim.eval.run import headline
     from llmslim.sparsity import predictor as P
-    from llmslim.eval.harness import run_tasks
-    from llmslim.sparsity.evaluate import oracle_scores, perplexity, ppl_windows
-    from llmslim.sparsity.lm import SparseLM
-    from llmslim.sparsity.execute import SparseRunner, SparsityConfig
+    from llmslim.sparsity.evaluate import ppl_windows
+    from llmslim.sparsity.execute import SparsityConfig
 
     model, tokenizer = ctx.model, ctx.tokenizer
     preds = [P.load(p) for p in job.predictors]
@@ -232,27 +263,10 @@ def run_eval(job: EvalJob, ctx: Context) -> dict:
         cfg = SparsityConfig(method, ffn_sparsity=s, head_sparsity=job.head_sparsity if method != "dense" else 0.0,
                              allocation=job.allocation, min_keep=job.min_keep, fallback_margin=job.fallback_margin,
                              fallback_threshold=job.fallback_threshold, decide=decide)
-        runner = SparseRunner(model, cfg, static_scores=pr["static"] if pr else None,
-                              shadow=pr["shadow"] if pr else None, dejavu=pr["dejavu"] if pr else None)
-        t1 = time.perf_counter()
-        row = {"criterion": crit, "method": method, "decide": decide, "ffn_sparsity": s, "head_sparsity": cfg.head_sparsity}
-        oracle_crit = pr["criterion"] if pr else "plainact"
-        importance = pr["meta"].get("importance", "prompt") if pr else "continuation"  # the oracle's, as its predictors'
-        if windows is not None:
-            row["ppl"] = perplexity(model, runner, windows, oracle_crit, progress=tick, importance=importance)["perplexity"]
-        oracle = (lambda ids, c=oracle_crit: oracle_scores(model, ids, c, ids.numel() - 1)) if method == "oracle" else None
-        for t, n in items.items():
-            res = run_tasks(model, tokenizer, [t], limit=n, seed=job.seed, show_progress=False,
-                            lm=SparseLM(model, tokenizer, runner, oracle=oracle, progress=tick))["results"]
-            row[t] = headline({t: res[t]})[t][1]
-        if items:
-            row["mean_acc"] = sum(row[t] for t in items) / len(items)
-        row |= M.summarize(runner.records) if method != "dense" else {}
-        row |= {"seconds": time.perf_counter() - t1, "predict_s": runner.stats["predict_s"], "gather_s": runner.gather.seconds}
+        row, config_records = evaluate_config(model, tokenizer, cfg, pr, criterion=crit, windows=windows, items=items,
+                                              seed=job.seed, progress=tick)
         rows.append(row)
-        records += [{"criterion": crit, "method": method, "decide": decide, "ffn_sparsity": s, "decision": n,
-                     **{f"{kind}_{field}": [x[field] for x in r[kind]] for kind in ("neurons", "groups")
-                        for field in ("ran", "added", "dense")}} for n, r in enumerate(runner.records)]
+        records += config_records
     result = {"model": job.model, "rows": rows, "tasks": tasks, "limit": job.limit,
               "ppl": {"windows": int(windows.shape[0]) if windows is not None else 0, "prompt_len": job.ppl_prompt_len},
               "allocation": job.allocation, "predictor_traces": {pr["criterion"]: pr["meta"].get("n") for pr in preds}}
@@ -273,8 +287,22 @@ def _write_records(records: list[dict], path: Path) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
+def _line(row: dict) -> tuple:
+    """What a plot line holds fixed: everything but the FFN sparsity."""
+    return (row["criterion"], row["method"], row.get("decide", "prompt"), row.get("head_sparsity", 0.0),
+            row.get("fallback_margin", 0.0), row.get("fallback_threshold", 0.0))
+
+
+def _label(line: tuple, varies: set[int]) -> str:
+    crit, method, decide, heads, margin, threshold = line
+    parts = [crit] + ([f"{decide} decisions"] if 2 in varies else []) + ([f"heads {heads:g}"] if heads else [])
+    parts += [f"fallback {margin:g}:{threshold:g}"] if margin or threshold else []
+    return f"{method} ({', '.join(parts)})"
+
+
 def plot(result: dict, path: Path) -> None:
-    """Perplexity and mean accuracy vs FFN sparsity, one line per (criterion, method)."""
+    """Perplexity and mean accuracy vs FFN sparsity, one line per configuration but the sparsity
+    (criterion, method, and the decisions, head sparsity and fallback where the rows vary them)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -286,13 +314,16 @@ def plot(result: dict, path: Path) -> None:
     if not metrics:
         raise DataError("nothing to plot: no perplexity and no task was evaluated")
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4), squeeze=False)
-    lines = sorted({(r["criterion"], r["method"]) for r in rows if r["method"] != "dense"})
+    lines = sorted({_line(r) for r in rows if r["method"] != "dense"})
+    varies = {i for i in range(6) if len({line[i] for line in lines}) > 1}
     for ax, metric in zip(axes[0], metrics):
-        for crit, method in lines:
-            pts = [(0.0, dense[metric])] + sorted((r["ffn_sparsity"], r[metric]) for r in rows if (r["criterion"], r["method"]) == (crit, method))
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{method} ({crit})",
-                    linestyle="-" if crit == "plainact" else "--")
-        ax.set_xlabel("FFN sparsity (dropped share, per input)")
+        for line in lines:
+            # x: the FFN share actually skipped (a fallback runs some of the dropped units after all)
+            pts = [(0.0, dense[metric])] + sorted((r.get("neurons_skipped", r["ffn_sparsity"]), r[metric])
+                                                  for r in rows if _line(r) == line)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=_label(line, varies),
+                    linestyle="-" if line[0] == "plainact" else "--")
+        ax.set_xlabel("FFN neurons skipped (share, masks chosen per input)")
         ax.set_ylabel("WikiText-2 perplexity (prompt-half mask)" if metric == "ppl" else "mean accuracy " + "/".join(result["tasks"]))
         if metric == "ppl":
             ax.set_yscale("log")

@@ -349,3 +349,19 @@ def test_predictor_time_leaves_out_the_gather(method):
     with torch.no_grad(), runner.input(decide_at=-1):
         model(torch.randint(0, 128, (1, 6)))
     assert runner.gather.seconds >= 0.1 and 0 < runner.stats["predict_s"] < 0.05
+
+
+def test_a_head_sparsity_that_skips_no_kv_group_is_refused():
+    """The per-layer kv-group count is floored: below 1 / groups a layer skips none, which used to
+    run as a silently dense-attention configuration."""
+    from llmslim.core.errors import BadOptionError
+
+    model = tiny_model("llama")
+    groups = text_config(model.config).num_key_value_heads
+    assert groups >= 2
+    with pytest.raises(BadOptionError, match=f"skips none of this model's {groups} kv groups"):
+        SparseRunner(model, SparsityConfig("static", ffn_sparsity=0.5, head_sparsity=0.99 / groups), static_scores={})
+    SparseRunner(model, SparsityConfig("static", ffn_sparsity=0.5, head_sparsity=1.01 / groups), static_scores={})
+    # the global allocation counts over all layers' groups: no per-layer floor to refuse
+    SparseRunner(model, SparsityConfig("static", ffn_sparsity=0.5, head_sparsity=0.99 / groups, allocation="global"),
+                 static_scores={})
