@@ -129,7 +129,7 @@ def run_case(case: str) -> dict:
                                   divergence="kl", teacher_steps=2, callbacks=[EMAUpdate(ema, student)])
             trainer.remove_callback(PrinterCallback)
             trainer.train()
-        parts = {**P.training_parts(shapes, full=True, lora_r=0, batch=batch, seqlen=seqlen, act_bytes=2 if device.type == "cuda" else 4,
+        parts = {**P.training_parts(shapes, full=True, lora_r=0, batch=batch, seqlen=seqlen,
                                     teacher=shapes, teacher_bytes=P.DTYPE_BYTES[student.dtype], device_type=device.type,
                                     logit_copies=SDTT_LOGIT_COPIES),
                  "EMA weights": shapes.params * 4}
@@ -146,9 +146,8 @@ def run_case(case: str) -> dict:
         job = RecoverJob(model=spec, teacher=spec, seqlen=seqlen, batch_size=batch, max_steps=2, full=mode == "full",
                          data="wikitext2")
         train(model, tokenizer, teacher, job, None)
-        act_bytes = 2 if device.type == "cuda" else 4
         parts = P.training_parts(shapes, full=mode == "full", lora_r=job.lora_r, batch=batch, seqlen=seqlen,
-                                 act_bytes=act_bytes, teacher=shapes, teacher_bytes=P.DTYPE_BYTES[next(teacher.parameters()).dtype],
+                                 teacher=shapes, teacher_bytes=P.DTYPE_BYTES[next(teacher.parameters()).dtype],
                                  device_type=device.type)
     # CPU: the process's peak RSS; CUDA: max allocated plus the context the plan counts as runtime
     measured = peak_memory_mb(device) * 2**20 + (P.RUNTIME_BYTES["cuda"] if device.type == "cuda" else 0)

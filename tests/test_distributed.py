@@ -240,7 +240,7 @@ def test_the_plan_counts_ddps_gradient_buckets_under_a_launcher(monkeypatch, tin
     from llmslim.core import plan as P
 
     shapes = P.shapes_of(P.model_config(str(tiny_llama_dir)))
-    kwargs = dict(full=True, lora_r=0, batch=1, seqlen=16, act_bytes=4, teacher=None, teacher_bytes=0, device_type="cpu")
+    kwargs = dict(full=True, lora_r=0, batch=1, seqlen=16, teacher=None, teacher_bytes=0, device_type="cpu")
     assert "DDP gradient buckets" not in P.training_parts(shapes, **kwargs)
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert P.training_parts(shapes, **kwargs)["DDP gradient buckets"] == shapes.params * 4

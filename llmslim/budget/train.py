@@ -115,16 +115,9 @@ def _lora(model, cfg: TrainConfig):
 
 def _callbacks(progress) -> list:
     """The progress tick and a seed per process under torchrun (LoRA dropout)."""
-    from transformers import TrainerCallback
+    from llmslim.core.training import Advance, ProcessSeed
 
-    from llmslim.core.training import ProcessSeed
-
-    class Advance(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if progress:
-                progress(1)
-
-    return [Advance(), ProcessSeed()]
+    return [Advance(progress), ProcessSeed()]
 
 
 def _mixed_bf16(model) -> bool:

@@ -177,7 +177,7 @@ def _print_plan(command: Command, cfg, memory, advice: str, json_out: bool) -> d
     """--dry-run: the plan (printed by one process), and exit code 1 where the job would not fit."""
     result = {"command": command.name, "model": cfg.model, "dry_run": True, "memory": memory.to_dict(),
               "advice": None if memory.fits else advice}
-    if json_out and distributed.is_main():
+    if json_out:  # off in every process but rank 0
         report.print_json(result)
     elif distributed.is_main():
         rows = [[name, f"{value / 2**30:.2f}"] for name, value in memory.parts.items()]

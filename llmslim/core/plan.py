@@ -164,14 +164,16 @@ def compare_parts(s: Shapes, *, weight_bytes: int, copies: int, device_type: str
             "copies for --compare": copies * s.params * weight_bytes}
 
 
-def training_parts(s: Shapes, *, full: bool, lora_r: int, batch: int, seqlen: int, act_bytes: int,
+def training_parts(s: Shapes, *, full: bool, lora_r: int, batch: int, seqlen: int,
                    teacher: Shapes | None, teacher_bytes: int, device_type: str, logit_copies: int | None = None,
                    modules: list[str] | None = None) -> dict[str, int]:
-    """fp32 trained weights (core/device: "training"), AdamW, activations, a teacher for KD.
+    """fp32 trained weights (core/device: "training"), AdamW, activations (bf16 by autocast on
+    CUDA, fp32 elsewhere), a teacher for KD.
     `logit_copies`: the loss's fp32 [tokens, vocab] tensors alive at once, where a loss other
     than recover's keeps another number. `modules`: only the linears of these names train (in
     place, or their LoRA adapters), as shorten's --train-modules; None: all of them."""
     tokens = batch * seqlen
+    act_bytes = 2 if device_type == "cuda" else 4
     sizes = [io for io, name in zip(s.linear_sizes, s.linear_names) if modules is None or name in modules]
     if full:
         trainable = s.params if modules is None else sum(i * o for i, o in sizes)
@@ -195,6 +197,18 @@ def training_parts(s: Shapes, *, full: bool, lora_r: int, batch: int, seqlen: in
     if distributed.launched():  # DDP's reduction buckets: another fp32 copy of the gradients
         parts["DDP gradient buckets"] = trainable * 4
     return parts
+
+
+def smaller_batches(job, parts) -> list[tuple[str, dict[str, int]]]:
+    """A training job's usual advice: its --batch-size halved down to 1, each with its parts
+    (`parts(job with that batch size)`), the largest first."""
+    from dataclasses import replace
+
+    candidates, batch = [], job.batch_size
+    while batch > 1:
+        batch //= 2
+        candidates.append((f"--batch-size {batch}", parts(replace(job, batch_size=batch))))
+    return candidates
 
 
 def available_bytes(device: torch.device) -> int | None:

@@ -89,8 +89,6 @@ def validate_adapt(job: AdaptJob) -> None:
 def memory_plan_adapt(job: AdaptJob):
     """The adaptation's expected peak (core/plan.py: every weight trained in fp32 with AdamW, no
     teacher; the small config with --from-scratch) and the option that would make it fit."""
-    from dataclasses import replace
-
     from llmslim.core import plan as P
     from llmslim.core.device import resolve_device
     from llmslim.diffuse.train import small_config
@@ -101,15 +99,11 @@ def memory_plan_adapt(job: AdaptJob):
     available = P.available_bytes(device)
 
     def parts(j: AdaptJob) -> dict[str, int]:
-        return P.training_parts(shapes, full=True, lora_r=0, batch=j.batch_size, seqlen=j.seqlen,
-                                act_bytes=2 if device.type == "cuda" else 4, teacher=None, teacher_bytes=0,
+        return P.training_parts(shapes, full=True, lora_r=0, batch=j.batch_size, seqlen=j.seqlen, teacher=None, teacher_bytes=0,
                                 device_type=device.type)
 
-    candidates, batch = [], job.batch_size
-    while batch > 1:
-        batch //= 2
-        candidates.append((f"--batch-size {batch}", parts(replace(job, batch_size=batch))))
-    return P.MemoryPlan(str(device), parts(job), available, "training"), P.first_that_fits(str(device), available, candidates)
+    return (P.MemoryPlan(str(device), parts(job), available, "training"),
+            P.first_that_fits(str(device), available, P.smaller_batches(job, parts)))
 
 
 def run_adapt(job: AdaptJob, ctx: Context) -> dict:
@@ -214,8 +208,6 @@ def memory_plan_distill(job: DistillJob):
     """A round's expected peak: the student trained in fp32 with AdamW, the teacher (a copy of
     it), the EMA's fp32 weights, activations at the diffusion window (config.json's seqlen) and
     SDTT's loss; the option that would make it fit."""
-    from dataclasses import replace
-
     from llmslim.core import plan as P
     from llmslim.core.device import resolve_device, resolve_dtype
 
@@ -228,16 +220,12 @@ def memory_plan_distill(job: DistillJob):
     available = P.available_bytes(device)
 
     def parts(j: DistillJob) -> dict[str, int]:
-        return {**P.training_parts(shapes, full=True, lora_r=0, batch=j.batch_size, seqlen=seqlen,
-                                   act_bytes=2 if device.type == "cuda" else 4, teacher=shapes, teacher_bytes=weight_bytes,
-                                   device_type=device.type, logit_copies=SDTT_LOGIT_COPIES),
+        return {**P.training_parts(shapes, full=True, lora_r=0, batch=j.batch_size, seqlen=seqlen, teacher=shapes,
+                                   teacher_bytes=weight_bytes, device_type=device.type, logit_copies=SDTT_LOGIT_COPIES),
                 "EMA weights": shapes.params * 4}
 
-    candidates, batch = [], job.batch_size
-    while batch > 1:
-        batch //= 2
-        candidates.append((f"--batch-size {batch}", parts(replace(job, batch_size=batch))))
-    return P.MemoryPlan(str(device), parts(job), available, "a distillation round"), P.first_that_fits(str(device), available, candidates)
+    return (P.MemoryPlan(str(device), parts(job), available, "a distillation round"),
+            P.first_that_fits(str(device), available, P.smaller_batches(job, parts)))
 
 
 def _round_done(out: Path, r: int) -> bool:

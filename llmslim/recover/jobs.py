@@ -71,15 +71,10 @@ def memory_plan(job: RecoverJob, shapes=None, teacher_shapes=None):
 
     def parts(j: RecoverJob) -> dict[str, int]:
         return P.training_parts(shapes, full=j.full, lora_r=j.lora_r, batch=j.batch_size, seqlen=j.seqlen,
-                                act_bytes=2 if device.type == "cuda" else 4,  # bf16 autocast on CUDA
                                 teacher=teacher_shapes if j.kd_weight > 0 else None,
                                 teacher_bytes=P.DTYPE_BYTES[resolve_dtype(j.dtype, device, "inference")], device_type=device.type)
 
-    candidates = [("LoRA (no --full)", parts(replace(job, full=False)))] if job.full else []
-    batch = job.batch_size
-    while batch > 1:
-        batch //= 2
-        candidates.append((f"--batch-size {batch}", parts(replace(job, batch_size=batch))))
+    candidates = ([("LoRA (no --full)", parts(replace(job, full=False)))] if job.full else []) + P.smaller_batches(job, parts)
     return P.MemoryPlan(str(device), parts(job), available, "training"), P.first_that_fits(str(device), available, candidates)
 
 

@@ -127,7 +127,6 @@ def memory_plan(job: TrainJob):
     weight_bytes = P.DTYPE_BYTES[resolve_dtype(job.dtype, device, "training")]
     prompt_tokens = max(len(p.encode("utf-8")) for p in _prompts(job)[0]) // PROMPT_BYTES_PER_TOKEN + CHAT_TEMPLATE_TOKENS
     available = P.available_bytes(device)
-    act_bytes = 2 if device.type == "cuda" else 4
 
     def parts(c) -> dict[str, int]:
         if job.method == "rl":  # batch x generations sequences of prompt + completion
@@ -137,7 +136,7 @@ def memory_plan(job: TrainJob):
         else:  # batch contexts: prompt + the answer's head
             batch, seqlen, copies = c.batch_size, prompt_tokens + math.ceil(job.max_new_tokens * c.head_ratio), SFT_LOGIT_COPIES
             reference = None
-        out = P.training_parts(shapes, full=not c.lora, lora_r=c.lora_r, batch=batch, seqlen=seqlen, act_bytes=act_bytes,
+        out = P.training_parts(shapes, full=not c.lora, lora_r=c.lora_r, batch=batch, seqlen=seqlen,
                                teacher=reference, teacher_bytes=weight_bytes, device_type=device.type, logit_copies=copies,
                                modules=parse_modules(c.train_modules))
         if "teacher" in out:
@@ -146,12 +145,7 @@ def memory_plan(job: TrainJob):
             out["similarity model"] = _sim_model_bytes(job.sim_model)
         return out
 
-    candidates, batch = [], cfg.batch_size
-    while batch > 1:
-        batch //= 2
-        candidates.append((f"--batch-size {batch}", parts(replace(cfg, batch_size=batch))))
-    if not cfg.lora:
-        candidates.append(("--lora", parts(replace(cfg, lora=True))))
+    candidates = P.smaller_batches(cfg, parts) + ([("--lora", parts(replace(cfg, lora=True)))] if not cfg.lora else [])
     return P.MemoryPlan(str(device), parts(cfg), available, f"one {job.method} training step"), P.first_that_fits(str(device), available, candidates)
 
 

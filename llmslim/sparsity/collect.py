@@ -203,12 +203,12 @@ def collect(model, examples: list[Example], criteria: list[str], *, batch_size: 
             i += n
             if progress:
                 progress(n * distributed.world())  # the bar counts every process's examples
-    rows = {"features": _cat(parts, "features"), "features_pre": _cat(parts, "features_pre"),
-            "layer_inputs": _cat(parts, "layer_inputs").half(),
-            "heads": {c: torch.cat([p["heads"][c] for p in parts]) for c in crits},
-            "neurons": {c: torch.cat([p["neurons"][c] for p in parts]) for c in crits}}
-    if distributed.world() > 1:
-        rows = _in_example_order(distributed.gather_to_main((mine, rows))) or rows
+    rows = _cat(parts)
+    rows["layer_inputs"] = rows["layer_inputs"].half()
+    gathered = distributed.gather_to_main((mine, rows))
+    if gathered is not None and len(gathered) > 1:  # rank 0 of several: every process's rows, in example order
+        order = torch.tensor([j for indices, _ in gathered for j in indices]).argsort()
+        rows = _take(_cat([r for _, r in gathered]), order)
     return Traces(
         **rows,
         meta={**shape(model), "fingerprint": model_fingerprint(model), "criteria": crits, "n": len(examples),
@@ -217,25 +217,14 @@ def collect(model, examples: list[Example], criteria: list[str], *, batch_size: 
     )
 
 
-def _cat(parts: list[dict], key: str) -> torch.Tensor:
-    return torch.cat([p[key] for p in parts])
+def _cat(parts: list[dict]) -> dict:
+    """Batches' rows ({name: tensor or {criterion: tensor}}) concatenated along the examples."""
+    return {k: _cat([p[k] for p in parts]) if isinstance(v, dict) else torch.cat([p[k] for p in parts])
+            for k, v in parts[0].items()}
 
 
-def _in_example_order(gathered: list | None) -> dict | None:
-    """Rank 0: the processes' (example indices, rows) merged into one set of rows in example
-    order; None on the other processes."""
-    if gathered is None:
-        return None
-    order = torch.tensor([j for indices, _ in gathered for j in indices]).argsort()
-
-    def merge(get):
-        return torch.cat([get(rows) for _, rows in gathered])[order]
-
-    first = gathered[0][1]
-    return {"features": merge(lambda r: r["features"]), "features_pre": merge(lambda r: r["features_pre"]),
-            "layer_inputs": merge(lambda r: r["layer_inputs"]),
-            "heads": {c: merge(lambda r, c=c: r["heads"][c]) for c in first["heads"]},
-            "neurons": {c: merge(lambda r, c=c: r["neurons"][c]) for c in first["neurons"]}}
+def _take(rows: dict, index: torch.Tensor) -> dict:
+    return {k: _take(v, index) if isinstance(v, dict) else v[index] for k, v in rows.items()}
 
 
 # ---------------------------------------------------------------- example builders
