@@ -406,10 +406,8 @@ class SparseRunner:
         self.dejavu = dejavu.to(device) if dejavu is not None else None
         attn = self.gather.adapter.attention(self.gather.layers[0], self.gather.config)
         self.n_heads, self.n_kv = attn.n_heads, attn.n_kv_heads
-        if cfg.method != "dense" and cfg.head_sparsity > 0 and cfg.allocation != "global" \
-                and M.n_keep(self.n_kv, cfg.head_sparsity) == self.n_kv:  # the per-layer count is floored
-            raise BadOptionError(f"--head-sparsity {cfg.head_sparsity:g} skips none of this model's {self.n_kv} kv groups "
-                                 f"per layer; {1 / self.n_kv + 1e-3:.3f} or more skips one")
+        if cfg.method != "dense":
+            M.check_heads_skipped(cfg.head_sparsity, self.n_kv, cfg.allocation)
         need = {"static": static_scores, "shadow": shadow, "dejavu": dejavu}.get(cfg.method, True)
         if need is None:
             raise BadOptionError(f"method {cfg.method!r} needs its {'traces' if cfg.method == 'static' else 'predictor'}")

@@ -46,6 +46,15 @@ def check_sparsity(sparsity: float, what: str = "sparsity") -> float:
     return sparsity
 
 
+def check_heads_skipped(head_sparsity: float, kv_groups: int, allocation: str = "perlayer") -> None:
+    """Refuse a --head-sparsity whose floored per-layer count skips no kv group (it would run dense
+    attention while reporting head sparsity). Global allocation ranks all layers together, so any
+    share above zero skips something there."""
+    if head_sparsity > 0 and allocation != "global" and n_keep(kv_groups, head_sparsity) == kv_groups:
+        raise BadOptionError(f"--head-sparsity {head_sparsity:g} skips none of this model's {kv_groups} kv groups "
+                             f"per layer; {1 / kv_groups + 1e-3:.3f} or more skips one")
+
+
 def select(scores: torch.Tensor, sparsity: float, allocation: str = "perlayer", min_keep: float = 0.5,
            skip_layers: tuple[int, ...] = ()) -> list[torch.Tensor | None]:
     """[L, U] scores -> per layer the sorted kept unit indices, or None where nothing is dropped.

@@ -41,7 +41,7 @@ def test_bad_input_is_one_line(capsys, argv, needle):
     one_line_error(run(capsys, *argv), needle)
 
 
-def test_collect_train_eval_on_a_tiny_model(capsys, tmp_path, tiny_llama_dir, data_dir):
+def test_collect_train_eval_on_a_tiny_model(capsys, monkeypatch, tmp_path, tiny_llama_dir, data_dir):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(" ".join(f"w{(i * 7) % 120}" for i in range(3000)))
     traces = tmp_path / "traces"
@@ -115,6 +115,18 @@ def test_collect_train_eval_on_a_tiny_model(capsys, tmp_path, tiny_llama_dir, da
     one_line_error(run(capsys, "eval", str(other), "-p", str(pred), "--ffn-sparsity", "0.5", "--tasks", "", "--ppl-limit", "1",
                        "--ppl-prompt-len", "8"), "trained on another model's traces")
     one_line_error(run(capsys, "generate", str(other), "-p", str(pred), "--prompt", "w1"), "trained on another model's traces")
+
+    # a head sparsity that skips no kv group is refused from the predictors' record, before any model loads
+    import llmslim.core.load as loading
+
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr(loading, "load_model", no_load)
+    one_line_error(run(capsys, "eval", str(tiny_llama_dir), "-p", str(pred), "--head-sparsity", "0.1", "--tasks", "", "--ppl-limit", "1"),
+                   "skips none of this model's")
+    one_line_error(run(capsys, "generate", str(tiny_llama_dir), "-p", str(pred), "--head-sparsity", "0.1", "--prompt", "w1"),
+                   "skips none of this model's")
 
 
 @pytest.mark.integration
