@@ -11,15 +11,16 @@ sparse row runs with gathered (really smaller) FFNs. Rows run in the order the t
 Steps (one process, one model load):
 1. traces: `--n` examples from each of WikiText-2 (first half of the test file, `--seqlen`-token
    windows), ARC-Easy Dev, PIQA and HellaSwag (items from the end of the files, never evaluated);
-   the `--criteria` scores from one forward+backward each. Cached in `--cache`/traces.pt.
+   the `--criteria` scores from one forward+backward each (the loss on the continuation: a
+   window's second half, a task's gold answer). Cached in `--cache` per n, seqlen and criteria.
 2. per criterion: the ShadowLLM predictor (low-rank output head, R=16; the paper's full head is
    trained too, for the Spearman comparison) and DejaVu per-layer predictors (rank 16), 20% of
    the traces held out. Cached in `--cache`/CRITERION/ with their Spearman rho.
 3. rows: perplexity on `--ppl-windows` WikiText-2 windows (second half; mask from the first 64
    tokens, NLL of the next 64) and accuracy on the first `--limit` items of ARC-Easy test, PIQA
-   and HellaSwag with our own log-likelihood scoring (mask from each item's context; lm-eval
-   gives no hook to pick a mask per request). One row per configuration, appended to
-   OUT.json.partial as it finishes; `--resume` runs only the missing ones.
+   and HellaSwag through lm-eval's task files (sparsity/lm.py: the mask from each item's context,
+   or per token). One row per configuration, appended to OUT.json.partial as it finishes;
+   `--resume` runs only the missing ones, and refuses a partial file made with other sizes.
 Writes OUT.json (rows, Spearman, sizes) and OUT.png.
 """
 
@@ -65,14 +66,25 @@ fallbacks = [tuple(float(v) for v in pair.split(":")) for pair in args.fallbacks
 torch.set_num_threads(1)
 torch.manual_seed(0)
 t_start = time.perf_counter()
+cache = Path(args.cache)
+criteria = [c for c in args.criteria.split(",") if c]
+traces_path = cache / f"traces-n{args.n}-seq{args.seqlen}-{'+'.join(sorted(criteria))}.pt"
+partial = Path(args.out + ".json.partial")
+partial.parent.mkdir(parents=True, exist_ok=True)
+# what every row depends on beyond its key: a resumed run must not mix rows of other sizes or predictors
+settings = {"n": args.n, "seqlen": args.seqlen, "epochs": args.epochs, "limit": args.limit, "ppl_windows": args.ppl_windows,
+            "traces": traces_path.name, "cache": str(cache.resolve())}
+if partial.is_file() and not args.resume:
+    raise SystemExit(f"{partial} holds rows of an earlier run: pass --resume to keep them, or delete it")
+saved = json.loads(partial.read_text()) if partial.is_file() else {"settings": settings, "rows": []}
+if saved["settings"] != settings:
+    raise SystemExit(f"{partial} was made with {saved['settings']}, not {settings}: use another --out, or delete it")
+rows = saved["rows"]
 loaded = load_model("smollm2-135m", device="cpu", dtype="float32")
 model, tok = loaded.model, loaded.tokenizer
-cache = Path(args.cache)
 cache.mkdir(parents=True, exist_ok=True)
-criteria = [c for c in args.criteria.split(",") if c]
 
-# 1. traces (cached: they depend on --n and --seqlen only)
-traces_path = cache / f"traces-n{args.n}-seq{args.seqlen}.pt"
+# 1. traces (cached per --n, --seqlen and --criteria)
 if traces_path.is_file():
     traces = Traces.load(traces_path)
 else:
@@ -124,9 +136,6 @@ def key(crit, cfg) -> str:
             f"|fallback{cfg.fallback_margin}:{cfg.fallback_threshold}")
 
 
-partial = Path(args.out + ".json.partial")
-partial.parent.mkdir(parents=True, exist_ok=True)
-rows = json.loads(partial.read_text()) if args.resume and partial.is_file() else []
 done = {r["key"] for r in rows}
 todo = [(crit, cfg) for crit, cfg in configs if key(crit, cfg) not in done]
 print(f"{len(configs)} configurations, {len(todo)} to run; {sum(items.values())} items and "
@@ -135,7 +144,7 @@ for i, (crit, cfg) in enumerate(todo):
     row, _ = evaluate_config(model, tok, cfg, predictors.get(crit), criterion=crit or "-", windows=windows, items=items, seed=0)
     row |= {"key": key(crit, cfg), "fallback_margin": cfg.fallback_margin, "fallback_threshold": cfg.fallback_threshold}
     rows.append(row)
-    partial.write_text(json.dumps(to_jsonable(rows), indent=2) + "\n")  # a cut-short run keeps its rows (--resume)
+    partial.write_text(json.dumps(to_jsonable({"settings": settings, "rows": rows}), indent=2) + "\n")  # kept for --resume
     print(f"[{i + 1}/{len(todo)}] {row['key']}: ppl {row.get('ppl', float('nan')):.1f}, mean acc {row.get('mean_acc', float('nan')):.3f}, "
           f"FFN skipped {row.get('neurons_skipped', 0):.3f}, {row['seconds']:.0f} s", flush=True)
 

@@ -212,9 +212,21 @@ def collect(model, examples: list[Example], criteria: list[str], *, batch_size: 
     return Traces(
         **rows,
         meta={**shape(model), "fingerprint": model_fingerprint(model), "criteria": crits, "n": len(examples),
+              "importance": importance_of(examples),
               "collect_s": time.perf_counter() - t0, "processes": distributed.world(),
               "sources": sorted({e.source for e in examples}), "tokens": sum(e.ids.numel() for e in examples)},
     )
+
+
+def importance_of(examples: list[Example]) -> str:
+    """The loss the examples' scores measure, read from the examples themselves (recorded with the
+    traces, so the oracle at eval time scores the same loss as the predictors learned): 'continuation'
+    where every loss starts right after the decision, 'prompt' where it covers every token."""
+    if all(e.loss_from == e.decide_at + 1 for e in examples):
+        return "continuation"
+    if all(e.loss_from == 1 for e in examples):
+        return "prompt"
+    return "mixed"
 
 
 def _cat(parts: list[dict]) -> dict:

@@ -498,6 +498,13 @@ class SparseRunner:
         handles = []
         state = {"decided": False}
         self.stats["inputs"] += 1
+        first = len(self.records)
+        records_before = {}
+        layer0 = self.gather.layers[0]
+        # registered first, so they run before a method's own hooks on layer 0 (dejavu decides there)
+        handles.append(layer0.register_forward_pre_hook(lambda m, a, k: records_before.update(n=len(self.records)), with_kwargs=True))
+        handles.append(layer0.register_forward_hook(
+            lambda m, a, k, out: self._count_positions(first, records_before["n"], _hidden(a, k).shape[:2].numel()), with_kwargs=True))
         try:
             if method == "static":
                 nk, hk = self._keeps(self.static_scores.get("heads"), self.static_scores.get("neurons"))
@@ -516,19 +523,20 @@ class SparseRunner:
                         at = decide_at % feature.shape[1]
                         pred = self.shadow.predict(feature[0:1, at].detach())
                         nk, hk = self._keeps(pred.get("heads"), pred.get("neurons"), skip_heads=(0,))
-                        self._apply_all(nk, hk)
                         state["decided"] = True
                         if token and per_position and feature.shape[0] > 1:
                             raise ValueError("per-position token decisions take one sequence at a time")
                         if token and per_position and feature.shape[1] > at + 1 and "neurons" in self.shadow.nets:
                             later = self.shadow.predict_rows(feature[0, at + 1 :].detach())["neurons"]  # [P, L, F]
-                            for i in range(len(nk)):  # whole FFN weights: the masks go on the down_proj inputs
-                                self.gather.apply(i, None, hk[i])
+                            self._apply_all([None] * len(nk), hk)  # whole FFN weights: the masks go on the down_proj inputs
+                            self.last_keep["neurons"] = nk
                             prompt_groups = self.records[-1]["groups"]
                             self._mask_ffn_inputs(dict(enumerate(self._token_masks(later))), handles, at + 1)
                             for r in self.records[-later.shape[0]:]:  # the heads kept the prompt's decision
                                 r["groups"] = prompt_groups
                             self._prompt_masks(nk, handles, at + 1)
+                        else:
+                            self._apply_all(nk, hk)
                     elif token and feature.shape[1] == 1 and "neurons" in self.shadow.nets:  # a decode step: its own mask
                         pred = self.shadow.predict(feature[0:1, -1].detach())
                         prompt_groups = self.records[-1]["groups"]
@@ -593,6 +601,20 @@ class SparseRunner:
             for h in handles:
                 h.remove()
             self.gather.restore_all()
+
+    def _count_positions(self, first: int, before: int, positions: int) -> None:
+        """Each record's "tokens": the positions its mask ran in, so summarize() weighs a mask by the
+        work it governed. A forward that made several records is one sequence with per-position
+        decisions (the prompt's record, then one per later position); one that made none ran under
+        the input's latest record (static and oracle masks, prompt decisions while decoding)."""
+        made = self.records[before:]
+        if len(made) > 1:
+            made[0]["tokens"] = made[0].get("tokens", 0) + positions - (len(made) - 1)
+            for r in made[1:]:
+                r["tokens"] = r.get("tokens", 0) + 1
+        elif made or len(self.records) > first:
+            target = self.records[-1]
+            target["tokens"] = target.get("tokens", 0) + positions
 
     def _dejavu_layer(self, i: int, x: torch.Tensor, ffn_units: int, heads: bool = True):
         """Layer i's DejaVu decision from its input at one token: (neurons, groups, records)."""

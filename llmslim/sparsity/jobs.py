@@ -88,7 +88,7 @@ def run_collect(job: CollectJob, ctx: Context) -> dict:
     examples = collect_examples(ctx.tokenizer, sources, job.limit, job.seqlen, job.seed, importance=job.importance)
     traces = collect(ctx.model, examples, C.parse(job.criteria), batch_size=job.batch_size,
                      progress=ctx.step("tracing (forward+backward)", len(examples)))
-    traces.meta |= {"model": job.model, "data": sources, "seqlen": job.seqlen, "seed": job.seed, "importance": job.importance}
+    traces.meta |= {"model": job.model, "data": sources, "seqlen": job.seqlen, "seed": job.seed}
     ctx.save(traces.save)
     return {"model": job.model, "examples": len(traces), "criteria": C.parse(job.criteria), "sources": sources,
             "importance": job.importance,
@@ -235,7 +235,7 @@ def evaluate_config(model, tokenizer, cfg, pr: dict | None, *, criterion: str, w
         row["mean_acc"] = sum(row[t] for t in items) / len(items)
     row |= M.summarize(runner.records) if method != "dense" else {}
     row |= {"seconds": time.perf_counter() - t1, "predict_s": runner.stats["predict_s"], "gather_s": runner.gather.seconds}
-    records = [{"criterion": criterion, "method": method, "decide": decide, "ffn_sparsity": s, "decision": n,
+    records = [{"criterion": criterion, "method": method, "decide": decide, "ffn_sparsity": s, "decision": n, "tokens": r.get("tokens"),
                 **{f"{kind}_{field}": [x[field] for x in r[kind]] for kind in ("neurons", "groups")
                    for field in ("ran", "added", "dense")}} for n, r in enumerate(runner.records)]
     return row, records

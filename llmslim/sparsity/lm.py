@@ -50,24 +50,27 @@ class SparseLM(LM):
         results: list[tuple[float, bool] | None] = [None] * len(requests)
         for ctx, indices in by_context.items():
             conts = [encoded[i][1] for i in indices]
-            width = len(ctx) + max(len(c) for c in conts)
-            batch = torch.full((len(conts), width), pad, dtype=torch.long)
+            # as lm-eval feeds them: without the last continuation token (its prediction scores nothing),
+            # so every position run is one scored (token decisions) or one the shared mask covers
+            lengths = [len(ctx) + len(c) - 1 for c in conts]
+            batch = torch.full((len(conts), max(lengths)), pad, dtype=torch.long)
             for r, c in enumerate(conts):
-                batch[r, : len(ctx) + len(c)] = torch.tensor(list(ctx) + c)
+                batch[r, : lengths[r]] = torch.tensor((list(ctx) + c)[:-1])
             scores = self.oracle(torch.tensor(ctx)) if self.runner.cfg.method == "oracle" else None
-            if self.runner.cfg.decide == "token":  # each continuation's tokens choose their own masks
+            if self.runner.cfg.decide == "token":  # each continuation's tokens choose their own masks, no padding
                 rows = []
                 for r in range(len(conts)):
                     with self.runner.input(decide_at=len(ctx) - 1, oracle_scores=scores, per_position=True):
-                        rows.append(self.model(batch[r : r + 1].to(device), use_cache=False).logits.float().log_softmax(-1))
-                logp = torch.cat(rows)
+                        rows.append(self.model(batch[r : r + 1, : lengths[r]].to(device), use_cache=False).logits.float()
+                                    .log_softmax(-1)[0])
+                logp = rows
             else:
                 with self.runner.input(decide_at=len(ctx) - 1, oracle_scores=scores):
                     logp = self.model(batch.to(device), use_cache=False).logits.float().log_softmax(-1)
             for r, (i, c) in enumerate(zip(indices, conts)):
                 pos = torch.arange(len(ctx) - 1, len(ctx) - 1 + len(c), device=device)
                 target = torch.tensor(c, device=device)
-                rows_logp = logp[r, pos]
+                rows_logp = logp[r][pos]
                 results[i] = (rows_logp.gather(-1, target[:, None]).sum().item(), bool((rows_logp.argmax(-1) == target).all()))
             if self.progress:
                 self.progress(1)

@@ -148,17 +148,18 @@ def dense_record(units: int) -> dict:
 
 
 def summarize(records: list[dict]) -> dict:
-    """What a run skipped, from the runner's records (one per input): the share of FFN neurons
+    """What a run skipped, from the runner's records (one per decision): the share of FFN neurons
     and of kv groups that did not run (= the share of those matmuls' FLOPs skipped), the share
-    run only because of the fallback, and the share of (input, layer) pairs the fallback made
-    dense."""
+    run only because of the fallback, and the share of (position, layer) pairs the fallback made
+    dense. Each record counts for the positions its mask ran in ("tokens"; 1 where a record was
+    made outside a forward), so a prompt's decision weighs as many tokens as it covered."""
     out = {}
     for kind in ("neurons", "groups"):
-        layers = [layer for r in records for layer in r[kind]]
+        layers = [(layer, r.get("tokens", 1)) for r in records for layer in r[kind]]
         if not layers:
             continue
-        units = sum(x["units"] for x in layers)
-        out[f"{kind}_skipped"] = 1.0 - sum(x["ran"] for x in layers) / units
-        out[f"{kind}_fallback_added"] = sum(x["added"] for x in layers) / units
-        out[f"{kind}_fallback_dense_layers"] = sum(x["dense"] for x in layers) / len(layers)
+        units = sum(x["units"] * w for x, w in layers)
+        out[f"{kind}_skipped"] = 1.0 - sum(x["ran"] * w for x, w in layers) / units
+        out[f"{kind}_fallback_added"] = sum(x["added"] * w for x, w in layers) / units
+        out[f"{kind}_fallback_dense_layers"] = sum(x["dense"] * w for x, w in layers) / sum(w for _, w in layers)
     return out

@@ -51,6 +51,10 @@ def test_collect_train_eval_on_a_tiny_model(capsys, monkeypatch, tmp_path, tiny_
     got = json.loads(out)
     assert got["examples"] == 24 and (traces / "traces.pt").is_file() and (traces / "run.json").is_file()
     assert got["importance"] == "continuation"  # the default: the loss on the answer / the second half
+    from llmslim.sparsity.collect import Traces
+
+    # recorded with the traces, read from the examples (the oracle at eval scores the same loss)
+    assert Traces.load(traces / "traces.pt").meta["importance"] == "continuation"
     # no overwrite without --force
     one_line_error(run(capsys, "collect", str(tiny_llama_dir), "--data", str(corpus), "--out", str(traces)), "already exists")
     one_line_error(run(capsys, "train", str(traces), "--criterion", "snip"), "no 'snip' scores")

@@ -146,6 +146,11 @@ def test_fall_back_adds_units_near_the_boundary_and_runs_unsure_layers_dense():
     assert kept[0].numel() == 3 and tied_rec[0]["added"] == 0
     summary = M.summarize([{"neurons": rec, "groups": []}])
     assert summary["neurons_skipped"] == pytest.approx(1 - 9 / 12) and summary["neurons_fallback_dense_layers"] == 0.5
+    # a decision counts for the positions it covered: 3 positions at 9 of 12 run, 1 at 6 of 12
+    _, half = M.fall_back(scores, keep, margin=0.0, threshold=0.0)
+    summary = M.summarize([{"neurons": rec, "groups": [], "tokens": 3}, {"neurons": half, "groups": [], "tokens": 1}])
+    assert summary["neurons_skipped"] == pytest.approx(1 - (3 * 9 + 6) / (4 * 12))
+    assert summary["neurons_fallback_dense_layers"] == pytest.approx(3 * 1 / (4 * 2))
 
 
 @pytest.mark.parametrize("method", ["shadow", "dejavu"])
@@ -213,15 +218,19 @@ def test_token_decisions_gathered_per_decode_step_equal_the_masked_forward(metho
         assert all([g["ran"] for g in r["groups"]] == [g["ran"] for g in steps_records[0]["groups"]] for r in steps_records)
         assert steps_records[0]["groups"][1]["ran"] == 1  # layer 1 kept one of its two kv groups
         assert [r["neurons"][0]["ran"] for r in steps_records] == [48] * len(steps_records)
+        # each decision weighs the positions its mask ran in: the prompt's 7, each step its own token
+        assert [r["tokens"] for r in steps_records] == [prompt] + [1] * (ids.shape[1] - prompt)
         runner = SparseRunner(model, cfg, shadow=shadow, dejavu=dejavu)
         with runner.input(decide_at=prompt - 1, per_position=True):
             full = model(ids, use_cache=False).logits[0, prompt - 1 :]
         assert [[g["ran"] for g in r["groups"]] for r in runner.records] == [[g["ran"] for g in r["groups"]] for r in steps_records]
+        assert [r["tokens"] for r in runner.records] == [r["tokens"] for r in steps_records]
     assert torch.allclose(torch.stack(steps), full, atol=1e-4), (torch.stack(steps) - full).abs().max()
     # prompt mode keeps one mask: its decode differs from the token decisions
     runner = SparseRunner(model, SparsityConfig(method, ffn_sparsity=0.5, head_sparsity=0.5), shadow=shadow, dejavu=dejavu)
     with torch.no_grad(), runner.input(decide_at=prompt - 1):
         once = model(ids, use_cache=False).logits[0, prompt - 1 :]
+    assert [r["tokens"] for r in runner.records] == [ids.shape[1]]  # one decision for every position
     assert torch.allclose(once[0], full[0], atol=1e-4) and not torch.allclose(once[1:], full[1:], atol=1e-3)
 
 
@@ -248,6 +257,19 @@ def test_sparse_lm_scores_as_lm_evals_hflm_when_nothing_is_dropped(tiny_llama_di
         assert ll == pytest.approx(want_ll, abs=1e-4) and greedy == want_greedy
     half = SparseRunner(model, SparsityConfig("static", ffn_sparsity=0.5), static_scores=static)
     assert any(abs(a[0] - b[0]) > 1e-3 for a, b in zip(SparseLM(model, tok, half).loglikelihood(reqs), expected))
+
+    # token decisions: each continuation runs alone, unpadded and without its last token (whose
+    # prediction scores nothing), so the records cover exactly the positions lm-eval scores from
+    from llmslim.sparsity.predictor import ShadowNet, ShadowPredictor
+
+    d, L = model.config.hidden_size, model.config.num_hidden_layers
+    shadow = ShadowPredictor({"neurons": ShadowNet(d, L, F, 16, None)}, torch.zeros(1, d), torch.ones(1, d))
+    token = SparseRunner(model, SparsityConfig("shadow", ffn_sparsity=0.0, decide="token"), shadow=shadow)
+    got = SparseLM(model, tok, token).loglikelihood(reqs)
+    for (ll, greedy), (want_ll, want_greedy) in zip(got, expected):
+        assert ll == pytest.approx(want_ll, abs=1e-4) and greedy == want_greedy
+    lm = SparseLM(model, tok, token)
+    assert sum(r["tokens"] for r in token.records) == sum(len(c) + len(x) - 1 for c, x in (lm._encode(*p) for p in pairs))
 
 
 @pytest.mark.parametrize("family,transpose", [("llama", True), ("llama", False), ("phi3", True), ("opt", False)])
