@@ -1,6 +1,7 @@
 """Issue 14's proof: adapt SmolLM2 to masked diffusion, distil it with SDTT, and measure every
 model's gen-PPL and entropy at several step counts next to the AR model's own samples, plus
-LAMBADA and latency. Resumable: each stage is skipped when its output exists.
+LAMBADA and latency (measured once, on the last student). Resumable: each stage is skipped when its
+output exists, and WORK refuses other settings than those it was made with.
 
     .venv/bin/python benchmarks/diffuse_table.py                         # the full run (hours on a CPU)
     .venv/bin/python benchmarks/diffuse_table.py --adapt-steps 20 --steps-per-round 5 --samples 8 \
@@ -47,6 +48,14 @@ args = parser.parse_args()
 work = Path(args.work)
 common = dict(seed=args.seed, device=args.device, dtype=args.dtype)
 t_start = time.perf_counter()
+# every stage is resumed from WORK by its folder: refuse a WORK made with other settings rather
+# than mix its teacher, students or evals with these
+settings = {k: v for k, v in vars(args).items() if k not in ("out", "work", "device")}
+settings_file = work / "settings.json"
+if settings_file.is_file() and json.loads(settings_file.read_text()) != settings:
+    raise SystemExit(f"{work} was made with {settings_file.read_text().strip()}; use another --work, or delete it")
+work.mkdir(parents=True, exist_ok=True)
+settings_file.write_text(json.dumps(settings, indent=2) + "\n")
 
 teacher = work / "teacher"
 if not teacher.is_dir():
@@ -62,13 +71,16 @@ if not students.is_dir():
                                              resume=(work / "sdtt-checkpoints").is_dir(), **common), quiet=True)
 
 models = {"teacher": teacher} | {f"round {r}": students / f"round-{r}" for r in range(args.rounds)}
+last = list(models)[-1]
 evals = {}
 for name, folder in models.items():
     out = work / f"eval-{name.replace(' ', '-')}"
     if not (out / "results.json").is_file():
+        # latency once, on the last student: every model has the same shape, and the sampler's
+        # reveal draws do not depend on the weights, so each runs the same forward passes
         run_command(cli.EVAL, jobs.EvalJob(model=str(folder), steps=args.sampling_steps, num_samples=args.samples,
                                            length=args.seqlen, evaluator=args.model, lambada=args.lambada, out=out,
-                                           force=True, **common), quiet=True)
+                                           latency=name == last, force=True, **common), quiet=True)
     evals[name] = json.loads((out / "results.json").read_text())
 
 ar_file = work / "ar_samples.json"
@@ -95,10 +107,19 @@ for name, ev in evals.items():
     by = {r["steps"]: r for r in ev["rows"]}
     cells = [f"{by[s]['gen_ppl']:.1f} / {by[s]['entropy']:.2f}" for s in steps]
     lines.append(f"| {name} | " + " | ".join(cells) + f" | {ev.get('lambada', {}).get('diffusion_acc', float('nan')):.3f} |")
-for name, row in ar.items():
-    ar_lambada = next(iter(evals.values())).get("lambada", {}).get("evaluator_ar_acc", float("nan"))
-    lines.append(f"| AR {name} (KV cache) | " + " | ".join([f"{row['gen_ppl']:.1f} / {row['entropy']:.2f}"] + [""] * (len(steps) - 1))
-                 + f" | {ar_lambada:.3f} |")
+ar_lambada = next(iter(evals.values())).get("lambada", {}).get("evaluator_ar_acc", float("nan"))
+lines += ["", f"The AR model's own samples ({args.seqlen - 1} tokens one at a time with its KV cache; the same evaluator; "
+              "greedy repeats one sample, so its entropy is one sample's):", "",
+          "| AR decoding | gen-PPL | entropy | LAMBADA |", "|---|---|---|---|"]
+lines += [f"| {name} | {row['gen_ppl']:.1f} | {row['entropy']:.2f} | {ar_lambada:.3f} |" for name, row in ar.items()]
+speed = evals[last].get("latency")
+if speed:  # generating the same length at the same batch: the diffusion model at each step count vs AR with its KV cache
+    by = {r["steps"]: r for r in speed["diffusion"]}
+    lines += ["", f"Latency, {speed['new_tokens']} new tokens at batch {speed['batch']} ({speed['device']}; AR with KV cache "
+                  f"{speed['ar_kv_cache_s']:.2f} s):", "",
+              "| steps | " + " | ".join(str(s) for s in steps) + " |", "|---|" + "---|" * len(steps),
+              "| seconds | " + " | ".join(f"{by[s]['seconds']:.2f}" for s in steps) + " |",
+              "| speed-up vs AR | " + " | ".join(f"{by[s]['speedup_vs_ar']:.2f}x" for s in steps) + " |"]
 table = "\n".join(lines)
 print(table)
 Path(args.out).parent.mkdir(parents=True, exist_ok=True)

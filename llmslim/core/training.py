@@ -16,7 +16,8 @@ def mixed_bf16(device: torch.device, dtype: torch.dtype) -> bool:
 def training_args(work_dir, *, batch_size: int, lr: float, max_steps: int, warmup_steps: int, scheduler: str, seed: int,
                   device: torch.device, dtype: torch.dtype, save_every: int = 0):
     """AdamW at `lr` with the `scheduler` after a linear warm-up, gradient clipping 1.0, no weight
-    decay, a log line per step, checkpoints every `save_every` steps (0: none). Under torchrun
+    decay, a log line per step, checkpoints every `save_every` steps (0: none; only the last two
+    are kept: they exist for --resume, and a full fine-tune's is weights + AdamW). Under torchrun
     `batch_size` is per process and each step sees batch_size x processes sequences."""
     from transformers import TrainingArguments
 
@@ -24,6 +25,7 @@ def training_args(work_dir, *, batch_size: int, lr: float, max_steps: int, warmu
         output_dir=str(work_dir), per_device_train_batch_size=batch_size, learning_rate=lr, max_steps=max_steps,
         lr_scheduler_type=scheduler, warmup_steps=warmup_steps, weight_decay=0.0, max_grad_norm=1.0,
         logging_steps=1, save_strategy="steps" if save_every else "no", save_steps=save_every or 500,
+        save_total_limit=2,
         report_to=[], disable_tqdm=True, remove_unused_columns=False, dataloader_num_workers=0,
         use_cpu=device.type == "cpu", bf16=mixed_bf16(device, dtype), seed=seed, data_seed=seed,
         # under torchrun the Trainer wraps the model in DDP: every trained weight gets a gradient

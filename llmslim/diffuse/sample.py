@@ -48,14 +48,23 @@ def transition(log_p: torch.Tensor, x: torch.Tensor, mask_id: int, mc_t: torch.T
                generator: torch.Generator | None = None) -> torch.Tensor:
     """One ancestral step from time t to s (move chances mc_t > mc_s, scalars or one per row):
     a masked position becomes token v with probability p(x_0 = v) (mc_t - mc_s) / mc_t and
-    stays MASK with probability mc_s / mc_t; unmasked tokens are copied."""
+    stays MASK with probability mc_s / mc_t; unmasked tokens are copied.
+
+    Drawn in two parts with the same law (p gives MASK no mass, so the step's categorical over
+    p (mc_t - mc_s) and MASK's mc_s sums to mc_t): whether a masked position is revealed, with
+    probability (mc_t - mc_s) / mc_t, then its token from p, only where one is revealed. A draw
+    over every position's whole vocabulary cost about one forward pass per step; this one costs
+    that once over all steps (each position is revealed once)."""
     work = draw_device(log_p.device, generator)
-    mc_t = torch.as_tensor(mc_t, dtype=torch.float64, device=work).reshape(-1, 1, 1)
-    mc_s = torch.as_tensor(mc_s, dtype=torch.float64, device=work).reshape(-1, 1, 1)
-    probs = log_p.to(work, torch.float64).exp() * (mc_t - mc_s)
-    probs[..., mask_id] = mc_s[..., 0]
-    proposal = gumbel_categorical(probs, generator).to(x.device)
-    return torch.where(x == mask_id, proposal, x)
+    mc_t = torch.as_tensor(mc_t, dtype=torch.float64, device=work).reshape(-1, 1)
+    mc_s = torch.as_tensor(mc_s, dtype=torch.float64, device=work).reshape(-1, 1)
+    coin = torch.rand(x.shape, generator=generator, device=work, dtype=torch.float64)
+    reveal = (x == mask_id).to(work) & (coin < (mc_t - mc_s) / mc_t)
+    out = x.clone()
+    if reveal.any():
+        chosen = log_p[reveal.to(log_p.device)].to(work, torch.float64).exp()  # [revealed, V]
+        out[reveal.to(x.device)] = gumbel_categorical(chosen, generator).to(x.device)
+    return out
 
 
 def output_device(model) -> torch.device:

@@ -104,6 +104,31 @@ def test_each_step_unmasks_the_posterior_fraction():
         assert abs(got - want) < 4 * math.sqrt(want), (counts, expected)
 
 
+def test_a_step_reveals_with_the_posterior_chance_and_draws_from_p():
+    """From t to s a masked position is revealed with chance (mc_t - mc_s) / mc_t, its token drawn
+    from p (MASK has none of it); unmasked positions are copied."""
+    from llmslim.diffuse.sample import transition
+
+    p = torch.tensor([0.5, 0.3, 0.2, 0.0, 0.0])  # id 4 is MASK
+    n = 20000
+    log_p = p.clamp_min(1e-300).log().expand(1, n, 5).clone()
+    log_p[..., 4] = -1e6
+    x = torch.full((1, n), 4)
+    x[0, :100] = 3  # already a token: kept
+    out = transition(log_p, x, 4, torch.tensor(0.8, dtype=torch.float64), torch.tensor(0.2, dtype=torch.float64),
+                     torch.Generator().manual_seed(0))[0]
+    assert (out[:100] == 3).all()
+    masked = n - 100
+    revealed = out[100:] != 4
+    assert abs(revealed.sum().item() - masked * 0.75) < 4 * math.sqrt(masked * 0.75 * 0.25)
+    counts = torch.bincount(out[100:][revealed], minlength=5)
+    total = revealed.sum().item()
+    for v in range(3):
+        want = total * p[v].item()
+        assert abs(counts[v].item() - want) < 4 * math.sqrt(want * (1 - p[v].item())), (counts, total)
+    assert counts[3] == 0
+
+
 def test_teacher_targets_are_the_prediction_at_the_step_that_revealed_a_position():
     """k = 2 replayed by hand with the same draws: a position revealed in step 1 carries step 1's
     x_0 distribution, one revealed in step 2 (or still masked) step 2's, made on the partly
