@@ -95,7 +95,7 @@ if not ar_file.is_file():
     for name, sampled in (("greedy", False), ("nucleus 0.95", True)):
         tokens = ar_decode(loaded.model, prefix, args.seqlen - 1, args.samples, do_sample=sampled, top_p=0.95,
                            generator_seed=args.seed).cpu()
-        ar[name] = {"gen_ppl": generative_perplexity(loaded.model, tokens, 1), "entropy": unigram_entropy(tokens[:, 1:]),
+        ar[name] = {"gen_ppl": generative_perplexity(loaded.model, tokens, 1, loaded.tokenizer.eos_token_id), "entropy": unigram_entropy(tokens[:, 1:]),
                     "example": loaded.tokenizer.decode(tokens[0, 1:])}
     ar_file.write_text(json.dumps(ar, indent=2) + "\n")
 ar = json.loads(ar_file.read_text())

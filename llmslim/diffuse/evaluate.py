@@ -12,19 +12,26 @@ from llmslim.diffuse.mdlm import denoise
 
 
 @torch.no_grad()
-def generative_perplexity(evaluator, tokens: torch.Tensor, prefix_len: int, batch_size: int = 8) -> float:
+def generative_perplexity(evaluator, tokens: torch.Tensor, prefix_len: int, eos_id: int | None = None,
+                          batch_size: int = 8) -> float:
     """exp(mean NLL) of the generated tokens (positions >= prefix_len) under the AR evaluator,
     which reads the whole sample (MDLM's gen-PPL; here on the same token ids, no retokenising,
-    when the evaluator shares the tokenizer)."""
+    when the evaluator shares the tokenizer). As MDLM counts them: every token but EOS, and the
+    first EOS of a sample (a run of EOS tokens is easy to predict and would flatter the score)."""
     device = next(evaluator.parameters()).device
     total, count = 0.0, 0
     for i in range(0, tokens.shape[0], batch_size):
         batch = tokens[i : i + batch_size].to(device)
         logits = evaluator(input_ids=batch).logits.float()
-        nll = torch.nn.functional.cross_entropy(logits[:, prefix_len - 1 : -1].flatten(0, 1), batch[:, prefix_len:].flatten(),
-                                                reduction="sum")
-        total, count = total + nll.item(), count + batch[:, prefix_len:].numel()
-    return math.exp(total / count)
+        nll = torch.nn.functional.cross_entropy(logits[:, prefix_len - 1 : -1].transpose(1, 2), batch[:, prefix_len:],
+                                                reduction="none")
+        generated = batch[:, prefix_len:]
+        counted = torch.ones_like(generated, dtype=torch.bool)
+        if eos_id is not None:
+            is_eos = generated == eos_id
+            counted = ~is_eos | (is_eos & (is_eos.cumsum(-1) == 1))
+        total, count = total + nll[counted].sum().item(), count + int(counted.sum())
+    return math.exp(total / max(count, 1))
 
 
 def unigram_entropy(tokens: torch.Tensor) -> float:

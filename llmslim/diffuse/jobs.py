@@ -430,7 +430,7 @@ def run_eval(job: EvalJob, ctx: Context) -> dict:
             passes += out.forward_passes
             advance(n)
         tokens = torch.cat(chunks)
-        rows.append({"steps": steps, "gen_ppl": evaluate.generative_perplexity(evaluator, tokens, prefix.numel()),
+        rows.append({"steps": steps, "gen_ppl": evaluate.generative_perplexity(evaluator, tokens, prefix.numel(), tokenizer.eos_token_id),
                      "entropy": evaluate.unigram_entropy(tokens[:, prefix.numel():]), "forward_passes": passes,
                      "sample_s": time.perf_counter() - t0,
                      "example": tokenizer.decode(tokens[0, prefix.numel():])})

@@ -153,6 +153,20 @@ def test_teacher_targets_are_the_prediction_at_the_step_that_revealed_a_position
     assert torch.allclose(targets[second], p2[second]) and torch.allclose(targets[still], p2[still])
 
 
+def test_gen_ppl_counts_the_first_eos_of_a_sample_and_no_later_one():
+    """MDLM's count: every generated token but EOS, plus each sample's first EOS."""
+    from llmslim.diffuse.evaluate import generative_perplexity
+
+    model = tiny_model("llama")
+    eos = 3
+    tokens = torch.tensor([[5, 7, eos, eos, 9, eos], [5, 8, 9, 10, 11, 12]])
+    with torch.no_grad():
+        nll = torch.nn.functional.cross_entropy(model(tokens).logits[:, :-1].transpose(1, 2), tokens[:, 1:], reduction="none")
+    counted = torch.tensor([[1, 1, 0, 1, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    assert generative_perplexity(model, tokens, 1, eos) == pytest.approx(math.exp(nll[counted].mean().item()), rel=1e-5)
+    assert generative_perplexity(model, tokens, 1) == pytest.approx(math.exp(nll.mean().item()), rel=1e-5)
+
+
 def test_ema_by_hand():
     from llmslim.diffuse.train import EMA
 
