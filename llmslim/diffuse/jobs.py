@@ -254,7 +254,8 @@ def run_distill(job: DistillJob, ctx: Context) -> dict:
     if distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)
     settings = {"start_sampling_steps": job.start_steps, "teacher_steps": job.teacher_steps, "divergence": job.divergence,
-                "steps_per_round": job.steps_per_round, "ema": job.ema}
+                "steps_per_round": job.steps_per_round, "ema": job.ema, "data": job.data, "batch_size": job.batch_size,
+                "lr": job.lr, "warmup_steps": job.warmup_steps, "seed": job.seed}
     ema, rounds, start_round = None, [], 0
     if job.resume:
         while _round_done(out, start_round):

@@ -250,8 +250,9 @@ def test_adapt_distill_sample_eval_through_the_cli(tmp_path, tiny_llama_dir, dat
     distill = ["diffuse", "distill", str(tmp_path / "teacher"), "--data", str(corpus), "--rounds", "2", "--steps-per-round", "3",
                "--start-sampling-steps", "8", "--batch-size", "4", "--checkpoint-dir", str(tmp_path / "stopped"), "--resume",
                "--out", str(tmp_path / "resumed"), *common]
-    res = CliRunner().invoke(app, [*distill, "--divergence", "tvd"])
-    assert res.exit_code != 0 and "was made with" in str(res.exception)
+    for other in (["--divergence", "tvd"], ["--lr", "3e-4"]):  # the method, or only its training budget
+        res = CliRunner().invoke(app, [*distill, *other])
+        assert res.exit_code != 0 and "was made with" in str(res.exception)
     res = CliRunner().invoke(app, distill)
     assert res.exit_code == 0, res.output
     resumed = json.loads(res.stdout)["rounds"]
