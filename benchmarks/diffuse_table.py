@@ -54,6 +54,8 @@ settings = {k: v for k, v in vars(args).items() if k not in ("out", "work", "dev
 settings_file = work / "settings.json"
 if settings_file.is_file() and json.loads(settings_file.read_text()) != settings:
     raise SystemExit(f"{work} was made with {settings_file.read_text().strip()}; use another --work, or delete it")
+if not settings_file.is_file() and work.is_dir() and any(work.iterdir()):
+    raise SystemExit(f"{work} is from before the settings were recorded; use another --work, or delete it")
 work.mkdir(parents=True, exist_ok=True)
 settings_file.write_text(json.dumps(settings, indent=2) + "\n")
 

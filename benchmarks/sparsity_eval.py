@@ -77,6 +77,8 @@ settings = {"n": args.n, "seqlen": args.seqlen, "epochs": args.epochs, "limit": 
 if partial.is_file() and not args.resume:
     raise SystemExit(f"{partial} holds rows of an earlier run: pass --resume to keep them, or delete it")
 saved = json.loads(partial.read_text()) if partial.is_file() else {"settings": settings, "rows": []}
+if isinstance(saved, list):
+    raise SystemExit(f"{partial} is from before the settings were recorded: use another --out, or delete it")
 if saved["settings"] != settings:
     raise SystemExit(f"{partial} was made with {saved['settings']}, not {settings}: use another --out, or delete it")
 rows = saved["rows"]

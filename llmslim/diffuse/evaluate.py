@@ -31,7 +31,7 @@ def generative_perplexity(evaluator, tokens: torch.Tensor, prefix_len: int, eos_
             is_eos = generated == eos_id
             counted = ~is_eos | (is_eos & (is_eos.cumsum(-1) == 1))
         total, count = total + nll[counted].sum().item(), count + int(counted.sum())
-    return math.exp(total / max(count, 1))
+    return math.exp(total / count)
 
 
 def unigram_entropy(tokens: torch.Tensor) -> float:

@@ -65,9 +65,10 @@ def perplexity(model, runner: SparseRunner, windows: torch.Tensor, criterion: st
     s = windows.shape[1] // 2
     for w in windows:
         scores = _oracle(runner, model, w[:s], w[s:], criterion, importance)
+        # without the last token: its prediction scores nothing, so it neither runs nor enters the record
         with runner.input(decide_at=s - 1, oracle_scores=scores, per_position=runner.cfg.decide == "token"):
-            logits = model(w[None].to(device), use_cache=False).logits[0]
-        nll += F.cross_entropy(logits[s - 1 : -1].float(), w[s:].to(device), reduction="sum").item()
+            logits = model(w[None, :-1].to(device), use_cache=False).logits[0]
+        nll += F.cross_entropy(logits[s - 1 :].float(), w[s:].to(device), reduction="sum").item()
         count += w.numel() - s
         if progress:
             progress(1)

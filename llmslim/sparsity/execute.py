@@ -407,7 +407,7 @@ class SparseRunner:
         attn = self.gather.adapter.attention(self.gather.layers[0], self.gather.config)
         self.n_heads, self.n_kv = attn.n_heads, attn.n_kv_heads
         if cfg.method != "dense":
-            M.check_heads_skipped(cfg.head_sparsity, self.n_kv, cfg.allocation)
+            M.check_heads_skipped(cfg.head_sparsity, self.n_kv, cfg.allocation, cfg.method)
         need = {"static": static_scores, "shadow": shadow, "dejavu": dejavu}.get(cfg.method, True)
         if need is None:
             raise BadOptionError(f"method {cfg.method!r} needs its {'traces' if cfg.method == 'static' else 'predictor'}")
@@ -486,13 +486,16 @@ class SparseRunner:
             handles.append(ffn.output.register_forward_pre_hook(scale))
 
     @contextmanager
-    def input(self, decide_at: int = -1, oracle_scores: dict | None = None, per_position: bool = False):
+    def input(self, decide_at: int = -1, oracle_scores: dict | None = None, per_position: bool = False,
+              positions: int | None = None):
         """Masks for one input, chosen during the first forward inside the block, kept for the
         rest of it (decode steps), restored at its end. With `decide="token"` (shadow, dejavu),
         every later decode step (a forward of one token) chooses its own FFN mask and the
         weights are sliced again; `per_position=True` is the same decisions for a teacher-forced
         forward: the positions up to decide_at run the prompt's mask (gathered), each later one
-        its own (masks on the down_proj inputs, nothing saved: for quality, not speed)."""
+        its own (masks on the down_proj inputs, nothing saved: for quality, not speed).
+        `positions`: how many of a padded batch's positions are real, for the record (default:
+        every position a forward runs)."""
         method = self.cfg.method
         token = self.cfg.decide == "token" and method in ("shadow", "dejavu")
         handles = []
@@ -504,7 +507,8 @@ class SparseRunner:
         # registered first, so they run before a method's own hooks on layer 0 (dejavu decides there)
         handles.append(layer0.register_forward_pre_hook(lambda m, a, k: records_before.update(n=len(self.records)), with_kwargs=True))
         handles.append(layer0.register_forward_hook(
-            lambda m, a, k, out: self._count_positions(first, records_before["n"], _hidden(a, k).shape[:2].numel()), with_kwargs=True))
+            lambda m, a, k, out: self._count_positions(first, records_before["n"], positions or _hidden(a, k).shape[:2].numel()),
+            with_kwargs=True))
         try:
             if method == "static":
                 nk, hk = self._keeps(self.static_scores.get("heads"), self.static_scores.get("neurons"))

@@ -194,7 +194,8 @@ def validate_eval(job: EvalJob) -> None:
 
     for folder in job.predictors:
         pred = P.load(folder)  # small files: a wrong folder fails here, before the model loads
-        _check_heads(job.head_sparsity, pred, folder, job.allocation)
+        for method in _items(job.methods):
+            _check_heads(job.head_sparsity, pred, job.allocation, method)
     if job.plot is not None:
         check_creatable(job.plot)
 
@@ -380,15 +381,15 @@ def validate_use(job: UseJob, bench: bool) -> None:
     pred = P.load(job.predictors)  # a wrong folder fails here, before the model loads
     if job.method != "static" and pred[job.method] is None:
         raise BadOptionError(f"{job.predictors} holds no {job.method} predictor (train it with --which {job.method})")
-    _check_heads(job.head_sparsity, pred, job.predictors)
+    _check_heads(job.head_sparsity, pred, "perlayer", job.method)
 
 
-def _check_heads(head_sparsity: float, pred: dict, folder, allocation: str = "perlayer") -> None:
+def _check_heads(head_sparsity: float, pred: dict, allocation: str, method: str) -> None:
     """The kv-group count recorded with the traces, so a --head-sparsity that skips nothing fails
     before the model loads (SparseRunner checks again for callers without predictors)."""
     kv_groups = pred["meta"].get("kv_heads")
     if kv_groups:
-        M.check_heads_skipped(head_sparsity, kv_groups, allocation)
+        M.check_heads_skipped(head_sparsity, kv_groups, allocation, method)
 
 
 def _runner(job: UseJob, model, pred: dict, decide: str):

@@ -52,7 +52,7 @@ class SparseLM(LM):
             conts = [encoded[i][1] for i in indices]
             # as lm-eval feeds them: without the last continuation token (its prediction scores nothing),
             # so every position run is one scored (token decisions) or one the shared mask covers
-            lengths = [len(ctx) + len(c) - 1 for c in conts]
+            lengths = [len(ctx) + max(len(c) - 1, 0) for c in conts]
             batch = torch.full((len(conts), max(lengths)), pad, dtype=torch.long)
             for r, c in enumerate(conts):
                 batch[r, : lengths[r]] = torch.tensor((list(ctx) + c)[:-1])
@@ -64,8 +64,8 @@ class SparseLM(LM):
                         rows.append(self.model(batch[r : r + 1, : lengths[r]].to(device), use_cache=False).logits.float()
                                     .log_softmax(-1)[0])
                 logp = rows
-            else:
-                with self.runner.input(decide_at=len(ctx) - 1, oracle_scores=scores):
+            else:  # the record counts the real positions, not the padding
+                with self.runner.input(decide_at=len(ctx) - 1, oracle_scores=scores, positions=sum(lengths)):
                     logp = self.model(batch.to(device), use_cache=False).logits.float().log_softmax(-1)
             for r, (i, c) in enumerate(zip(indices, conts)):
                 pos = torch.arange(len(ctx) - 1, len(ctx) - 1 + len(c), device=device)

@@ -46,11 +46,13 @@ def check_sparsity(sparsity: float, what: str = "sparsity") -> float:
     return sparsity
 
 
-def check_heads_skipped(head_sparsity: float, kv_groups: int, allocation: str = "perlayer") -> None:
+def check_heads_skipped(head_sparsity: float, kv_groups: int, allocation: str = "perlayer", method: str = "shadow") -> None:
     """Refuse a --head-sparsity whose floored per-layer count skips no kv group (it would run dense
-    attention while reporting head sparsity). Global allocation ranks all layers together, so any
-    share above zero skips something there."""
-    if head_sparsity > 0 and allocation != "global" and n_keep(kv_groups, head_sparsity) == kv_groups:
+    attention while reporting head sparsity). Global and hybrid allocations share one budget over
+    all layers, so any share above zero skips something there; dejavu decides each layer's heads
+    alone, so its count is per layer whatever the allocation."""
+    per_layer = allocation == "perlayer" or method == "dejavu"
+    if head_sparsity > 0 and per_layer and n_keep(kv_groups, head_sparsity) == kv_groups:
         raise BadOptionError(f"--head-sparsity {head_sparsity:g} skips none of this model's {kv_groups} kv groups "
                              f"per layer; {1 / kv_groups + 1e-3:.3f} or more skips one")
 

@@ -86,6 +86,7 @@ def test_collect_train_eval_on_a_tiny_model(capsys, monkeypatch, tmp_path, tiny_
     assert len(token) > 3  # with token decisions every later token of an input is a decision too
     static = [r for r in skips if r["method"] == "static"]
     assert all(r["neurons_ran"] == [48, 48] for r in static) and rows[1]["neurons_skipped"] == pytest.approx(0.5)
+    assert static[0]["tokens"] == 15  # the perplexity window: 2 x 8 tokens, less the last (it predicts nothing scored)
 
     # the sparse model used: a greedy answer, and dense vs sparse timed in one run
     code, out, err = run(capsys, "generate", str(tiny_llama_dir), "-p", str(pred), "--prompt", "w1 w2 w3", "--max-new-tokens", "4",

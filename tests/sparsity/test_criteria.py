@@ -95,3 +95,17 @@ def test_l2norm_needs_no_gradient_and_unknown_names_are_refused():
     with pytest.raises(Exception, match="did you mean plainact"):
         C.parse("plainac")
     assert C.parse("all") == list(C.CRITERIA)
+
+
+def test_traces_record_the_loss_their_examples_score():
+    """collect() reads the importance from the examples (the oracle at eval scores the same loss):
+    a benchmark calling it directly used to save traces without it, read back as 'prompt'."""
+    from llmslim.sparsity.collect import Example, collect
+
+    model = tiny_model("llama")
+    ids = [torch.randint(0, 128, (8,), generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    continuation = [Example(x, 3, "text", loss_from=4) for x in ids]
+    prompt = [Example(x, 7, "text") for x in ids]
+    assert collect(model, continuation, ["plainact"]).meta["importance"] == "continuation"
+    assert collect(model, prompt, ["plainact"]).meta["importance"] == "prompt"
+    assert collect(model, [continuation[0], prompt[1]], ["plainact"]).meta["importance"] == "mixed"

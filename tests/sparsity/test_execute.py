@@ -257,6 +257,9 @@ def test_sparse_lm_scores_as_lm_evals_hflm_when_nothing_is_dropped(tiny_llama_di
         assert ll == pytest.approx(want_ll, abs=1e-4) and greedy == want_greedy
     half = SparseRunner(model, SparsityConfig("static", ffn_sparsity=0.5), static_scores=static)
     assert any(abs(a[0] - b[0]) > 1e-3 for a, b in zip(SparseLM(model, tok, half).loglikelihood(reqs), expected))
+    # one decision per context, counting its choices' real positions (no padding, no last token)
+    real = sum(len(c) + len(x) - 1 for c, x in (SparseLM(model, tok, half)._encode(*p) for p in pairs))
+    assert len(half.records) == 4 and sum(r["tokens"] for r in half.records) == real
 
     # token decisions: each continuation runs alone, unpadded and without its last token (whose
     # prediction scores nothing), so the records cover exactly the positions lm-eval scores from
@@ -384,6 +387,12 @@ def test_a_head_sparsity_that_skips_no_kv_group_is_refused():
     with pytest.raises(BadOptionError, match=f"skips none of this model's {groups} kv groups"):
         SparseRunner(model, SparsityConfig("static", ffn_sparsity=0.5, head_sparsity=0.99 / groups), static_scores={})
     SparseRunner(model, SparsityConfig("static", ffn_sparsity=0.5, head_sparsity=1.01 / groups), static_scores={})
-    # the global allocation counts over all layers' groups: no per-layer floor to refuse
-    SparseRunner(model, SparsityConfig("static", ffn_sparsity=0.5, head_sparsity=0.99 / groups, allocation="global"),
-                 static_scores={})
+    # the global and hybrid allocations count over all layers' groups: no per-layer floor to refuse,
+    # except for dejavu, which decides each layer's heads alone
+    for allocation in ("global", "hybrid"):
+        SparseRunner(model, SparsityConfig("static", ffn_sparsity=0.5, head_sparsity=0.99 / groups, allocation=allocation),
+                     static_scores={})
+    from llmslim.sparsity import masks as M
+
+    with pytest.raises(BadOptionError, match="skips none"):
+        M.check_heads_skipped(0.99 / groups, groups, "global", "dejavu")
