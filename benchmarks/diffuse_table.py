@@ -60,9 +60,9 @@ work.mkdir(parents=True, exist_ok=True)
 settings_file.write_text(json.dumps(settings, indent=2) + "\n")
 
 teacher = work / "teacher"
-if not teacher.is_dir():
+if not teacher.is_dir():  # a checkpoint every 25 steps: a CPU session gets through about 100
     run_command(cli.ADAPT, jobs.AdaptJob(model=args.model, data=args.data, seqlen=args.seqlen, max_steps=args.adapt_steps,
-                                         batch_size=args.batch_size, lr=args.lr, save_every=25,  # small steps of progress: a CPU session runs about 100 adapt steps out=teacher,
+                                         batch_size=args.batch_size, lr=args.lr, save_every=25, out=teacher,
                                          checkpoint_dir=work / "teacher-checkpoints",
                                          resume=(work / "teacher-checkpoints").is_dir(), **common), quiet=True)
 students = work / "sdtt"
