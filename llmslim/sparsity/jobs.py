@@ -361,7 +361,7 @@ class UseJob(CommonOptions):
 
 def validate_use(job: UseJob, bench: bool) -> None:
     from llmslim.sparsity import predictor as P
-    from llmslim.sparsity.execute import DECISIONS, METHODS
+    from llmslim.sparsity.execute import DECISIONS, METHODS, SparsityConfig
 
     if job.predictors is None:
         raise BadOptionError("needs --predictors DIR (from `llmslim sparsity train`)")
@@ -381,7 +381,7 @@ def validate_use(job: UseJob, bench: bool) -> None:
     pred = P.load(job.predictors)  # a wrong folder fails here, before the model loads
     if job.method != "static" and pred[job.method] is None:
         raise BadOptionError(f"{job.predictors} holds no {job.method} predictor (train it with --which {job.method})")
-    _check_heads(job.head_sparsity, pred, "perlayer", job.method)
+    _check_heads(job.head_sparsity, pred, SparsityConfig.allocation, job.method)  # generate and bench use its default
 
 
 def _check_heads(head_sparsity: float, pred: dict, allocation: str, method: str) -> None:

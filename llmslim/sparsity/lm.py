@@ -55,7 +55,7 @@ class SparseLM(LM):
             lengths = [len(ctx) + max(len(c) - 1, 0) for c in conts]
             batch = torch.full((len(conts), max(lengths)), pad, dtype=torch.long)
             for r, c in enumerate(conts):
-                batch[r, : lengths[r]] = torch.tensor((list(ctx) + c)[:-1])
+                batch[r, : lengths[r]] = torch.tensor((list(ctx) + c)[: lengths[r]])
             scores = self.oracle(torch.tensor(ctx)) if self.runner.cfg.method == "oracle" else None
             if self.runner.cfg.decide == "token":  # each continuation's tokens choose their own masks, no padding
                 rows = []
