@@ -261,7 +261,7 @@ def test_sparse_lm_scores_as_lm_evals_hflm_when_nothing_is_dropped(tiny_llama_di
     real = sum(len(c) + len(x) - 1 for c, x in (SparseLM(model, tok, half)._encode(*p) for p in pairs))
     assert len(half.records) == 4 and sum(r["tokens"] for r in half.records) == real
     # an empty continuation beside another in its group: nothing to score, and the shared context still runs whole
-    empty = [Instance(request_type="loglikelihood", doc={}, arguments=p, idx=i) for i, p in enumerate([("w1 w2", ""), ("w1 w2", " w3")])]
+    empty = [Instance(request_type="loglikelihood", doc={}, arguments=p, idx=i) for i, p in enumerate([("w1 w2 w3", ""), ("w1 w2 w3", " w4")])]
     got = SparseLM(model, tok, half).loglikelihood(empty)
     assert got[0] == (0.0, True) and got[1][0] < 0
 
