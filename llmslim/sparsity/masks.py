@@ -53,8 +53,9 @@ def check_heads_skipped(head_sparsity: float, kv_groups: int, allocation: str = 
     alone, so its count is per layer whatever the allocation."""
     per_layer = allocation == "perlayer" or method == "dejavu"
     if head_sparsity > 0 and per_layer and n_keep(kv_groups, head_sparsity) == kv_groups:
+        why = " (dejavu decides each layer's heads alone, whatever --allocation)" if allocation != "perlayer" else ""
         raise BadOptionError(f"--head-sparsity {head_sparsity:g} skips none of this model's {kv_groups} kv groups "
-                             f"per layer; {1 / kv_groups + 1e-3:.3f} or more skips one")
+                             f"per layer{why}; {1 / kv_groups + 1e-3:.3f} or more skips one")
 
 
 def select(scores: torch.Tensor, sparsity: float, allocation: str = "perlayer", min_keep: float = 0.5,
