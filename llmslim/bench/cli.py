@@ -17,7 +17,7 @@ from llmslim.bench.speed import SpeedConfig
 from llmslim.core import report
 from llmslim.core.errors import BadOptionError
 from llmslim.core.job import Command, CommonOptions, Context, run_command
-from llmslim.core.options import DEVICE, DTYPE, MODEL, SEED, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, OutOpt, QuietOpt, SeedOpt
+from llmslim.core.options import DEVICE, DEVICE_MAP, DeviceMapOpt, MaxMemoryOpt, DTYPE, MODEL, SEED, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, OutOpt, QuietOpt, SeedOpt
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,8 @@ def bench(
     quiet: QuietOpt = False,
     seed: SeedOpt = SEED,
     device: DeviceOpt = DEVICE,
+    device_map: DeviceMapOpt = DEVICE_MAP,
+    max_memory: MaxMemoryOpt = None,
     dtype: DtypeOpt = DTYPE,
     out: OutOpt = None,
     force: ForceOpt = False,
@@ -77,7 +79,7 @@ def bench(
         hf_logging.disable_progress_bar()
     job = BenchJob(model=model, against=against, batch_size=batch_size, prompt_len=prompt_len, new_tokens=new_tokens,
                    repeats=repeats, warmup=warmup, compile=compile, static_cache=static_cache, split=split, threads=threads,
-                   out=out, force=force, seed=seed, device=device, dtype=dtype)
+                   out=out, force=force, seed=seed, device=device, device_map=device_map, max_memory=max_memory, dtype=dtype)
     run_command(BENCH, job, json_out=json, quiet=quiet)
 
 
@@ -93,7 +95,7 @@ def run_bench(job: BenchJob, ctx: Context) -> dict:
     """Loads both subjects itself (random-weight models are not load_model's), threads first."""
     import torch
 
-    from llmslim.core.device import resolve_device
+    from llmslim.core.device import parse_max_memory, resolve_device
 
     cfg = job.config()
     n_threads, why = (job.threads, None) if job.threads else auto_threads(resolve_device(job.device).type)  # before loading adds load
@@ -105,7 +107,8 @@ def run_bench(job: BenchJob, ctx: Context) -> dict:
     advance = ctx.step("loading", len(specs))
     subjects = []
     for spec in specs:
-        subjects.append(load_subject(spec, device=job.device, dtype=job.dtype, seed=job.seed))
+        subjects.append(load_subject(spec, device=job.device, dtype=job.dtype, seed=job.seed, device_map=job.device_map,
+                                     max_memory=parse_max_memory(job.max_memory)))
         advance()
     ctx.timings["load_s"] = time.perf_counter() - t0
     task = ctx.progress.add_task("bench", total=steps(cfg, len(subjects)))

@@ -71,9 +71,11 @@ def check_spec(spec: str) -> None:
         resolve_model(spec)
 
 
-def load_subject(spec: str, *, device: str = "auto", dtype: str = "auto", seed: int = 0) -> Subject:
-    """`random:PRESET[?key=value&...]` builds a seeded random model; anything else goes through
-    core.load_model. dtype `auto` picks the generation dtype (bf16 on CPU and CUDA)."""
+def load_subject(spec: str, *, device: str = "auto", dtype: str = "auto", seed: int = 0, device_map: str = "one",
+                 max_memory: dict | None = None) -> Subject:
+    """`random:PRESET[?key=value&...]` builds a seeded random model on `device`; anything else goes
+    through core.load_model (`device_map`, `max_memory` as there). dtype `auto` picks the
+    generation dtype (bf16 on CPU and CUDA)."""
     from llmslim.core.device import resolve_device, resolve_dtype
     from llmslim.core.load import load_model, resolve_model
 
@@ -82,7 +84,7 @@ def load_subject(spec: str, *, device: str = "auto", dtype: str = "auto", seed: 
         torch_device = resolve_device(device)
         model = random_model(spec, resolve_dtype(dtype, torch_device, "generation"), seed, torch_device)
         return Subject(spec, model, speed.vocab_size(model), "random", load_s=time.perf_counter() - t0)
-    loaded = load_model(spec, device=device, dtype=dtype, purpose="generation")
+    loaded = load_model(spec, device=device, dtype=dtype, purpose="generation", device_map=device_map, max_memory=max_memory)
     folder, gguf = resolve_model(spec)
     source_bytes = (Path(folder) / gguf).stat().st_size if gguf else None
     return Subject(

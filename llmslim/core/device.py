@@ -51,6 +51,50 @@ def resolve_dtype(name: str, device: torch.device, purpose: str = "inference") -
     return torch.float32
 
 
+DEVICE_MAPS = ("one", "auto")
+_MEMORY_UNITS = ("GiB", "MiB", "KiB", "GB", "MB", "KB")
+
+
+def parse_max_memory(text: str | None) -> dict | None:
+    """--max-memory as accelerate's `max_memory`: "0=70GiB,1=70GiB,cpu=200GiB" ->
+    {0: "70GiB", 1: "70GiB", "cpu": "200GiB"} (GPU indices, cpu; sizes as accelerate reads them)."""
+    if text is None:
+        return None
+    caps = {}
+    for item in text.split(","):
+        key, sep, size = (part.strip() for part in item.partition("="))
+        number = size[: -len(unit)] if (unit := next((u for u in _MEMORY_UNITS if size.endswith(u)), "")) else size
+        try:
+            ok = bool(sep) and float(number) > 0 and (key == "cpu" or int(key) >= 0)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise BadOptionError(f"--max-memory: cannot read {item.strip()!r}; write GPU=SIZE pairs such as 0=70GiB,1=70GiB,cpu=200GiB")
+        caps[key if key == "cpu" else int(key)] = size if unit else int(float(number))
+    return caps
+
+
+def check_device_map(device_map: str, max_memory: str | None, device: torch.device) -> dict | None:
+    """Validate --device-map and --max-memory before anything loads; returns max_memory parsed.
+    `auto` spreads a model over the visible GPUs (accelerate's big-model dispatch); on a CPU or
+    MPS machine there is one device, and the model goes there whole."""
+    if device_map not in DEVICE_MAPS:
+        raise BadOptionError(f"unknown --device-map {device_map!r}; use one (the whole model on --device) or auto (spread over the GPUs)")
+    if device_map == "auto" and distributed.launched():
+        raise BadOptionError("--device-map auto spreads one model over the GPUs, but torchrun / accelerate launch gives each "
+                             "process a GPU of its own: run one process, or drop --device-map")
+    caps = parse_max_memory(max_memory)
+    if caps is not None:
+        if device_map != "auto":
+            raise BadOptionError("--max-memory caps what --device-map auto puts on each device: add --device-map auto")
+        if device.type != "cuda":
+            raise BadOptionError(f"--max-memory needs CUDA GPUs to spread over; the device is {device.type}")
+        gpus = [k for k in caps if k != "cpu"]
+        if any(k >= torch.cuda.device_count() for k in gpus):
+            raise BadOptionError(f"--max-memory names GPU {max(gpus)}, but torch sees {torch.cuda.device_count()}")
+    return caps
+
+
 def seed_everything(seed: int) -> None:
     import random
 
@@ -64,7 +108,10 @@ def seed_everything(seed: int) -> None:
 def peak_memory_mb(device: torch.device | str = "cpu") -> float:
     """Peak memory so far: CUDA's max allocated bytes on a GPU, else the process's peak RSS."""
     if torch.device(device).type == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
+        if distributed.launched():  # one GPU per process
+            return torch.cuda.max_memory_allocated() / 2**20
+        # every GPU: a model spread by --device-map auto uses several
+        return sum(torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count())) / 2**20
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from llmslim.core import distributed, report
-from llmslim.core.device import resolve_device, resolve_dtype, seed_everything
+from llmslim.core.device import check_device_map, resolve_device, resolve_dtype, seed_everything
 from llmslim.core.errors import BadOptionError
-from llmslim.core.options import DEVICE, DTYPE, SEED
+from llmslim.core.options import DEVICE, DEVICE_MAP, DTYPE, SEED
 from llmslim.core.outputs import atomic_dir, atomic_write_text, check_creatable, check_writable, to_jsonable, write_manifest
 
 RESULTS_FILE = "results.json"
@@ -41,6 +41,8 @@ class CommonOptions:
     seed: int = SEED
     device: str = DEVICE
     dtype: str = DTYPE
+    device_map: str = DEVICE_MAP  # exposed by the commands that can run a model spread over GPUs
+    max_memory: str | None = None
 
 
 @dataclass
@@ -97,8 +99,11 @@ def run_command(command: Command, cfg, *, json_out: bool = False, quiet: bool = 
     if command.needs_out and out is None and not getattr(cfg, "dry_run", False):
         raise BadOptionError(f"{command.name} needs --out DIR")
     command.validate(cfg)
-    if hasattr(cfg, "device"):  # a typo in --device or --dtype fails here too, not inside the loader
+    max_memory = None
+    if hasattr(cfg, "device"):  # a typo in --device, --dtype or --max-memory fails here too, not inside the loader
         resolve_dtype(cfg.dtype, resolve_device(cfg.device), command.model_purpose or "inference")
+        max_memory = check_device_map(getattr(cfg, "device_map", DEVICE_MAP), getattr(cfg, "max_memory", None),
+                                      resolve_device(cfg.device))
     if out is not None:
         check_writable(out, cfg.force)
         check_creatable(out)
@@ -126,7 +131,8 @@ def run_command(command: Command, cfg, *, json_out: bool = False, quiet: bool = 
         from llmslim.core.load import load_model  # transformers: imported once there is work
 
         with distributed.main_first():  # a GGUF is converted once, into a cache the others then read
-            loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, purpose=command.model_purpose)
+            loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, purpose=command.model_purpose,
+                                device_map=getattr(cfg, "device_map", DEVICE_MAP), max_memory=max_memory)
     ctx = Context(loaded, None, {"load_s": time.perf_counter() - t0} if loaded is not None else {}, quiet or json_out)
     with report.progress(enabled=not (quiet or json_out)) as bar:
         ctx.progress = bar

@@ -17,9 +17,8 @@ from pathlib import Path
 
 import torch
 
-from llmslim.core import distributed
 from llmslim.core.device import resolve_device, resolve_dtype
-from llmslim.core.errors import ModelNotFoundError, UnsupportedArchitectureError
+from llmslim.core.errors import BadOptionError, ModelNotFoundError, UnsupportedArchitectureError
 from llmslim.core.outputs import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -153,14 +152,44 @@ def load_tokenizer(path: str):
     return tokenizer
 
 
+def _dispatch(model, max_memory: dict | None):
+    """A model built in CPU memory (non-uniform widths), spread over the GPUs as from_pretrained's
+    device_map="auto" would: whole decoder layers per device."""
+    from accelerate import dispatch_model, infer_auto_device_map
+    from accelerate.utils import get_balanced_memory
+
+    no_split = model._no_split_modules or []
+    max_memory = get_balanced_memory(model, max_memory=max_memory, no_split_module_classes=no_split)
+    device_map = infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=no_split)
+    model = dispatch_model(model, device_map=device_map)
+    model.hf_device_map = device_map
+    return model
+
+
+def check_not_offloaded(model, why: str) -> None:
+    """Refuse gradients through a model that --device-map auto could not fit on the GPUs: accelerate
+    keeps the layers it puts on "cpu" or "disk" as copies it loads per forward, so their weights
+    get no gradients (and calibration would score them as zeros)."""
+    offloaded = [name for name, where in (getattr(model, "hf_device_map", None) or {}).items() if where in ("cpu", "disk")]
+    if offloaded:
+        raise BadOptionError(f"{why} needs gradients on every layer, but {len(offloaded)} modules did not fit the GPUs and were "
+                             f"offloaded (first: {offloaded[0]}); use more GPUs, raise --max-memory, or a lower --dtype")
+
+
 def load_model(
     spec: str = DEFAULT_MODEL,
     *,
     device: str = "auto",
     dtype: str = "auto",
     purpose: str = "inference",
+    device_map: str = "one",
+    max_memory: dict | None = None,
 ) -> LoadedModel:
-    """Load a causal LM from an alias, folder, .gguf file or hub id, on the chosen device/dtype."""
+    """Load a causal LM from an alias, folder, .gguf file or hub id, on the chosen device/dtype.
+
+    `device_map` "one": the whole model on `device`; "auto" on CUDA: its layers spread over the
+    visible GPUs by accelerate (capped per device by `max_memory`, core.device.parse_max_memory),
+    for models larger than one GPU; elsewhere "auto" is the one device."""
     from transformers import AutoModelForCausalLM
 
     from llmslim.core.arch import adapter_for
@@ -178,12 +207,14 @@ def load_model(
 
     from llmslim.core.widths import build_with_widths
 
-    if getattr(config, "llmslim_ffn_widths", None):  # a pruned model: built on the CPU, then moved
-        model = build_with_widths(folder, config, torch_dtype).to(torch_device)
-    elif torch_device.type == "cuda":  # models larger than one GPU are spread by accelerate,
-        # except under torchrun, where each process holds a whole copy on its own GPU
-        device_map = {"": torch_device} if distributed.launched() else "auto"
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, device_map=device_map)
+    spread = device_map == "auto" and torch_device.type == "cuda"
+    if getattr(config, "llmslim_ffn_widths", None):  # a pruned model: built on the CPU, then placed
+        model = build_with_widths(folder, config, torch_dtype)
+        model = _dispatch(model, max_memory) if spread else model.to(torch_device)
+    elif spread:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, device_map="auto", max_memory=max_memory)
+    elif torch_device.type == "cuda":  # straight onto the GPU, never whole in CPU memory first
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, device_map={"": torch_device})
     else:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype).to(torch_device)
     model.eval()

@@ -26,6 +26,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON 
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or log lines.", rich_help_panel=COMMON)]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed: the same seed gives the same run.", rich_help_panel=COMMON)]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda, then mps, then cpu), cuda, mps or cpu.", rich_help_panel=COMMON)]
+DEVICE_MAP = "one"
+DeviceMapOpt = Annotated[str, typer.Option("--device-map", help="one: the whole model on --device; auto: its layers spread over the visible GPUs (accelerate), for models larger than one GPU.", rich_help_panel=COMMON)]
+MaxMemoryOpt = Annotated[Optional[str], typer.Option("--max-memory", help="With --device-map auto: memory per device, accelerate's max_memory as GPU=SIZE pairs (0=70GiB,1=70GiB).", rich_help_panel=COMMON)]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16 or float16.", rich_help_panel=COMMON)]
 OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (written atomically, with results.json and run.json).", rich_help_panel=COMMON)]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite --out if it exists.", rich_help_panel=COMMON)]

@@ -211,16 +211,20 @@ def smaller_batches(job, parts) -> list[tuple[str, dict[str, int]]]:
     return candidates
 
 
-def available_bytes(device: torch.device) -> int | None:
-    """Free memory for one process now. CUDA: its GPU's free bytes under a launcher, else the sum
-    over the visible GPUs (load_model spreads a model over them with device_map="auto"). CPU:
-    the machine's available RAM, shared by the launcher's processes on this node."""
-    from llmslim.core import distributed
-
+def available_bytes(device: torch.device, *, spread: bool = False, max_memory: dict | None = None) -> int | None:
+    """Free memory for one process now. CUDA: its GPU's free bytes, or with `spread`
+    (--device-map auto) the sum over the visible GPUs, each capped by `max_memory` where it names
+    it. CPU: the machine's available RAM, shared by the launcher's processes on this node."""
     if device.type == "cuda":
-        if distributed.launched():
+        if not spread:
             return torch.cuda.mem_get_info(device)[0]
-        return sum(torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count()))
+        from accelerate.utils import convert_file_size_to_int
+
+        if max_memory is None:
+            return sum(torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count()))
+        # accelerate spreads over the GPUs max_memory names, and only those
+        return sum(min(torch.cuda.mem_get_info(k)[0], convert_file_size_to_int(v) if isinstance(v, str) else v)
+                   for k, v in max_memory.items() if k != "cpu")
     try:
         for line in open("/proc/meminfo"):
             if line.startswith("MemAvailable:"):

@@ -11,7 +11,7 @@ import typer
 
 from llmslim.core import report
 from llmslim.core.job import Command, Context, run_command
-from llmslim.core.options import (DEVICE, DTYPE, MODEL, SEED, BatchSizeOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, LimitOpt,
+from llmslim.core.options import (DEVICE, DEVICE_MAP, DeviceMapOpt, MaxMemoryOpt, DTYPE, MODEL, SEED, BatchSizeOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, LimitOpt,
                                   MaxNewTokensOpt, ModelArg, OutOpt, PplLimitOpt, PplSeqlenOpt, QuietOpt, SeedOpt, TasksOpt)
 from llmslim.core.outputs import to_jsonable
 from llmslim.eval.run import CORPORA, PROMPT_SETS, EvalConfig, evaluate, prepare
@@ -29,6 +29,8 @@ class EvalJob(EvalConfig):
     force: bool = False
     device: str = DEVICE
     dtype: str = DTYPE
+    device_map: str = DEVICE_MAP
+    max_memory: str | None = None
 
 
 def eval_command(
@@ -49,6 +51,8 @@ def eval_command(
     quiet: QuietOpt = False,
     seed: SeedOpt = SEED,
     device: DeviceOpt = DEVICE,
+    device_map: DeviceMapOpt = DEVICE_MAP,
+    max_memory: MaxMemoryOpt = None,
     dtype: DtypeOpt = DTYPE,
     out: OutOpt = None,
     force: ForceOpt = False,
@@ -62,7 +66,7 @@ def eval_command(
         batch_size=batch_size, ppl_file=ppl_file, ppl_seqlen=ppl_seqlen, stride=stride, ppl_limit=ppl_limit,
         gen_file=gen_file, gen_limit=gen_limit, max_new_tokens=max_new_tokens,
         data_dir=str(data_dir) if data_dir else None, seed=seed,
-        model=model, out=out, force=force, device=device, dtype=dtype,
+        model=model, out=out, force=force, device=device, device_map=device_map, max_memory=max_memory, dtype=dtype,
     )
     run_command(EVAL_COMMAND, job, json_out=json_out, quiet=quiet)
 

@@ -109,13 +109,14 @@ def regroup(groups: Tensor, mode: str, sizes: list[int]) -> Tensor:
 def zscore_stats(per_layer) -> tuple[Tensor, Tensor]:
     """(mean, std) over every value of every layer, in float64, two passes over `per_layer`
     (a list, or a sequence that builds each layer's tensor on access: one layer alive at a time)."""
+    # sums as Python floats: the layers may sit on different GPUs (--device-map auto)
     n, total = 0, 0.0
     for t in per_layer:  # counted in the same pass (a lazy sequence builds each layer per pass)
         n += t.numel()
-        total = total + t.sum(dtype=torch.float64)
+        total += t.sum(dtype=torch.float64).item()
     mean = total / n
-    sq = sum(((t - mean.to(t.dtype)) ** 2).sum(dtype=torch.float64) for t in per_layer)
-    return mean, (sq / (n - 1)).sqrt()
+    sq = sum(((t - mean) ** 2).sum(dtype=torch.float64).item() for t in per_layer)
+    return torch.tensor(mean, dtype=torch.float64), torch.tensor(sq / (n - 1), dtype=torch.float64).sqrt()
 
 
 def zscore_all(per_layer: list[Tensor]) -> list[Tensor]:

@@ -198,8 +198,9 @@ class _Pass:
                     for name in kept}
         self.window = {"snip": {}, "refer": {}}
         # activation statistics per input channel of the output projection (FFN: one per neuron)
-        self.act_sum = [torch.zeros(u.output.in_features, dtype=torch.float64, device=device) for u in units]
-        self.act_sq = [torch.zeros(u.output.in_features, dtype=torch.float64, device=device) for u in units]
+        # beside their layer: under --device-map auto the layers sit on several GPUs
+        self.act_sum = [torch.zeros(u.output.in_features, dtype=torch.float64, device=u.output.weight.device) for u in units]
+        self.act_sq = [torch.zeros(u.output.in_features, dtype=torch.float64, device=u.output.weight.device) for u in units]
         self.target = None  # which score the backward in flight computes: "snip", "refer" or None
         self.features: list[torch.Tensor] = []
         self.tokens = 0
@@ -248,7 +249,8 @@ class _Pass:
                 out.loss = torch.nn.functional.cross_entropy(out.logits[:, -1].float(), ids[:, -1])
             if refer:
                 self.target = "refer"
-                torch.stack(self.features).sum().backward(retain_graph=snip)
+                # each layer's feature on its own device (--device-map auto): summed on one
+                torch.stack([f.to(self.device) for f in self.features]).sum().backward(retain_graph=snip)
             if snip:
                 self.target = "snip"
                 out.loss.backward()

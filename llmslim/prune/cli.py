@@ -11,7 +11,7 @@ import typer
 from llmslim.core import report
 from llmslim.core.job import Command, run_command
 from llmslim.core.presets import apply_preset, typed_on_command_line
-from llmslim.core.options import (DEVICE, DTYPE, MODEL, SEED, TRAINING, DeviceOpt, DryRunOpt, DtypeOpt, ForceOpt, JsonOpt, LimitOpt, ModelArg,
+from llmslim.core.options import (DEVICE, DEVICE_MAP, DeviceMapOpt, MaxMemoryOpt, DTYPE, MODEL, SEED, TRAINING, DeviceOpt, DryRunOpt, DtypeOpt, ForceOpt, JsonOpt, LimitOpt, ModelArg,
                                   OutOpt, PplLimitOpt, PplOpt, PplSeqlenOpt, QuietOpt, SeedOpt, TasksOpt)
 from llmslim.prune.allocate import MAX_DEVIATION
 from llmslim.prune.jobs import PruneJob, memory_plan, run, validate
@@ -58,6 +58,8 @@ def prune(
     quiet: QuietOpt = False,
     seed: SeedOpt = SEED,
     device: DeviceOpt = DEVICE,
+    device_map: DeviceMapOpt = DEVICE_MAP,
+    max_memory: MaxMemoryOpt = None,
     dtype: DtypeOpt = DTYPE,
 ) -> None:
     """Remove FFN neurons (or attention kv groups) by AFR or a baseline; save a smaller model transformers loads."""
@@ -66,7 +68,7 @@ def prune(
         group=group, accumulate=accumulate, gmm_refit=gmm_refit, feature_mode=feature_mode, snip_loss=snip_loss, allocation=allocation, max_deviation=max_deviation, round_to=round_to, compare=compare,
         calib=calib, nsamples=nsamples, seqlen=seqlen, save_scores=save_scores, scores=scores, recover_steps=recover_steps, recover_full=recover_full,
         tasks=tasks, limit=limit, ppl=ppl, ppl_seqlen=ppl_seqlen, ppl_limit=ppl_limit,
-        out=out, force=force, seed=seed, device=device, dtype=dtype, dry_run=dry_run,
+        out=out, force=force, seed=seed, device=device, device_map=device_map, max_memory=max_memory, dtype=dtype, dry_run=dry_run,
     )
     job = PruneJob(**apply_preset(values, "llmslim.prune", preset, typed_on_command_line(ctx), PRESET_FIELDS), preset=preset)
     run_command(PRUNE, job, json_out=json, quiet=quiet)
@@ -90,5 +92,5 @@ def render(result: dict) -> None:
 
 # what a preset may set: the method and its budget, not where outputs go or how they print
 PRESET_FIELDS = {f.name for f in fields(PruneJob)} - {"model", "out", "force", "preset", "save_scores", "scores", "device", "dtype",
-                                                     "dry_run"}
+                                                     "device_map", "max_memory", "dry_run"}
 PRUNE = Command("prune", validate, run, render, model_purpose="gradients", distributed=True, plan=memory_plan)

@@ -143,6 +143,8 @@ def validate(job: PruneJob) -> None:
         raise BadOptionError(f"--recover-steps must be >= 0, got {job.recover_steps}")
     if job.recover_full and not job.recover_steps:
         raise BadOptionError("--recover-full needs --recover-steps N (N > 0)")
+    if job.recover_steps and job.device_map != "one":
+        raise BadOptionError("--recover-steps trains on one device: prune with --device-map auto, then run `llmslim recover` on its output")
     if job.recover_steps and distributed.launched():
         raise BadOptionError("--recover-steps runs in one process: under torchrun, prune, then run `llmslim recover` on its output")
     if job.recover_steps:
@@ -166,11 +168,11 @@ def memory_plan(job: PruneJob):
     import torch
 
     from llmslim.core import plan as P
-    from llmslim.core.device import resolve_device, resolve_dtype
+    from llmslim.core.device import parse_max_memory, resolve_device, resolve_dtype
 
     device = resolve_device(job.device)
     shapes = P.shapes_of(P.model_config(job.model))
-    available = P.available_bytes(device)
+    available = P.available_bytes(device, spread=job.device_map == "auto", max_memory=parse_max_memory(job.max_memory))
 
     def calibration(j: PruneJob) -> dict[str, int]:
         methods = _methods(j)
@@ -198,6 +200,10 @@ def memory_plan(job: PruneJob):
         advice = ("without --recover-full (LoRA) it would fit" if job.recover_full and lora.fits
                   else "recover separately (`llmslim recover`, where --batch-size and --seqlen are options)")
         return plan, advice
+    if not plan.fits and device.type == "cuda" and job.device_map == "one" and torch.cuda.device_count() > 1:
+        spread = P.available_bytes(device, spread=True)
+        if plan.total <= spread:
+            return plan, f"--device-map auto would fit (the model over {torch.cuda.device_count()} GPUs, {spread / P.GiB:.0f} GiB free)"
     if plan.phase != "calibration":
         return plan, "fewer --compare methods would fit" if phases[0].fits else "a device with more memory"
     candidates = []
@@ -207,7 +213,8 @@ def memory_plan(job: PruneJob):
         candidates.append((f"--seqlen {seqlen}", calibration(replace(job, seqlen=seqlen))))
     if resolve_dtype(job.dtype, device, "gradients") == torch.float32:
         candidates.append(("--dtype bfloat16", calibration(replace(job, dtype="bfloat16"))))
-    candidates.append(("--method wanda-sp --compare '' (no gradients)", calibration(replace(job, method="wanda-sp", compare=None))))
+    if _methods(job) != ["wanda-sp"]:
+        candidates.append(("--method wanda-sp --compare '' (no gradients)", calibration(replace(job, method="wanda-sp", compare=None))))
     return plan, P.first_that_fits(str(device), available, candidates)
 
 
@@ -242,6 +249,10 @@ def _calibrate(job: PruneJob, ctx: Context, methods: list[str], base: ScoreConfi
     calib = job.calib
     if calib == "auto":
         calib = "wikitext2" if (data_dir() / "wikitext2" / "wiki.test.raw").is_file() else "self"
+    if any(needs(methods).values()):
+        from llmslim.core.load import check_not_offloaded
+
+        check_not_offloaded(ctx.model, "calibration for " + ", ".join(methods))
     windows, desc = calibration_windows(ctx.model, ctx.tokenizer, calib, job.nsamples, job.seqlen, job.seed)
     clips = job.accumulate == "per-window" and any("gmm" in parse_method(m, base)[1].aggregate for m in methods)
     advance = ctx.step("calibrating (forward+backward" + (", GMM per window)" if clips else ")"), windows.shape[0])

@@ -9,7 +9,7 @@ import typer
 
 from llmslim.core import report
 from llmslim.core.job import Command, run_command
-from llmslim.core.options import (DEVICE, DTYPE, MODEL, SEED, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, LimitOpt, MaxNewTokensOpt, ModelArg, OutOpt,
+from llmslim.core.options import (DEVICE, DEVICE_MAP, DeviceMapOpt, MaxMemoryOpt, DTYPE, MODEL, SEED, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, LimitOpt, MaxNewTokensOpt, ModelArg, OutOpt,
                                   QuietOpt, SeedOpt)
 from llmslim.eval.run import ACC_NORM_TASKS
 from llmslim.sparsity import jobs
@@ -121,6 +121,8 @@ def eval_command(
     quiet: QuietOpt = False,
     seed: SeedOpt = SEED,
     device: DeviceOpt = DEVICE,
+    device_map: DeviceMapOpt = DEVICE_MAP,
+    max_memory: MaxMemoryOpt = None,
     dtype: DtypeOpt = DTYPE,
 ) -> None:
     """Perplexity and zero-shot accuracy vs sparsity for each method, with gathered (really smaller) execution."""
@@ -128,7 +130,7 @@ def eval_command(
                        head_sparsity=head_sparsity, allocation=allocation, min_keep=min_keep, decide=decide, fallback_margin=fallback_margin,
                        fallback_threshold=fallback_threshold, tasks=tasks, limit=limit,
                        ppl_limit=ppl_limit, ppl_prompt_len=ppl_prompt_len, plot=plot, out=out, force=force, seed=seed,
-                       device=device, dtype=dtype)
+                       device=device, device_map=device_map, max_memory=max_memory, dtype=dtype)
     run_command(EVAL_COMMAND, job, json_out=json, quiet=quiet)
 
 
@@ -169,12 +171,14 @@ def generate(
     quiet: QuietOpt = False,
     seed: SeedOpt = SEED,
     device: DeviceOpt = DEVICE,
+    device_map: DeviceMapOpt = DEVICE_MAP,
+    max_memory: MaxMemoryOpt = None,
     dtype: DtypeOpt = DTYPE,
 ) -> None:
     """Generate with the sparse model (greedy): the answer, tokens/s and the share of FFN work skipped."""
     job = jobs.UseJob(model=model, predictors=predictors, prompt=prompt, max_new_tokens=max_new_tokens, method=method,
                       ffn_sparsity=ffn_sparsity, head_sparsity=head_sparsity, decide=decide, fallback_margin=fallback_margin,
-                      fallback_threshold=fallback_threshold, seed=seed, device=device, dtype=dtype)
+                      fallback_threshold=fallback_threshold, seed=seed, device=device, device_map=device_map, max_memory=max_memory, dtype=dtype)
     run_command(GENERATE_COMMAND, job, json_out=json, quiet=quiet)
 
 
@@ -198,12 +202,14 @@ def bench(
     quiet: QuietOpt = False,
     seed: SeedOpt = SEED,
     device: DeviceOpt = DEVICE,
+    device_map: DeviceMapOpt = DEVICE_MAP,
+    max_memory: MaxMemoryOpt = None,
     dtype: DtypeOpt = DTYPE,
 ) -> None:
     """Dense vs sparse prefill and decode in one run: ratios, the predictor's and the gather's share, the per-module split."""
     job = jobs.UseJob(model=model, predictors=predictors, method=method, ffn_sparsity=ffn_sparsity, head_sparsity=head_sparsity,
                       decide=decide, fallback_margin=fallback_margin, fallback_threshold=fallback_threshold, prompt_len=prompt_len,
-                      new_tokens=new_tokens, repeats=repeats, threads=threads, out=out, force=force, seed=seed, device=device,
+                      new_tokens=new_tokens, repeats=repeats, threads=threads, out=out, force=force, seed=seed, device=device, device_map=device_map, max_memory=max_memory,
                       dtype=dtype)
     run_command(BENCH_COMMAND, job, json_out=json, quiet=quiet)
 

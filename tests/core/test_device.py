@@ -26,7 +26,11 @@ def test_peak_memory_is_in_mib_on_cpu_and_cuda(monkeypatch):
 
     monkeypatch.setattr(resource, "getrusage", lambda who: SimpleNamespace(ru_maxrss=3 * 1024 * 1024))  # Linux: KiB
     assert peak_memory_mb("cpu") == 3072.0
-    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a, **k: 5 * 2**30)  # bytes
+    # every GPU counts (a model spread by --device-map auto): 5 GiB on GPU 0, 6 GiB on GPU 1
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: (5 + (device or 0)) * 2**30)  # bytes
+    assert peak_memory_mb("cuda") == 11 * 1024.0
+    monkeypatch.setenv("WORLD_SIZE", "2")  # under a launcher: this process's GPU only
     assert peak_memory_mb("cuda") == 5120.0
 
 
@@ -46,3 +50,37 @@ def test_commands_that_train_load_for_training():
 
     for command in (ADAPT, DISTILL, RECOVER, *TRAIN_COMMANDS.values()):
         assert command.model_purpose == "training", command.name
+
+
+def test_max_memory_reads_accelerates_pairs_and_refuses_the_rest():
+    from llmslim.core.device import parse_max_memory
+
+    assert parse_max_memory(None) is None
+    assert parse_max_memory("0=70GiB, 1=20000MB,cpu=200GiB") == {0: "70GiB", 1: "20000MB", "cpu": "200GiB"}
+    assert parse_max_memory("0=1000000") == {0: 1000000}  # bytes, as accelerate takes an int
+    for bad in ("70GiB", "a=1GiB", "0=", "0=-3GiB", "0=lots", "-1=1GiB"):
+        with pytest.raises(BadOptionError, match="--max-memory: cannot read"):
+            parse_max_memory(bad)
+
+
+def test_device_map_options_are_checked_before_loading(monkeypatch):
+    from llmslim.core.device import check_device_map
+
+    cpu = torch.device("cpu")
+    assert check_device_map("one", None, cpu) is None
+    assert check_device_map("auto", None, cpu) is None  # one device: the model goes there whole
+    with pytest.raises(BadOptionError, match="unknown --device-map 'balanced'"):
+        check_device_map("balanced", None, cpu)
+    with pytest.raises(BadOptionError, match="add --device-map auto"):
+        check_device_map("one", "0=1GiB", cpu)
+    with pytest.raises(BadOptionError, match="needs CUDA GPUs"):
+        check_device_map("auto", "0=1GiB", cpu)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert check_device_map("auto", "0=1GiB,1=2GiB", torch.device("cuda")) == {0: "1GiB", 1: "2GiB"}
+    with pytest.raises(BadOptionError, match="names GPU 2, but torch sees 2"):
+        check_device_map("auto", "0=1GiB,2=1GiB", torch.device("cuda"))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    with pytest.raises(BadOptionError, match="each process a GPU of its own"):
+        check_device_map("auto", None, cpu)

@@ -52,14 +52,14 @@ def test_a_job_that_will_not_fit_is_refused_with_the_option_that_fits(monkeypatc
                                  device_type="cpu").values())
 
     # room for 256-token windows but not for 1024
-    monkeypatch.setattr(P, "available_bytes", lambda device: (total(256) + total(512)) // 2)
+    monkeypatch.setattr(P, "available_bytes", lambda device, **where: (total(256) + total(512)) // 2)
     result = invoke(["prune", tiny_llama_dir, "--seqlen", "1024"])
     assert result.exit_code != 0
     message = str(result.exception)
     assert "will not fit" in message and "--seqlen 256 would fit" in message and "\n" not in message
     result = invoke(["prune", tiny_llama_dir, "--seqlen", "1024", "--dry-run"])
     assert result.exit_code != 0 and "does not fit: --seqlen 256 would fit" in result.output
-    monkeypatch.setattr(P, "available_bytes", lambda device: 10)
+    monkeypatch.setattr(P, "available_bytes", lambda device, **where: 10)
     assert "use a device with more memory" in str(invoke(["prune", tiny_llama_dir]).exception)
 
 
@@ -104,7 +104,7 @@ def test_diffuse_distill_plans_a_round_at_the_diffusion_window(monkeypatch, tiny
                               .output)["memory"]["parts_bytes"].values())
 
     room = (total(1) + total(2)) // 2
-    monkeypatch.setattr(P, "available_bytes", lambda device: room)
+    monkeypatch.setattr(P, "available_bytes", lambda device, **where: room)
     result = invoke(["diffuse", "distill", folder, "--batch-size", "8", "--out", tmp_path / "students"])
     assert result.exit_code != 0 and "--batch-size 1 would fit" in str(result.exception)
 
@@ -131,7 +131,34 @@ def test_shorten_plans_its_step_and_trains_only_the_chosen_modules(monkeypatch, 
         return sum(json.loads(invoke(["shorten", "sft", *common, "--batch-size", str(batch)]).output)["memory"]["parts_bytes"].values())
 
     room = (total(1) + total(2)) // 2
-    monkeypatch.setattr(P, "available_bytes", lambda device: room)
+    monkeypatch.setattr(P, "available_bytes", lambda device, **where: room)
     result = invoke(["shorten", "sft", tiny_llama_dir, "--prompts", prompts, "--val-size", "1", "--max-new-tokens", "16",
                      "--batch-size", "8", "--out", tmp_path / "short"])
     assert result.exit_code != 0 and "--batch-size 1 would fit" in str(result.exception)
+
+
+def test_free_memory_is_one_gpus_unless_the_model_is_spread(monkeypatch):
+    import torch
+
+    free = {0: 10 * 2**30, 1: 20 * 2**30, 2: 30 * 2**30}
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free[getattr(device, "index", device) or 0], 0))
+    assert P.available_bytes(torch.device("cuda", 1)) == 20 * 2**30  # --device-map one: its own GPU
+    assert P.available_bytes(torch.device("cuda"), spread=True) == 60 * 2**30  # auto: every GPU
+    # --max-memory: only the GPUs it names, each at most its cap
+    assert P.available_bytes(torch.device("cuda"), spread=True, max_memory={0: "5GiB", 2: "40GiB", "cpu": "100GiB"}) == 35 * 2**30
+
+
+def test_a_prune_too_big_for_one_gpu_of_several_is_told_to_spread(monkeypatch, tiny_llama_dir):
+    import torch
+
+    from llmslim.prune.jobs import PruneJob, memory_plan
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    job = PruneJob(model=str(tiny_llama_dir), device="cuda", dtype="float32")
+    monkeypatch.setattr(P, "available_bytes", lambda device, spread=False, **where: 10**12 if spread else 1000)
+    plan, advice = memory_plan(job)
+    assert not plan.fits and advice.startswith("--device-map auto would fit (the model over 4 GPUs")
+    monkeypatch.setattr(P, "available_bytes", lambda device, spread=False, **where: 2000 if spread else 1000)
+    assert not memory_plan(job)[1].startswith("--device-map auto")  # not even spread: the usual advice
