@@ -79,13 +79,18 @@ def process_peak_rss() -> int:
 
 def peak_increase(run, device: torch.device) -> tuple[int | None, str]:
     """Call `run()`; return (largest memory increase over the baseline in bytes, method)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
+    if device.type == "cuda":  # summed over the GPUs in use (a model spread by --device-map auto)
+        from llmslim.core.device import cuda_devices_in_use
+
+        gpus = cuda_devices_in_use(device)
+        for i in gpus:
+            torch.cuda.synchronize(i)
+            torch.cuda.reset_peak_memory_stats(i)
+        base = sum(torch.cuda.memory_allocated(i) for i in gpus)
         run()
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - base, "cuda max_memory_allocated"
+        for i in gpus:
+            torch.cuda.synchronize(i)
+        return sum(torch.cuda.max_memory_allocated(i) for i in gpus) - base, "cuda max_memory_allocated"
     if device.type != "cpu":
         run()
         return None, f"not measured on {device.type}"

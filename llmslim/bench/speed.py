@@ -86,8 +86,11 @@ def _device(model: nn.Module) -> torch.device:
 
 
 def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    if device.type == "cuda":  # every GPU in use: a spread model's last layers run on another
+        from llmslim.core.device import cuda_devices_in_use
+
+        for index in cuda_devices_in_use(device):
+            torch.cuda.synchronize(index)
     elif device.type == "mps":
         torch.mps.synchronize()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from llmslim.core import distributed
@@ -65,12 +67,17 @@ def parse_max_memory(text: str | None) -> dict | None:
         key, sep, size = (part.strip() for part in item.partition("="))
         number = size[: -len(unit)] if (unit := next((u for u in _MEMORY_UNITS if size.endswith(u)), "")) else size
         try:
-            ok = bool(sep) and float(number) > 0 and (key == "cpu" or int(key) >= 0)
+            ok = bool(sep) and math.isfinite(float(number)) and float(number) > 0 and (key == "cpu" or int(key) >= 0)
         except ValueError:
             ok = False
         if not ok:
             raise BadOptionError(f"--max-memory: cannot read {item.strip()!r}; write GPU=SIZE pairs such as 0=70GiB,1=70GiB,cpu=200GiB")
-        caps[key if key == "cpu" else int(key)] = size if unit else int(float(number))
+        device = key if key == "cpu" else int(key)
+        if device in caps:
+            raise BadOptionError(f"--max-memory names {key} twice")
+        caps[device] = size if unit else int(float(number))
+    if all(device == "cpu" for device in caps):
+        raise BadOptionError("--max-memory names no GPU: give each GPU to use a size (0=70GiB,1=70GiB)")
     return caps
 
 
@@ -105,13 +112,21 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def cuda_devices_in_use(device: torch.device | str = "cuda") -> list[int]:
+    """The GPUs this process has memory on: `device`'s alone under a launcher (one GPU per
+    process), every GPU holding some of it otherwise (a model spread by --device-map auto).
+    Asking the caching allocator opens no CUDA context on an unused GPU."""
+    device = torch.device(device)
+    own = device.index if device.index is not None else torch.cuda.current_device()
+    if distributed.launched():
+        return [own]
+    return sorted({own} | {i for i in range(torch.cuda.device_count()) if torch.cuda.memory_reserved(i) > 0})
+
+
 def peak_memory_mb(device: torch.device | str = "cpu") -> float:
     """Peak memory so far: CUDA's max allocated bytes on a GPU, else the process's peak RSS."""
-    if torch.device(device).type == "cuda":
-        if distributed.launched():  # one GPU per process
-            return torch.cuda.max_memory_allocated() / 2**20
-        # every GPU: a model spread by --device-map auto uses several
-        return sum(torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count())) / 2**20
+    if torch.device(device).type == "cuda":  # every GPU it used: a model spread by --device-map auto uses several
+        return sum(torch.cuda.max_memory_allocated(i) for i in cuda_devices_in_use(device)) / 2**20
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB

@@ -153,26 +153,27 @@ def load_tokenizer(path: str):
 
 
 def _dispatch(model, max_memory: dict | None):
-    """A model built in CPU memory (non-uniform widths), spread over the GPUs as from_pretrained's
-    device_map="auto" would: whole decoder layers per device."""
-    from accelerate import dispatch_model, infer_auto_device_map
-    from accelerate.utils import get_balanced_memory
+    """A model built in CPU memory (non-uniform widths), placed as from_pretrained(device_map="auto")
+    places a model: transformers' own device-map inference (balanced over the GPUs, its reserves
+    and margins) and dispatch."""
+    from transformers.integrations.accelerate import _get_device_map, accelerate_dispatch
 
-    no_split = model._no_split_modules or []
-    max_memory = get_balanced_memory(model, max_memory=max_memory, no_split_module_classes=no_split)
-    device_map = infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=no_split)
-    model = dispatch_model(model, device_map=device_map)
+    device_map = _get_device_map(model, "auto", max_memory, None)
+    if any(where == "disk" for where in device_map.values()):
+        raise BadOptionError("the model does not fit the GPUs (nor --max-memory's cpu share); use more GPUs or raise --max-memory")
+    accelerate_dispatch(model, None, device_map, None, None, False)
     model.hf_device_map = device_map
     return model
 
 
-def check_not_offloaded(model, why: str) -> None:
-    """Refuse gradients through a model that --device-map auto could not fit on the GPUs: accelerate
-    keeps the layers it puts on "cpu" or "disk" as copies it loads per forward, so their weights
-    get no gradients (and calibration would score them as zeros)."""
+def check_not_offloaded(model, what: str) -> None:
+    """Refuse to change or differentiate a model that --device-map auto could not fit on the GPUs:
+    accelerate keeps the modules it puts on "cpu" or "disk" as meta tensors plus a full-size copy
+    it loads for each forward, so their weights get no gradients (calibration would score zeros)
+    and a pruned or sliced weight no longer matches the copy (the next forward fails)."""
     offloaded = [name for name, where in (getattr(model, "hf_device_map", None) or {}).items() if where in ("cpu", "disk")]
     if offloaded:
-        raise BadOptionError(f"{why} needs gradients on every layer, but {len(offloaded)} modules did not fit the GPUs and were "
+        raise BadOptionError(f"{what} needs every layer on a GPU, but {len(offloaded)} modules did not fit and were "
                              f"offloaded (first: {offloaded[0]}); use more GPUs, raise --max-memory, or a lower --dtype")
 
 
@@ -212,7 +213,13 @@ def load_model(
         model = build_with_widths(folder, config, torch_dtype)
         model = _dispatch(model, max_memory) if spread else model.to(torch_device)
     elif spread:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, device_map="auto", max_memory=max_memory)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, device_map="auto", max_memory=max_memory)
+        except ValueError as err:  # what did not fit went to "disk", and no offload folder was given
+            if "offload" not in str(err):
+                raise
+            raise BadOptionError("the model does not fit the GPUs (nor --max-memory's cpu share); use more GPUs or raise "
+                                 "--max-memory") from err
     elif torch_device.type == "cuda":  # straight onto the GPU, never whole in CPU memory first
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, device_map={"": torch_device})
     else:

@@ -14,6 +14,7 @@ from llmslim.core.data import data_dir, wikitext2_halves
 from llmslim.core.device import peak_memory_mb
 from llmslim.core.errors import BadOptionError
 from llmslim.core.job import CommonOptions, Context
+from llmslim.core.load import check_not_offloaded
 from llmslim.core.outputs import check_creatable
 from llmslim.core.save import save_model
 from llmslim.prune import calibrate
@@ -143,7 +144,7 @@ def validate(job: PruneJob) -> None:
         raise BadOptionError(f"--recover-steps must be >= 0, got {job.recover_steps}")
     if job.recover_full and not job.recover_steps:
         raise BadOptionError("--recover-full needs --recover-steps N (N > 0)")
-    if job.recover_steps and job.device_map != "one":
+    if job.recover_steps and job.device_map == "auto":
         raise BadOptionError("--recover-steps trains on one device: prune with --device-map auto, then run `llmslim recover` on its output")
     if job.recover_steps and distributed.launched():
         raise BadOptionError("--recover-steps runs in one process: under torchrun, prune, then run `llmslim recover` on its output")
@@ -200,7 +201,8 @@ def memory_plan(job: PruneJob):
         advice = ("without --recover-full (LoRA) it would fit" if job.recover_full and lora.fits
                   else "recover separately (`llmslim recover`, where --batch-size and --seqlen are options)")
         return plan, advice
-    if not plan.fits and device.type == "cuda" and job.device_map == "one" and torch.cuda.device_count() > 1:
+    if (not plan.fits and device.type == "cuda" and job.device_map == "one" and torch.cuda.device_count() > 1
+            and not distributed.launched() and not job.recover_steps):  # where auto is allowed
         spread = P.available_bytes(device, spread=True)
         if plan.total <= spread:
             return plan, f"--device-map auto would fit (the model over {torch.cuda.device_count()} GPUs, {spread / P.GiB:.0f} GiB free)"
@@ -249,10 +251,6 @@ def _calibrate(job: PruneJob, ctx: Context, methods: list[str], base: ScoreConfi
     calib = job.calib
     if calib == "auto":
         calib = "wikitext2" if (data_dir() / "wikitext2" / "wiki.test.raw").is_file() else "self"
-    if any(needs(methods).values()):
-        from llmslim.core.load import check_not_offloaded
-
-        check_not_offloaded(ctx.model, "calibration for " + ", ".join(methods))
     windows, desc = calibration_windows(ctx.model, ctx.tokenizer, calib, job.nsamples, job.seqlen, job.seed)
     clips = job.accumulate == "per-window" and any("gmm" in parse_method(m, base)[1].aggregate for m in methods)
     advance = ctx.step("calibrating (forward+backward" + (", GMM per window)" if clips else ")"), windows.shape[0])
@@ -267,6 +265,7 @@ def run(job: PruneJob, ctx: Context) -> dict:
     base = _score_config(job)
     methods = _methods(job)
     model, tokenizer = ctx.model, ctx.tokenizer
+    check_not_offloaded(model, "pruning")
     _check_units(model, job)
     t0 = time.perf_counter()
     stats, calib_desc = _calibrate(job, ctx, methods, base)

@@ -142,8 +142,8 @@ def trace_batch(model, ids: torch.Tensor, decide_at: list[int], crits: list[str]
             handles.append(attn.o.register_forward_pre_hook(keep(heads_in, i)))
             handles.append(ffn.output.register_forward_pre_hook(keep(ffn_in, i)))
             handles.append(layer.register_forward_pre_hook(
-                lambda m, a, k, i=i: layer_in.__setitem__(i, _hidden_arg(a, k)[rows, at].detach().float().cpu()), with_kwargs=True))
-        handles.append(attns[0].o.register_forward_hook(lambda m, a, out: feature.append(out[rows, at].detach().float().cpu())))
+                lambda m, a, k, i=i: layer_in.__setitem__(i, _at(_hidden_arg(a, k), rows, at).detach().float().cpu()), with_kwargs=True))
+        handles.append(attns[0].o.register_forward_hook(lambda m, a, out: feature.append(_at(out, rows, at).detach().float().cpu())))
         ids = ids.to(device)
         with torch.set_grad_enabled(need_grad):
             embeds = model.get_input_embeddings()(ids).detach()
@@ -151,9 +151,10 @@ def trace_batch(model, ids: torch.Tensor, decide_at: list[int], crits: list[str]
                 embeds.requires_grad_(True)
             logits = model(inputs_embeds=embeds, use_cache=False).logits
             if need_grad:
+                ids = ids.to(logits.device)  # the last layer's device under --device-map auto
                 nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="none")
-                targets = torch.arange(1, ids.shape[1], device=device)[None]  # target j is predicted at j - 1
-                first = torch.tensor(loss_from or [1] * ids.shape[0], device=device)[:, None]
+                targets = torch.arange(1, ids.shape[1], device=ids.device)[None]  # target j is predicted at j - 1
+                first = torch.tensor(loss_from or [1] * ids.shape[0], device=ids.device)[:, None]
                 scored = (targets >= first).float()
                 loss = ((nll.view(ids.shape[0], -1) * scored).sum(1) / scored.sum(1)).sum()
                 loss.backward()
@@ -162,7 +163,7 @@ def trace_batch(model, ids: torch.Tensor, decide_at: list[int], crits: list[str]
             h.remove()
     L, H, hd = len(layers), attns[0].n_heads, attns[0].head_dim
     B, T = ids.shape
-    out = {"features": feature[0], "features_pre": heads_in[0].detach()[rows, at].float().cpu(),
+    out = {"features": feature[0], "features_pre": _at(heads_in[0].detach(), rows, at).float().cpu(),
            "layer_inputs": torch.stack(layer_in, 1),
            "heads": {c: torch.zeros(B, L, H) for c in crits}, "neurons": {c: torch.zeros(B, L, ffns[0].width) for c in crits}}
     for i in range(L):
@@ -177,6 +178,12 @@ def trace_batch(model, ids: torch.Tensor, decide_at: list[int], crits: list[str]
                 out["heads"][c][b, i] = C.score(c, a_h[b], gh).cpu()
                 out["neurons"][c][b, i] = C.score(c, a_n[b], gn).cpu()
     return out
+
+
+def _at(x: torch.Tensor, rows: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+    """x[rows, at], the indices moved to x's device (layers spread over GPUs by --device-map auto;
+    a forward pre-hook sees the layer's input before accelerate moves it)."""
+    return x[rows.to(x.device), at.to(x.device)]
 
 
 def collect(model, examples: list[Example], criteria: list[str], *, batch_size: int = 8, progress=None) -> Traces:

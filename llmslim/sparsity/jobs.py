@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from llmslim.core.errors import BadOptionError, DataError
 from llmslim.core.job import CommonOptions, Context
+from llmslim.core.load import check_not_offloaded
 from llmslim.core.options import MODEL, SEED
 from llmslim.sparsity import criteria as C
 from llmslim.sparsity import masks as M
@@ -244,6 +245,7 @@ def evaluate_config(model, tokenizer, cfg, pr: dict | None, *, criterion: str, w
 
 def run_eval(job: EvalJob, ctx: Context) -> dict:
     """Every (criterion, method, sparsity) with a mask per input, plus the dense model."""
+    check_not_offloaded(ctx.model, "sparse execution (weights sliced per input)")
     from llmslim.core.data import data_dir, wikitext2_halves
     from llmslim.sparsity import predictor as P
     from llmslim.sparsity.evaluate import ppl_windows
@@ -401,6 +403,7 @@ def _runner(job: UseJob, model, pred: dict, decide: str):
 
 
 def run_generate(job: UseJob, ctx: Context) -> dict:
+    check_not_offloaded(ctx.model, "sparse execution (weights sliced per input)")
     from llmslim.core.generate import render_prompt
     from llmslim.sparsity import predictor as P
     from llmslim.sparsity.bench import run_once
@@ -437,6 +440,7 @@ def _bench_prompt(job: UseJob, tokenizer, vocab: int):
 
 
 def run_bench(job: UseJob, ctx: Context) -> dict:
+    check_not_offloaded(ctx.model, "sparse execution (weights sliced per input)")
     import torch
 
     from llmslim.sparsity import predictor as P

@@ -26,12 +26,16 @@ def test_peak_memory_is_in_mib_on_cpu_and_cuda(monkeypatch):
 
     monkeypatch.setattr(resource, "getrusage", lambda who: SimpleNamespace(ru_maxrss=3 * 1024 * 1024))  # Linux: KiB
     assert peak_memory_mb("cpu") == 3072.0
-    # every GPU counts (a model spread by --device-map auto): 5 GiB on GPU 0, 6 GiB on GPU 1
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    # every GPU this process holds memory on counts (a model spread by --device-map auto): 5 GiB
+    # on GPU 0, 6 GiB on GPU 1; GPU 2 is unused (not asked: that would open a context on it)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 2**20 if device in (0, 1) else 0)
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: (5 + (device or 0)) * 2**30)  # bytes
     assert peak_memory_mb("cuda") == 11 * 1024.0
     monkeypatch.setenv("WORLD_SIZE", "2")  # under a launcher: this process's GPU only
     assert peak_memory_mb("cuda") == 5120.0
+    assert peak_memory_mb(torch.device("cuda", 1)) == 6144.0
 
 
 def test_training_weights_are_fp32_on_every_device():
@@ -58,9 +62,13 @@ def test_max_memory_reads_accelerates_pairs_and_refuses_the_rest():
     assert parse_max_memory(None) is None
     assert parse_max_memory("0=70GiB, 1=20000MB,cpu=200GiB") == {0: "70GiB", 1: "20000MB", "cpu": "200GiB"}
     assert parse_max_memory("0=1000000") == {0: 1000000}  # bytes, as accelerate takes an int
-    for bad in ("70GiB", "a=1GiB", "0=", "0=-3GiB", "0=lots", "-1=1GiB"):
+    for bad in ("70GiB", "a=1GiB", "0=", "0=-3GiB", "0=lots", "-1=1GiB", "0=inf", "0=infGiB", "0=nanGiB"):
         with pytest.raises(BadOptionError, match="--max-memory: cannot read"):
             parse_max_memory(bad)
+    with pytest.raises(BadOptionError, match="names 0 twice"):
+        parse_max_memory("0=1GiB,0=2GiB")
+    with pytest.raises(BadOptionError, match="names no GPU"):
+        parse_max_memory("cpu=100GiB")
 
 
 def test_device_map_options_are_checked_before_loading(monkeypatch):

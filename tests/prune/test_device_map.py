@@ -43,13 +43,50 @@ def test_activation_sums_are_made_on_their_layers_device():
     assert [t.device.type for t in run.act_sq] == ["cpu", "meta"]
 
 
-def test_gradients_through_offloaded_layers_are_refused():
+def test_offloaded_layers_are_refused():
     from llmslim.core.load import check_not_offloaded
 
     model = tiny_model("llama")
-    check_not_offloaded(model, "calibration")  # not dispatched: nothing to refuse
+    check_not_offloaded(model, "pruning")  # not dispatched: nothing to refuse
     model.hf_device_map = {"model.embed_tokens": 0, "model.layers.0": 0, "model.layers.1": 1, "lm_head": 1}
-    check_not_offloaded(model, "calibration")  # spread over GPUs: fine
+    check_not_offloaded(model, "pruning")  # spread over GPUs: fine
     model.hf_device_map |= {"model.layers.1": "cpu"}
-    with pytest.raises(BadOptionError, match=r"1 modules did not fit the GPUs and were offloaded \(first: model.layers.1\)"):
-        check_not_offloaded(model, "calibration")
+    with pytest.raises(BadOptionError, match=r"pruning needs every layer on a GPU, but 1 modules did not fit and were offloaded \(first: model.layers.1\)"):
+        check_not_offloaded(model, "pruning")
+
+
+def test_prune_refuses_a_model_with_offloaded_layers_even_without_gradients(monkeypatch, tiny_llama_dir, tmp_path):
+    # wanda-sp needs no gradients, but cutting an offloaded layer's weights leaves accelerate's
+    # full-size copy, which the next forward loads into the cut layer
+    from typer.testing import CliRunner
+
+    from llmslim.cli import app
+    from llmslim.core import load
+
+    real = load.load_model
+
+    def offloaded(*args, **kwargs):
+        loaded = real(*args, **kwargs)
+        loaded.model.hf_device_map = {"model.embed_tokens": 0, "model.layers.0": 0, "model.layers.1": "disk", "lm_head": 0}
+        return loaded
+
+    monkeypatch.setattr(load, "load_model", offloaded)
+    result = CliRunner().invoke(app, ["prune", str(tiny_llama_dir), "--method", "wanda-sp", "--nsamples", "2", "--seqlen", "16",
+                                      "--calib", "self", "--out", str(tmp_path / "out")])
+    error = str(result.exception)
+    assert isinstance(result.exception, BadOptionError) and "\n" not in error
+    assert "pruning needs every layer on a GPU" in error and "first: model.layers.1" in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_model_with_per_layer_widths_is_placed_as_from_pretrained_places_one(tiny_llama_dir):
+    # transformers' own device-map inference and dispatch, here with the CPU as the only device
+    from llmslim.core.load import _dispatch
+
+    model = tiny_model("llama")
+    reference = tiny_model("llama")
+    dispatched = _dispatch(model, {"cpu": "1GiB"})
+    assert set(dispatched.hf_device_map.values()) == {"cpu"}
+    ids = torch.randint(0, 128, (1, 8), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(dispatched(ids).logits, reference(ids).logits)
