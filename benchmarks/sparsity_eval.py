@@ -59,7 +59,30 @@ ap.add_argument("--fallbacks", default="0:0,0.05:0.2",
 ap.add_argument("--cache", default="runs/sparsity_eval", help="traces and predictors, reused by later runs")
 ap.add_argument("--out", default="benchmarks/results/sparsity_eval")
 ap.add_argument("--resume", action="store_true", help="keep the rows of OUT.json.partial and run only the missing ones")
+ap.add_argument("--markdown", action="store_true", help="print OUT.json's rows (else OUT.json.partial's) as a markdown table; run nothing")
 args = ap.parse_args()
+
+
+def markdown(rows: list[dict]) -> str:
+    """The docs table: one line a row, in the table's order."""
+    head = ("| method | decide | fallback | FFN sparsity | heads | ppl | ARC-e | PIQA | HellaSwag | mean acc "
+            "| FFN skipped | heads skipped | s |\n|" + "---|" * 13)
+    lines = [head]
+    for r in rows:
+        fallback = "-" if not (r.get("fallback_margin") or r.get("fallback_threshold")) else \
+            f"{r['fallback_margin']:g}:{r['fallback_threshold']:g}"
+        lines.append(f"| {r['method']} | {r['decide'] if r['method'] in ('shadow', 'dejavu') else '-'} | {fallback} "
+                     f"| {r['ffn_sparsity']:g} | {r['head_sparsity']:g} | {r['ppl']:.1f} | {r['arc_easy']:.3f} | {r['piqa']:.3f} "
+                     f"| {r['hellaswag']:.3f} | {r['mean_acc']:.3f} | {r.get('neurons_skipped', 0):.3f} | {r.get('groups_skipped', 0):.3f} "
+                     f"| {r['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+if args.markdown:
+    partial_rows = Path(args.out + ".json.partial")  # a run under way, or cut short
+    source = partial_rows if partial_rows.is_file() else Path(args.out + ".json")
+    print(markdown(json.loads(source.read_text())["rows"]))
+    raise SystemExit(0)
 
 floats = lambda text: [float(x) for x in text.split(",") if x]  # noqa: E731
 fallbacks = [tuple(float(v) for v in pair.split(":")) for pair in args.fallbacks.split(",")]
