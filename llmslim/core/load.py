@@ -177,6 +177,32 @@ def check_not_offloaded(model, what: str) -> None:
                              f"offloaded (first: {offloaded[0]}); use more GPUs, raise --max-memory, or a lower --dtype")
 
 
+def check_fits_spread(spec: str, dtype: str, max_memory: dict | None, what: str) -> None:
+    """Before loading, for --device-map auto on CUDA: place the model as from_pretrained would
+    (transformers' device-map inference on a meta-device build of its config, no weights read)
+    and refuse, as check_not_offloaded would after a load of minutes, if some of it would be
+    offloaded."""
+    from transformers import AutoModelForCausalLM
+    from transformers.integrations.accelerate import _get_device_map
+
+    from llmslim.core.plan import model_config
+
+    config = model_config(spec)
+    torch_dtype = resolve_dtype(dtype, torch.device("cuda"), "inference")
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
+    model.hf_device_map = _get_device_map(model, "auto", max_memory, None)
+    check_not_offloaded(model, what)
+
+
+def check_spread_before_loading(job, what: str) -> None:
+    """A command's validate: with --device-map auto on CUDA, `check_fits_spread` for its model."""
+    from llmslim.core.device import parse_max_memory
+
+    if getattr(job, "device_map", "one") == "auto" and resolve_device(job.device).type == "cuda":
+        check_fits_spread(job.model, job.dtype, parse_max_memory(job.max_memory), what)
+
+
 def load_model(
     spec: str = DEFAULT_MODEL,
     *,

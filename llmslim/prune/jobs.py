@@ -14,7 +14,7 @@ from llmslim.core.data import data_dir, wikitext2_halves
 from llmslim.core.device import peak_memory_mb
 from llmslim.core.errors import BadOptionError
 from llmslim.core.job import CommonOptions, Context
-from llmslim.core.load import check_not_offloaded
+from llmslim.core.load import check_not_offloaded, check_spread_before_loading
 from llmslim.core.outputs import check_creatable
 from llmslim.core.save import save_model
 from llmslim.prune import calibrate
@@ -144,6 +144,7 @@ def validate(job: PruneJob) -> None:
         raise BadOptionError(f"--recover-steps must be >= 0, got {job.recover_steps}")
     if job.recover_full and not job.recover_steps:
         raise BadOptionError("--recover-full needs --recover-steps N (N > 0)")
+    check_spread_before_loading(job, "pruning")
     if job.recover_steps and job.device_map == "auto":
         raise BadOptionError("--recover-steps trains on one device: prune with --device-map auto, then run `llmslim recover` on its output")
     if job.recover_steps and distributed.launched():

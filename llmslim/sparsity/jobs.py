@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from llmslim.core.errors import BadOptionError, DataError
 from llmslim.core.job import CommonOptions, Context
-from llmslim.core.load import check_not_offloaded
+from llmslim.core.load import check_not_offloaded, check_spread_before_loading
 from llmslim.core.options import MODEL, SEED
 from llmslim.sparsity import criteria as C
 from llmslim.sparsity import masks as M
@@ -199,6 +199,7 @@ def validate_eval(job: EvalJob) -> None:
             _check_heads(job.head_sparsity, pred, job.allocation, method)
     if job.plot is not None:
         check_creatable(job.plot)
+    check_spread_before_loading(job, "sparse execution (weights sliced per input)")
 
 
 def _configs(preds: list[dict], methods: list[str], sparsities: list[float], decisions: list[str]) -> list[tuple]:
@@ -384,6 +385,7 @@ def validate_use(job: UseJob, bench: bool) -> None:
     if job.method != "static" and pred[job.method] is None:
         raise BadOptionError(f"{job.predictors} holds no {job.method} predictor (train it with --which {job.method})")
     _check_heads(job.head_sparsity, pred, SparsityConfig.allocation, job.method)  # generate and bench use its default
+    check_spread_before_loading(job, "sparse execution (weights sliced per input)")
 
 
 def _check_heads(head_sparsity: float, pred: dict, allocation: str, method: str) -> None:

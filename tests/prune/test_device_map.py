@@ -90,3 +90,12 @@ def test_a_model_with_per_layer_widths_is_placed_as_from_pretrained_places_one(t
     ids = torch.randint(0, 128, (1, 8), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         torch.testing.assert_close(dispatched(ids).logits, reference(ids).logits)
+
+
+def test_a_spread_that_would_offload_is_refused_before_loading(tiny_llama_dir):
+    # the placement from_pretrained would make, inferred on a meta-device build of the config:
+    # with room for nothing, every module would go to disk
+    from llmslim.core.load import check_fits_spread
+
+    with pytest.raises(BadOptionError, match=r"pruning needs every layer on a GPU, but \d+ modules did not fit"):
+        check_fits_spread(str(tiny_llama_dir), "float32", {"cpu": "1KB"}, "pruning")
