@@ -59,6 +59,8 @@ ap.add_argument("--fallbacks", default="0:0,0.05:0.2",
 ap.add_argument("--cache", default="runs/sparsity_eval", help="traces and predictors, reused by later runs")
 ap.add_argument("--out", default="benchmarks/results/sparsity_eval")
 ap.add_argument("--resume", action="store_true", help="keep the rows of OUT.json.partial and run only the missing ones")
+ap.add_argument("--device", default="cpu", help="cpu (one thread: the docs table) or cuda (a lent GPU: use another --out)")
+ap.add_argument("--dtype", default="float32")
 ap.add_argument("--markdown", action="store_true", help="print OUT.json's rows (else OUT.json.partial's) as a markdown table; run nothing")
 args = ap.parse_args()
 
@@ -86,7 +88,8 @@ if args.markdown:
 
 floats = lambda text: [float(x) for x in text.split(",") if x]  # noqa: E731
 fallbacks = [tuple(float(v) for v in pair.split(":")) for pair in args.fallbacks.split(",")]
-torch.set_num_threads(1)
+if args.device == "cpu":
+    torch.set_num_threads(1)
 torch.manual_seed(0)
 t_start = time.perf_counter()
 cache = Path(args.cache)
@@ -96,16 +99,17 @@ partial = Path(args.out + ".json.partial")
 partial.parent.mkdir(parents=True, exist_ok=True)
 # what every row depends on beyond its key: a resumed run must not mix rows of other sizes or predictors
 settings = {"n": args.n, "seqlen": args.seqlen, "epochs": args.epochs, "limit": args.limit, "ppl_windows": args.ppl_windows,
-            "traces": traces_path.name, "cache": str(cache.resolve())}
+            "traces": traces_path.name, "cache": str(cache.resolve()), "device": args.device, "dtype": args.dtype}
 if partial.is_file() and not args.resume:
     raise SystemExit(f"{partial} holds rows of an earlier run: pass --resume to keep them, or delete it")
 saved = json.loads(partial.read_text()) if partial.is_file() else {"settings": settings, "rows": []}
 if isinstance(saved, list):
     raise SystemExit(f"{partial} is from before the settings were recorded: use another --out, or delete it")
+saved["settings"] = {"device": "cpu", "dtype": "float32"} | saved["settings"]  # partial files from before --device: CPU runs
 if saved["settings"] != settings:
     raise SystemExit(f"{partial} was made with {saved['settings']}, not {settings}: use another --out, or delete it")
 rows = saved["rows"]
-loaded = load_model("smollm2-135m", device="cpu", dtype="float32")
+loaded = load_model("smollm2-135m", device=args.device, dtype=args.dtype)
 model, tok = loaded.model, loaded.tokenizer
 cache.mkdir(parents=True, exist_ok=True)
 
