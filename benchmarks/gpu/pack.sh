@@ -13,10 +13,13 @@ grep -v '^#' benchmarks/gpu/requirements.txt | while read -r req; do
     [ -n "$req" ] || continue
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-        -d .gpu/wheels "$req" 2>/dev/null \
-    || .venv/bin/python -m pip wheel -q --no-deps -w .gpu/wheels "$req"   # sdist only: a pure-Python wheel built here
+        -d .gpu/wheels "$req" 2>/dev/null && continue
+    # no 3.12 wheel on PyPI (an sdist only): build one here, and refuse anything but pure Python
+    .venv/bin/python -m pip wheel -q --no-deps -w .gpu/wheels "$req"
+    ls .gpu/wheels/"$(echo "${req%%==*}" | tr '-' '_')"-*-py3-none-any.whl >/dev/null \
+        || { echo "no pure-Python wheel for $req" >&2; exit 1; }
 done
-for f in wikitext2/wiki.test.raw alpaca/alpaca_200.json lambada mt_bench arc piqa hellaswag; do
+for f in wikitext2/wiki.test.raw alpaca/alpaca_200.json gsm8k/train.jsonl lambada mt_bench arc piqa hellaswag; do
     mkdir -p ".gpu/data/$(dirname "$f")" && cp -r "$data/$f" ".gpu/data/$(dirname "$f")/"
 done
 gguf=$(.venv/bin/python -c "from llmslim.core.load import _smollm2_gguf; print(_smollm2_gguf())")

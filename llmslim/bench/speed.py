@@ -85,14 +85,25 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":  # every GPU in use: a spread model's last layers run on another
+def synchronize(device: torch.device, gpus: list[int] | None = None) -> None:
+    """Wait for the device. CUDA: every GPU in use (a spread model's last layers run on another),
+    `gpus` where the caller listed them once (timers that synchronize in every hook)."""
+    if device.type == "cuda":
         from llmslim.core.device import cuda_devices_in_use
 
-        for index in cuda_devices_in_use(device):
+        for index in gpus if gpus is not None else cuda_devices_in_use(device):
             torch.cuda.synchronize(index)
     elif device.type == "mps":
         torch.mps.synchronize()
+
+
+def gpus_to_sync(device: torch.device) -> list[int] | None:
+    """The GPUs to synchronize, listed once before a timed span (None off CUDA)."""
+    if device.type != "cuda":
+        return None
+    from llmslim.core.device import cuda_devices_in_use
+
+    return cuda_devices_in_use(device)
 
 
 @dataclass
@@ -156,20 +167,21 @@ def generate_once(session: Session) -> tuple[float, float]:
     device = ids.device
     cache = _new_cache(session)
     prompt_len = ids.shape[1]
-    synchronize(device)
+    gpus = gpus_to_sync(device)
+    synchronize(device, gpus)
     t0 = time.perf_counter()
     logits = model(
         input_ids=ids, past_key_values=cache, use_cache=True,
         cache_position=torch.arange(prompt_len, device=device), **session.keep_kwarg,
     ).logits
     token = logits[:, -1].argmax(-1, keepdim=True)
-    synchronize(device)
+    synchronize(device, gpus)
     t1 = time.perf_counter()
     for i in range(cfg.new_tokens - 1):
         position = torch.tensor([prompt_len + i], device=device)
         logits = session.step(token, cache, position)
         token = logits[:, -1].argmax(-1, keepdim=True)
-    synchronize(device)
+    synchronize(device, gpus)
     return t1 - t0, time.perf_counter() - t1
 
 

@@ -20,7 +20,7 @@ from dataclasses import replace
 
 from torch import nn
 
-from llmslim.bench.speed import SpeedConfig, generate_once, prepare, synchronize
+from llmslim.bench.speed import SpeedConfig, gpus_to_sync, generate_once, prepare, synchronize
 
 PARTS = ("attention", "ffn", "lm_head", "other")
 
@@ -43,6 +43,7 @@ def module_parts(model: nn.Module) -> dict[str, list[nn.Module]]:
 class _Timer:
     def __init__(self, device):
         self.device = device
+        self.gpus = gpus_to_sync(device)  # listed once: the hooks synchronize inside the timed spans
         self.stack: list[list] = []  # [part, start, time spent in timed children]
         self.seconds = {"prefill": dict.fromkeys(PARTS, 0.0), "decode": dict.fromkeys(PARTS, 0.0)}
         self.totals = {"prefill": 0.0, "decode": 0.0}
@@ -51,7 +52,7 @@ class _Timer:
 
     def enter(self, part: str):
         def hook(module, args):
-            synchronize(self.device)
+            synchronize(self.device, self.gpus)
             if part == "total":
                 self.phase = "prefill" if self.calls["prefill"] == 0 else "decode"
             self.stack.append([part, time.perf_counter(), 0.0])
@@ -60,7 +61,7 @@ class _Timer:
 
     def leave(self, part: str):
         def hook(module, args, output):
-            synchronize(self.device)
+            synchronize(self.device, self.gpus)
             name, start, children = self.stack.pop()
             assert name == part, f"hooks out of order: {name} closed by {part}"
             elapsed = time.perf_counter() - start

@@ -152,16 +152,32 @@ def load_tokenizer(path: str):
     return tokenizer
 
 
+def _auto_device_map(model, max_memory: dict | None) -> dict:
+    """The placement from_pretrained(device_map="auto") makes: transformers' own inference where
+    it has it (5.x: its reserves, margins and tied-weight handling), accelerate's public
+    functions in older versions."""
+    try:
+        from transformers.integrations.accelerate import _get_device_map
+    except ImportError:
+        from accelerate import infer_auto_device_map
+        from accelerate.utils import get_balanced_memory
+
+        no_split = model._no_split_modules or []
+        balanced = get_balanced_memory(model, max_memory=max_memory, no_split_module_classes=no_split)
+        return infer_auto_device_map(model, max_memory=balanced, no_split_module_classes=no_split)
+    return _get_device_map(model, "auto", max_memory, None)
+
+
 def _dispatch(model, max_memory: dict | None):
     """A model built in CPU memory (non-uniform widths), placed as from_pretrained(device_map="auto")
-    places a model: transformers' own device-map inference (balanced over the GPUs, its reserves
-    and margins) and dispatch."""
-    from transformers.integrations.accelerate import _get_device_map, accelerate_dispatch
+    places a model. No offload folder exists for a model built in memory, so what would go to
+    disk is refused."""
+    from accelerate import dispatch_model
 
-    device_map = _get_device_map(model, "auto", max_memory, None)
+    device_map = _auto_device_map(model, max_memory)
     if any(where == "disk" for where in device_map.values()):
         raise BadOptionError("the model does not fit the GPUs (nor --max-memory's cpu share); use more GPUs or raise --max-memory")
-    accelerate_dispatch(model, None, device_map, None, None, False)
+    dispatch_model(model, device_map=device_map, skip_keys=getattr(model, "_skip_keys_device_placement", None))
     model.hf_device_map = device_map
     return model
 
@@ -183,15 +199,16 @@ def check_fits_spread(spec: str, dtype: str, max_memory: dict | None, what: str)
     and refuse, as check_not_offloaded would after a load of minutes, if some of it would be
     offloaded."""
     from transformers import AutoModelForCausalLM
-    from transformers.integrations.accelerate import _get_device_map
 
     from llmslim.core.plan import model_config
 
     config = model_config(spec)
+    if getattr(config, "llmslim_ffn_widths", None):
+        return  # built from the config, every layer would be its widest: checked after the load instead
     torch_dtype = resolve_dtype(dtype, torch.device("cuda"), "inference")
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
-    model.hf_device_map = _get_device_map(model, "auto", max_memory, None)
+    model.hf_device_map = _auto_device_map(model, max_memory)
     check_not_offloaded(model, what)
 
 
@@ -199,7 +216,12 @@ def check_spread_before_loading(job, what: str) -> None:
     """A command's validate: with --device-map auto on CUDA, `check_fits_spread` for its model."""
     from llmslim.core.device import parse_max_memory
 
-    if getattr(job, "device_map", "one") == "auto" and resolve_device(job.device).type == "cuda":
+    from llmslim.core import distributed
+
+    # not for --dry-run (it prints the plan), nor under a launcher (auto is refused there, and
+    # accelerate's reading of free memory would open a context on every GPU in every process)
+    if (getattr(job, "device_map", "one") == "auto" and not getattr(job, "dry_run", False) and not distributed.launched()
+            and resolve_device(job.device).type == "cuda"):
         check_fits_spread(job.model, job.dtype, parse_max_memory(job.max_memory), what)
 
 

@@ -144,7 +144,6 @@ def validate(job: PruneJob) -> None:
         raise BadOptionError(f"--recover-steps must be >= 0, got {job.recover_steps}")
     if job.recover_full and not job.recover_steps:
         raise BadOptionError("--recover-full needs --recover-steps N (N > 0)")
-    check_spread_before_loading(job, "pruning")
     if job.recover_steps and job.device_map == "auto":
         raise BadOptionError("--recover-steps trains on one device: prune with --device-map auto, then run `llmslim recover` on its output")
     if job.recover_steps and distributed.launched():
@@ -159,6 +158,7 @@ def validate(job: PruneJob) -> None:
         saved = read_stats(job.scores)[0]  # a bad file fails here
         if saved.meta.get("target", "ffn") != job.target:
             raise BadOptionError(f"{job.scores} holds {saved.meta.get('target', 'ffn')} scores, not --target {job.target}")
+    check_spread_before_loading(job, "pruning")  # last: it builds the model on the meta device
 
 
 def memory_plan(job: PruneJob):

@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from llmslim.bench.speed import synchronize
+from llmslim.bench.speed import gpus_to_sync, synchronize
 
 
 @torch.no_grad()
@@ -29,18 +29,19 @@ def run_once(model, runner, ids: torch.Tensor, new_tokens: int) -> dict:
     device = ids.device
     before = (runner.stats["predict_s"], runner.gather.seconds) if runner else (0.0, 0.0)
     cache = DynamicCache(config=model.config)
-    synchronize(device)
+    gpus = gpus_to_sync(device)
+    synchronize(device, gpus)
     t0 = time.perf_counter()
     with runner.input(decide_at=-1) if runner else nullcontext():
         logits = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
         token = logits[:, -1].argmax(-1, keepdim=True)
-        synchronize(device)
+        synchronize(device, gpus)
         t1 = time.perf_counter()
         out = [token]
         for _ in range(new_tokens - 1):
             token = model(input_ids=token, past_key_values=cache, use_cache=True).logits[:, -1].argmax(-1, keepdim=True)
             out.append(token)
-        synchronize(device)
+        synchronize(device, gpus)
         t2 = time.perf_counter()
     predict = runner.stats["predict_s"] - before[0] if runner else 0.0
     gather = runner.gather.seconds - before[1] if runner else 0.0
