@@ -214,9 +214,8 @@ def check_fits_spread(spec: str, dtype: str, max_memory: dict | None, what: str)
 
 def check_spread_before_loading(job, what: str) -> None:
     """A command's validate: with --device-map auto on CUDA, `check_fits_spread` for its model."""
-    from llmslim.core.device import parse_max_memory
-
     from llmslim.core import distributed
+    from llmslim.core.device import parse_max_memory
 
     # not for --dry-run (it prints the plan), nor under a launcher (auto is refused there, and
     # accelerate's reading of free memory would open a context on every GPU in every process)
