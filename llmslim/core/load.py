@@ -182,6 +182,18 @@ def _dispatch(model, max_memory: dict | None):
     return model
 
 
+def placement(model) -> dict[str, int] | None:
+    """Where --device-map auto put the model: modules per device ({"0": 18, "1": 17}); None for a
+    model on one device."""
+    device_map = getattr(model, "hf_device_map", None)
+    if not device_map or len(set(device_map.values())) < 2:
+        return None
+    counts: dict[str, int] = {}
+    for where in device_map.values():
+        counts[str(where)] = counts.get(str(where), 0) + 1
+    return counts
+
+
 def check_not_offloaded(model, what: str) -> None:
     """Refuse to change or differentiate a model that --device-map auto could not fit on the GPUs:
     accelerate keeps the modules it puts on "cpu" or "disk" as meta tensors plus a full-size copy

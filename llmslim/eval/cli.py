@@ -11,6 +11,7 @@ import typer
 
 from llmslim.core import report
 from llmslim.core.job import Command, Context, run_command
+from llmslim.core.load import placement
 from llmslim.core.options import (DEVICE, DEVICE_MAP, DeviceMapOpt, MaxMemoryOpt, DTYPE, MODEL, SEED, BatchSizeOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, LimitOpt,
                                   MaxNewTokensOpt, ModelArg, OutOpt, PplLimitOpt, PplSeqlenOpt, QuietOpt, SeedOpt, TasksOpt)
 from llmslim.core.outputs import to_jsonable
@@ -78,6 +79,7 @@ def validate(job: EvalJob) -> None:
 def run(job: EvalJob, ctx: Context) -> dict:
     result = evaluate(ctx.model, ctx.tokenizer, prepare(job), show_progress=not ctx.quiet, progress=ctx.progress)
     result["config"].update({"model": ctx.loaded.name, "model_path": ctx.loaded.path, "device": str(ctx.loaded.device),
+                             "placement": placement(ctx.model),
                              "dtype": str(ctx.loaded.dtype).replace("torch.", "")})
     generations = result.pop("samples", {}).get("generation")
     if generations:

@@ -14,7 +14,7 @@ from llmslim.core.data import data_dir, wikitext2_halves
 from llmslim.core.device import peak_memory_mb
 from llmslim.core.errors import BadOptionError
 from llmslim.core.job import CommonOptions, Context
-from llmslim.core.load import check_not_offloaded, check_spread_before_loading
+from llmslim.core.load import check_not_offloaded, check_spread_before_loading, placement
 from llmslim.core.outputs import check_creatable
 from llmslim.core.save import save_model
 from llmslim.prune import calibrate
@@ -319,6 +319,7 @@ def run(job: PruneJob, ctx: Context) -> dict:
         "calibration": {"source": calib_desc, "nsamples": stats.windows, "tokens": stats.tokens, **stats.meta},
         "params_before": dense["params"], "params_after": primary[1]["params_after"], "widths": primary[1]["widths"],
         "rows": rows, "recover": recovery, "peak_memory_mb": peak_memory_mb(ctx.loaded.device),
+        "placement": placement(ctx.model),  # modules per GPU under --device-map auto
     }
 
 

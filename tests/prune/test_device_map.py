@@ -50,6 +50,9 @@ def test_offloaded_layers_are_refused():
     check_not_offloaded(model, "pruning")  # not dispatched: nothing to refuse
     model.hf_device_map = {"model.embed_tokens": 0, "model.layers.0": 0, "model.layers.1": 1, "lm_head": 1}
     check_not_offloaded(model, "pruning")  # spread over GPUs: fine
+    from llmslim.core.load import placement
+
+    assert placement(tiny_model("llama")) is None and placement(model) == {"0": 2, "1": 2}
     model.hf_device_map |= {"model.layers.1": "cpu"}
     with pytest.raises(BadOptionError, match=r"pruning needs every layer on a GPU, but 1 modules did not fit and were offloaded \(first: model.layers.1\)"):
         check_not_offloaded(model, "pruning")
