@@ -77,19 +77,6 @@ seed_everything(0)
 base = load_model("smollm2-135m", device="cpu", dtype="float32", purpose="gradients")
 tok = base.tokenizer
 root = cache_dir() / "shorten"
-gsm8k = [r["question"] for r in read_records(data_dir() / "gsm8k" / "train.jsonl")]
-train_prompts = (alpaca_prompts() + gsm8k)[: args.train_prompts]
-sft_cfg = SFTConfig(steps=args.sft_steps, learning_rate=args.sft_lr, batch_size=4, top_p=0.9, head_ratio=0.5)
-t0 = time.perf_counter()
-refs_all = get_references(base.model, tok, train_prompts, model_id=base.path, cache_root=root,
-                          max_new_tokens=args.ref_tokens, batch_size=16, branch=sft_cfg.branch_settings())
-refs = select_refs(refs_all, args.max_ref_tokens, keep_unfinished=False)
-t_refs = time.perf_counter() - t0
-report.stdout.print(f"references: {len(refs.refs)} of {len(refs_all.refs)} finished within {args.max_ref_tokens} tokens, "
-                    f"mean {refs.mean_tokens:.1f}, max {refs.max_tokens} ({t_refs:.0f}s)")
-if len(refs.refs) < 150:
-    report.stdout.print(f"warning: {len(refs.refs)} training answers, fewer than the issue's 150: raise --train-prompts")
-
 questions = ev.mt_bench_questions()[: args.eval_prompts]
 t0 = time.perf_counter()
 base_refs = get_references(base.model, tok, [q.prompt for q in questions], model_id=base.path, cache_root=root,
@@ -138,6 +125,22 @@ if "noise" not in done:
     cmp = ev.compare(questions, base_gens, sampled, embedder)
     keep({"key": "noise", "method": "noise floor", "setting": "base sampled (T 0.7, top-p 0.9) vs base greedy",
           **{k: v for k, v in cmp.items() if k != "per_question"}, "eval_s": time.perf_counter() - t0})
+
+# ---------------------------------------------------------------- the training answers (after the
+# noise floor, which needs none: a run cut short while they generate keeps that row)
+gsm8k = [r["question"] for r in read_records(data_dir() / "gsm8k" / "train.jsonl")]
+train_prompts = (alpaca_prompts() + gsm8k)[: args.train_prompts]
+sft_cfg = SFTConfig(steps=args.sft_steps, learning_rate=args.sft_lr, batch_size=4, top_p=0.9, head_ratio=0.5)
+t0 = time.perf_counter()
+refs_all = get_references(base.model, tok, train_prompts, model_id=base.path, cache_root=root,
+                          max_new_tokens=args.ref_tokens, batch_size=16, branch=sft_cfg.branch_settings())
+refs = select_refs(refs_all, args.max_ref_tokens, keep_unfinished=False)
+t_refs = time.perf_counter() - t0
+report.stdout.print(f"references: {len(refs.refs)} of {len(refs_all.refs)} finished within {args.max_ref_tokens} tokens, "
+                    f"mean {refs.mean_tokens:.1f}, max {refs.max_tokens} ({t_refs:.0f}s)")
+if len(refs.refs) < 150:
+    report.stdout.print(f"warning: {len(refs.refs)} training answers, fewer than the issue's 150: raise --train-prompts")
+
 
 # ---------------------------------------------------------------- RL at each λ
 for lam in [float(x) for x in args.lams.split(",")]:
