@@ -105,10 +105,11 @@ def run_bench(job: BenchJob, ctx: Context) -> dict:
     t0 = time.perf_counter()
     specs = [job.model] + ([job.against] if job.against else [])
     advance = ctx.step("loading", len(specs))
+    max_memory = parse_max_memory(job.max_memory)
     subjects = []
     for spec in specs:
         subjects.append(load_subject(spec, device=job.device, dtype=job.dtype, seed=job.seed, device_map=job.device_map,
-                                     max_memory=parse_max_memory(job.max_memory)))
+                                     max_memory=max_memory))
         advance()
     ctx.timings["load_s"] = time.perf_counter() - t0
     task = ctx.progress.add_task("bench", total=steps(cfg, len(subjects)))

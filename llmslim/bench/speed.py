@@ -89,9 +89,7 @@ def synchronize(device: torch.device, gpus: list[int] | None = None) -> None:
     """Wait for the device. CUDA: every GPU in use (a spread model's last layers run on another),
     `gpus` where the caller listed them once (timers that synchronize in every hook)."""
     if device.type == "cuda":
-        from llmslim.core.device import cuda_devices_in_use
-
-        for index in gpus if gpus is not None else cuda_devices_in_use(device):
+        for index in gpus if gpus is not None else gpus_to_sync(device):
             torch.cuda.synchronize(index)
     elif device.type == "mps":
         torch.mps.synchronize()

@@ -152,6 +152,9 @@ def load_tokenizer(path: str):
     return tokenizer
 
 
+_DOES_NOT_FIT = "the model does not fit the GPUs (nor --max-memory's cpu share); use more GPUs or raise --max-memory"
+
+
 def _auto_device_map(model, max_memory: dict | None) -> dict:
     """The placement from_pretrained(device_map="auto") makes: transformers' own inference where
     it has it (5.x: its reserves, margins and tied-weight handling), accelerate's public
@@ -176,7 +179,7 @@ def _dispatch(model, max_memory: dict | None):
 
     device_map = _auto_device_map(model, max_memory)
     if any(where == "disk" for where in device_map.values()):
-        raise BadOptionError("the model does not fit the GPUs (nor --max-memory's cpu share); use more GPUs or raise --max-memory")
+        raise BadOptionError(_DOES_NOT_FIT)
     dispatch_model(model, device_map=device_map, skip_keys=getattr(model, "_skip_keys_device_placement", None))
     model.hf_device_map = device_map
     return model
@@ -185,13 +188,12 @@ def _dispatch(model, max_memory: dict | None):
 def placement(model) -> dict[str, int] | None:
     """Where --device-map auto put the model: modules per device ({"0": 18, "1": 17}); None for a
     model on one device."""
+    from collections import Counter
+
     device_map = getattr(model, "hf_device_map", None)
     if not device_map or len(set(device_map.values())) < 2:
         return None
-    counts: dict[str, int] = {}
-    for where in device_map.values():
-        counts[str(where)] = counts.get(str(where), 0) + 1
-    return counts
+    return dict(Counter(str(where) for where in device_map.values()))
 
 
 def check_not_offloaded(model, what: str) -> None:
@@ -277,8 +279,7 @@ def load_model(
         except ValueError as err:  # what did not fit went to "disk", and no offload folder was given
             if "offload" not in str(err):
                 raise
-            raise BadOptionError("the model does not fit the GPUs (nor --max-memory's cpu share); use more GPUs or raise "
-                                 "--max-memory") from err
+            raise BadOptionError(_DOES_NOT_FIT) from err
     elif torch_device.type == "cuda":  # straight onto the GPU, never whole in CPU memory first
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, device_map={"": torch_device})
     else:

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 SOURCES = ("wikitext2",) + tuple(READERS)
 
+SPARSE_EXECUTION = "sparse execution (weights sliced per input)"  # what an offloaded model is refused for
+
 
 def parse_floats(text: str, what: str) -> list[float]:
     try:
@@ -199,7 +201,7 @@ def validate_eval(job: EvalJob) -> None:
             _check_heads(job.head_sparsity, pred, job.allocation, method)
     if job.plot is not None:
         check_creatable(job.plot)
-    check_spread_before_loading(job, "sparse execution (weights sliced per input)")
+    check_spread_before_loading(job, SPARSE_EXECUTION)
 
 
 def _configs(preds: list[dict], methods: list[str], sparsities: list[float], decisions: list[str]) -> list[tuple]:
@@ -246,7 +248,7 @@ def evaluate_config(model, tokenizer, cfg, pr: dict | None, *, criterion: str, w
 
 def run_eval(job: EvalJob, ctx: Context) -> dict:
     """Every (criterion, method, sparsity) with a mask per input, plus the dense model."""
-    check_not_offloaded(ctx.model, "sparse execution (weights sliced per input)")
+    check_not_offloaded(ctx.model, SPARSE_EXECUTION)
     from llmslim.core.data import data_dir, wikitext2_halves
     from llmslim.sparsity import predictor as P
     from llmslim.sparsity.evaluate import ppl_windows
@@ -385,7 +387,7 @@ def validate_use(job: UseJob, bench: bool) -> None:
     if job.method != "static" and pred[job.method] is None:
         raise BadOptionError(f"{job.predictors} holds no {job.method} predictor (train it with --which {job.method})")
     _check_heads(job.head_sparsity, pred, SparsityConfig.allocation, job.method)  # generate and bench use its default
-    check_spread_before_loading(job, "sparse execution (weights sliced per input)")
+    check_spread_before_loading(job, SPARSE_EXECUTION)
 
 
 def _check_heads(head_sparsity: float, pred: dict, allocation: str, method: str) -> None:
@@ -405,7 +407,7 @@ def _runner(job: UseJob, model, pred: dict, decide: str):
 
 
 def run_generate(job: UseJob, ctx: Context) -> dict:
-    check_not_offloaded(ctx.model, "sparse execution (weights sliced per input)")
+    check_not_offloaded(ctx.model, SPARSE_EXECUTION)
     from llmslim.core.generate import render_prompt
     from llmslim.sparsity import predictor as P
     from llmslim.sparsity.bench import run_once
@@ -442,7 +444,7 @@ def _bench_prompt(job: UseJob, tokenizer, vocab: int):
 
 
 def run_bench(job: UseJob, ctx: Context) -> dict:
-    check_not_offloaded(ctx.model, "sparse execution (weights sliced per input)")
+    check_not_offloaded(ctx.model, SPARSE_EXECUTION)
     import torch
 
     from llmslim.sparsity import predictor as P
