@@ -83,7 +83,13 @@ def markdown(rows: list[dict]) -> str:
 if args.markdown:
     partial_rows = Path(args.out + ".json.partial")  # a run under way, or cut short
     source = partial_rows if partial_rows.is_file() else Path(args.out + ".json")
-    print(markdown(json.loads(source.read_text())["rows"]))
+    if not source.is_file():
+        raise SystemExit(f"no rows yet: neither {partial_rows} nor {source}")
+    try:
+        rows = json.loads(source.read_text())["rows"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise SystemExit(f"{source}: not a sparsity_eval result ({type(err).__name__})") from None
+    print(markdown(rows))
     raise SystemExit(0)
 
 floats = lambda text: [float(x) for x in text.split(",") if x]  # noqa: E731
