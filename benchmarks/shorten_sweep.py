@@ -132,8 +132,11 @@ gsm8k = [r["question"] for r in read_records(data_dir() / "gsm8k" / "train.jsonl
 train_prompts = (alpaca_prompts() + gsm8k)[: args.train_prompts]
 sft_cfg = SFTConfig(steps=args.sft_steps, learning_rate=args.sft_lr, batch_size=4, top_p=0.9, head_ratio=0.5)
 t0 = time.perf_counter()
-refs_all = get_references(base.model, tok, train_prompts, model_id=base.path, cache_root=root,
-                          max_new_tokens=args.ref_tokens, batch_size=16, branch=sft_cfg.branch_settings())
+with report.progress() as bar:  # about 40 min for 600 prompts on one thread: say how far it is
+    task = bar.add_task("reference answers", total=len(train_prompts))
+    refs_all = get_references(base.model, tok, train_prompts, model_id=base.path, cache_root=root,
+                              max_new_tokens=args.ref_tokens, batch_size=16, branch=sft_cfg.branch_settings(),
+                              progress=lambda n: bar.advance(task, n))
 refs = select_refs(refs_all, args.max_ref_tokens, keep_unfinished=False)
 t_refs = time.perf_counter() - t0
 report.stdout.print(f"references: {len(refs.refs)} of {len(refs_all.refs)} finished within {args.max_ref_tokens} tokens, "
