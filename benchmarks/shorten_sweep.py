@@ -145,6 +145,16 @@ if len(refs.refs) < 150:
     report.stdout.print(f"warning: {len(refs.refs)} training answers, fewer than the issue's 150: raise --train-prompts")
 
 
+def step_line(key: str, steps: int):
+    """One plain line per logged training step (a row is an hour on one thread: say where it is)."""
+    t0 = time.perf_counter()
+
+    def line(row: dict) -> None:
+        values = ", ".join(f"{k} {row[k]:.3g}" for k in ("loss", "reward", "mean_length") if k in row)
+        print(f"{key}: step {row['step']}/{steps}, {time.perf_counter() - t0:.0f} s: {values}", flush=True)
+    return line
+
+
 # ---------------------------------------------------------------- RL at each λ
 for lam in [float(x) for x in args.lams.split(",")]:
     if f"rl:{lam}" in done:
@@ -153,7 +163,7 @@ for lam in [float(x) for x in args.lams.split(",")]:
     model = copy.deepcopy(base.model)
     cfg = RLConfig(lam=lam, steps=args.rl_steps, batch_size=args.rl_batch, num_generations=4, learning_rate=args.rl_lr, beta=0.04)
     with tempfile.TemporaryDirectory() as work:
-        train = train_rl(model, tok, refs, embedder, cfg, work_dir=Path(work))
+        train = train_rl(model, tok, refs, embedder, cfg, work_dir=Path(work), progress=step_line(f"rl:{lam}", args.rl_steps))
     evaluate(f"rl:{lam}", "rl", f"λ {lam}", train["model"], train)
     del model, train
 
@@ -165,7 +175,7 @@ for top_p in [float(x) for x in args.top_ps.split(",")]:
     model = copy.deepcopy(base.model)
     cfg = SFTConfig(steps=args.sft_steps, learning_rate=args.sft_lr, batch_size=4, top_p=top_p, head_ratio=0.5)
     with tempfile.TemporaryDirectory() as work:
-        train = train_sft(model, tok, refs, cfg, work_dir=Path(work))
+        train = train_sft(model, tok, refs, cfg, work_dir=Path(work), progress=step_line(f"sft:{top_p}", args.sft_steps))
     evaluate(f"sft:{top_p}", "sft-branch", f"top-p {top_p}, head 0.5, λ1=λ2={cfg.lam1}", train["model"], train)
     del model, train
 
