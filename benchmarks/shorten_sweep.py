@@ -28,12 +28,13 @@ import torch
 from llmslim.core import report
 from llmslim.core.data import alpaca_prompts, data_dir, read_records
 from llmslim.core.device import seed_everything
+from llmslim.core.errors import BadOptionError
 from llmslim.core.generate import Generation, generate
 from llmslim.core.load import cache_dir, load_model
 from llmslim.shorten import evaluate as ev
 from llmslim.shorten.jobs import select_refs
 from llmslim.shorten.reference import get_references
-from llmslim.shorten.reward import Embedder
+from llmslim.shorten.reward import Embedder, RewardConfig
 from llmslim.shorten.rl import RLConfig, train_rl
 from llmslim.shorten.sft import SFTConfig, train_sft
 
@@ -44,7 +45,7 @@ p.add_argument("--eval-prompts", type=int, default=80)  # MT-Bench first turns (
 p.add_argument("--ref-tokens", type=int, default=128)  # reference answers' token limit
 p.add_argument("--max-ref-tokens", type=int, default=96)  # train on finished references at most this long
 p.add_argument("--eval-tokens", type=int, default=128)
-p.add_argument("--lams", default="0.1,0.3,0.8,1.5")
+p.add_argument("--lams", default="0.1,0.3,0.8,1.0", help="the reward's λ, each in [0, 1] (the paper sweeps 0.1 ... 1.0)")
 p.add_argument("--rl-steps", type=int, default=40)
 p.add_argument("--rl-batch", type=int, default=2)
 p.add_argument("--rl-lr", type=float, default=3e-5)
@@ -55,6 +56,17 @@ p.add_argument("--threads", type=int, default=1)
 p.add_argument("--out", default="benchmarks/results/shorten_sweep")
 p.add_argument("--resume", action="store_true", help="keep the rows of OUT.json.partial and run only the missing ones")
 args = p.parse_args()
+# every row's settings are checked before anything loads: a bad λ must not surface hours in, after
+# the rows before it (1.5 once did, after three RL rows)
+lams = [float(x) for x in args.lams.split(",")]
+top_ps = [float(x) for x in args.top_ps.split(",")]
+try:
+    for lam in lams:
+        RewardConfig(lam=lam)
+    for top_p in top_ps:
+        SFTConfig(steps=args.sft_steps, top_p=top_p).validate()
+except BadOptionError as err:
+    raise SystemExit(str(err)) from None
 torch.set_num_threads(args.threads)
 report.setup_logging(False)
 t_start = time.perf_counter()
@@ -156,7 +168,7 @@ def step_line(key: str, steps: int):
 
 
 # ---------------------------------------------------------------- RL at each λ
-for lam in [float(x) for x in args.lams.split(",")]:
+for lam in lams:
     if f"rl:{lam}" in done:
         continue
     seed_everything(0)
@@ -168,7 +180,7 @@ for lam in [float(x) for x in args.lams.split(",")]:
     del model, train
 
 # ---------------------------------------------------------------- token-branching SFT at each top-p
-for top_p in [float(x) for x in args.top_ps.split(",")]:
+for top_p in top_ps:
     if f"sft:{top_p}" in done:
         continue
     seed_everything(0)
