@@ -58,15 +58,15 @@ p.add_argument("--resume", action="store_true", help="keep the rows of OUT.json.
 args = p.parse_args()
 # every row's settings are checked before anything loads: a bad λ must not surface hours in, after
 # the rows before it (1.5 once did, after three RL rows)
-lams = [float(x) for x in args.lams.split(",")]
-top_ps = [float(x) for x in args.top_ps.split(",")]
 try:
+    lams = [float(x) for x in args.lams.split(",")]
+    top_ps = [float(x) for x in args.top_ps.split(",")]
     for lam in lams:
         RewardConfig(lam=lam)
     for top_p in top_ps:
         SFTConfig(steps=args.sft_steps, top_p=top_p).validate()
-except BadOptionError as err:
-    raise SystemExit(str(err)) from None
+except (BadOptionError, ValueError) as err:
+    raise SystemExit(f"--lams / --top-ps: {err}") from None
 torch.set_num_threads(args.threads)
 report.setup_logging(False)
 t_start = time.perf_counter()
