@@ -98,6 +98,10 @@ def render_train(result: dict) -> None:
         report.stdout.print(f"saved to {result['out']}")
 
 
+MarginOpt = Annotated[float, typer.Option("--fallback-margin", help="Dense fallback (shadow, dejavu): dropped units whose normalised predicted score is within this margin of the keep boundary run after all; 0: off. Scores crowd the boundary: on SmolLM2 0.002 adds back about 4% of FFN units, 0.05 nearly all (docs/sparsity.md).", rich_help_panel=SPARSE)]
+ThresholdOpt = Annotated[float, typer.Option("--fallback-threshold", help="Dense fallback: a layer whose confidence (share of its dropped units outside the margin) is below this runs dense; 0: off.", rich_help_panel=SPARSE)]
+
+
 @app.command("eval")
 def eval_command(
     model: ModelArg = MODEL,
@@ -108,8 +112,8 @@ def eval_command(
     allocation: Annotated[str, typer.Option(help="perlayer, global or hybrid (dejavu is always perlayer).", rich_help_panel=SPARSE)] = "perlayer",
     min_keep: Annotated[float, typer.Option(help="hybrid: each layer keeps at least this share of its perlayer count.", rich_help_panel=SPARSE)] = 0.5,
     decide: Annotated[str, typer.Option(help="shadow, dejavu: one FFN mask per input ('prompt', chosen at its last prompt token) or a new one for every later 'token' (heads keep the prompt's); 'prompt,token' evaluates both.", rich_help_panel=SPARSE)] = "prompt",
-    fallback_margin: Annotated[float, typer.Option(help="Dense fallback (shadow, dejavu): dropped units whose normalised predicted score is within this margin of the keep boundary run after all; 0: off. Scores crowd the boundary: on SmolLM2 0.002 adds back about 4% of FFN units, 0.05 nearly all (docs/sparsity.md).", rich_help_panel=SPARSE)] = 0.0,
-    fallback_threshold: Annotated[float, typer.Option(help="Dense fallback: a layer whose confidence (share of its dropped units outside the margin) is below this runs dense; 0: off.", rich_help_panel=SPARSE)] = 0.0,
+    fallback_margin: MarginOpt = 0.0,
+    fallback_threshold: ThresholdOpt = 0.0,
     tasks: Annotated[str, typer.Option("--tasks", "-t", help="Multiple-choice tasks scored with a mask per item context ('' for none).", rich_help_panel=EVAL)] = "arc_easy,piqa,hellaswag",
     limit: LimitOpt = None,
     ppl_limit: Annotated[int, typer.Option("--ppl-limit", help="WikiText-2 windows (second half) for perplexity (0: none).", rich_help_panel=EVAL)] = 8,
@@ -151,8 +155,6 @@ PredOpt = Annotated[Optional[Path], typer.Option("--predictors", "-p", help="A f
 UseMethodOpt = Annotated[str, typer.Option("--method", help="shadow (one predictor at layer 0), dejavu (one per layer) or static (one mask).", rich_help_panel=SPARSE)]
 OneSparsityOpt = Annotated[float, typer.Option("--ffn-sparsity", help="Share of FFN neurons skipped per input.", rich_help_panel=SPARSE)]
 HeadSparsityOpt = Annotated[float, typer.Option("--head-sparsity", help="Share of kv groups skipped per input.", rich_help_panel=SPARSE)]
-MarginOpt = Annotated[float, typer.Option("--fallback-margin", help="Dense fallback: dropped units within this margin of the keep boundary run; 0: off. On SmolLM2 0.002 adds back about 4% of FFN units, 0.05 nearly all.", rich_help_panel=SPARSE)]
-ThresholdOpt = Annotated[float, typer.Option("--fallback-threshold", help="Dense fallback: a layer less confident than this runs dense; 0: off.", rich_help_panel=SPARSE)]
 
 
 @app.command()
