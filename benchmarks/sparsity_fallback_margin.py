@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from llmslim.core.errors import BadOptionError, LlmslimError
 from llmslim.sparsity import masks as M
 from llmslim.sparsity import predictor as P
 from llmslim.sparsity.collect import Traces
@@ -28,13 +29,20 @@ ap.add_argument("--margins", default="0.001,0.002,0.005,0.01,0.02,0.05")
 ap.add_argument("--out", default="benchmarks/results/sparsity_fallback_margin.json")
 args = ap.parse_args()
 
-torch.set_num_threads(1)
-traces = Traces.load(args.traces)
-shadow = P.load(args.predictor)["shadow"]
+try:  # the options first, then the files: each a line, not a traceback
+    sparsities = [M.check_sparsity(float(s)) for s in args.sparsity.split(",")]
+    margins = [float(m) for m in args.margins.split(",")]
+    if not all(0 <= m <= 1 for m in margins):
+        raise BadOptionError(f"--margins must be in [0, 1], got {args.margins}")
+    torch.set_num_threads(1)
+    traces = Traces.load(args.traces)
+    shadow = P.load(args.predictor)["shadow"]
+except (LlmslimError, ValueError) as err:
+    raise SystemExit(str(err)) from None
 scores = shadow.predict_rows(traces.feature(shadow.feature))["neurons"]  # [examples, layers, units]
 rows = []
-for sparsity in (float(s) for s in args.sparsity.split(",")):
-    for margin in (float(m) for m in args.margins.split(",")):
+for sparsity in sparsities:
+    for margin in margins:
         added, confidence = [], []
         for example in scores:
             _, record = M.fall_back(example, M.select(example, sparsity), margin, 0.0)
