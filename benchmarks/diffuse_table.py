@@ -44,6 +44,12 @@ parser.add_argument("--seed", type=int, default=0)
 parser.add_argument("--work", default="runs/diffuse")
 parser.add_argument("--out", default="benchmarks/results/diffuse_table.json")
 args = parser.parse_args()
+try:  # before hours of adapting and distilling, not after them
+    steps = [int(s) for s in args.sampling_steps.split(",")]
+except ValueError:
+    raise SystemExit(f"--sampling-steps must be a comma list of integers, got {args.sampling_steps!r}") from None
+if min(steps) < 1:
+    raise SystemExit(f"--sampling-steps must be >= 1, got {args.sampling_steps!r}")
 
 work = Path(args.work)
 common = dict(seed=args.seed, device=args.device, dtype=args.dtype)
@@ -74,7 +80,6 @@ if not students.is_dir():
 
 models = {"teacher": teacher} | {f"round {r}": students / f"round-{r}" for r in range(args.rounds)}
 last = list(models)[-1]
-steps = [int(s) for s in args.sampling_steps.split(",")]
 evals = {}
 for name, folder in models.items():
     # one eval job per step count, so a session cut short keeps every finished count (a model's
