@@ -72,12 +72,16 @@ def markdown(rows: list[dict]) -> str:
     head = ("| method | decide | fallback | FFN sparsity | heads | ppl | ARC-e | PIQA | HellaSwag | mean acc "
             "| FFN skipped | heads skipped | s |\n|" + "---|" * 13)
     lines = [head]
+
+    def share(x: float) -> str:  # a share under 0.001 is not 0.000: a fallback that left 0.02% skipped once read as all dense
+        return f"{x:.3f}" if x == 0 or x >= 0.001 else f"{x:.1e}"
+
     for r in rows:
         fallback = "-" if not (r.get("fallback_margin") or r.get("fallback_threshold")) else \
             f"{r['fallback_margin']:g}:{r['fallback_threshold']:g}"
         lines.append(f"| {r['method']} | {r['decide'] if r['method'] in ('shadow', 'dejavu') else '-'} | {fallback} "
                      f"| {r['ffn_sparsity']:g} | {r['head_sparsity']:g} | {r['ppl']:.1f} | {r['arc_easy']:.3f} | {r['piqa']:.3f} "
-                     f"| {r['hellaswag']:.3f} | {r['mean_acc']:.3f} | {r.get('neurons_skipped', 0):.3f} | {r.get('groups_skipped', 0):.3f} "
+                     f"| {r['hellaswag']:.3f} | {r['mean_acc']:.3f} | {share(r.get('neurons_skipped', 0))} | {share(r.get('groups_skipped', 0))} "
                      f"| {r['seconds']:.0f} |")
     return "\n".join(lines)
 
