@@ -1,14 +1,16 @@
 """Issue 14's proof: adapt SmolLM2 to masked diffusion, distil it with SDTT, and measure every
 model's gen-PPL and entropy at several step counts next to the AR model's own samples, plus
 LAMBADA and latency (measured once, on the last student). Resumable: each stage is skipped when its
-output exists, and WORK refuses other settings than those it was made with.
+output exists, and WORK refuses other settings than those it was made with (step counts aside:
+each is its own eval folder).
 
     .venv/bin/python benchmarks/diffuse_table.py                         # the full run (hours on a CPU)
     .venv/bin/python benchmarks/diffuse_table.py --adapt-steps 20 --steps-per-round 5 --samples 8 \
         --sampling-steps 8,16 --lambada 50 --work runs/diffuse-small --out benchmarks/results/diffuse_small.json
 
 Stages: WORK/teacher (`diffuse adapt`), WORK/sdtt/round-K (`diffuse distill`), then `diffuse
-eval` of the teacher and of each round (WORK/eval-NAME/results.json), then the AR model's greedy
+eval` of the teacher and of each round, one job per step count (WORK/eval-NAME/steps-S; the
+students at --student-steps where given), then the AR model's greedy
 and nucleus (p = 0.95) samples scored by the same evaluator. Writes OUT (JSON), a markdown
 table, and OUT with .png: gen-PPL against sampling steps, teacher and students.
 """
@@ -36,6 +38,9 @@ parser.add_argument("--rounds", type=int, default=3)
 parser.add_argument("--steps-per-round", type=int, default=200)
 parser.add_argument("--start-sampling-steps", type=int, default=128)
 parser.add_argument("--sampling-steps", default="8,16,32,64,128")
+parser.add_argument("--student-steps", default=None,
+                    help="the students' step counts (default: --sampling-steps); a CPU-sized run leaves out the largest, "
+                         "which cost the most and which no student was distilled for")
 parser.add_argument("--samples", type=int, default=64)
 parser.add_argument("--lambada", type=int, default=500)
 parser.add_argument("--device", default="auto")
@@ -44,21 +49,32 @@ parser.add_argument("--seed", type=int, default=0)
 parser.add_argument("--work", default="runs/diffuse")
 parser.add_argument("--out", default="benchmarks/results/diffuse_table.json")
 args = parser.parse_args()
-try:  # before hours of adapting and distilling, not after them
-    steps = [int(s) for s in args.sampling_steps.split(",")]
-except ValueError:
-    raise SystemExit(f"--sampling-steps must be a comma list of integers, got {args.sampling_steps!r}") from None
-if min(steps) < 1:
-    raise SystemExit(f"--sampling-steps must be >= 1, got {args.sampling_steps!r}")
+
+
+def step_counts(option: str, text: str) -> list[int]:
+    """Checked before hours of adapting and distilling, not after them."""
+    try:
+        counts = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise SystemExit(f"{option} must be a comma list of integers, got {text!r}") from None
+    if min(counts) < 1:
+        raise SystemExit(f"{option} must be >= 1, got {text!r}")
+    return counts
+
+
+steps = step_counts("--sampling-steps", args.sampling_steps)
+student_steps = step_counts("--student-steps", args.student_steps) if args.student_steps else steps
 
 work = Path(args.work)
 common = dict(seed=args.seed, device=args.device, dtype=args.dtype)
 t_start = time.perf_counter()
 # every stage is resumed from WORK by its folder: refuse a WORK made with other settings rather
-# than mix its teacher, students or evals with these
-settings = {k: v for k, v in vars(args).items() if k not in ("out", "work", "device")}
+# than mix its teacher, students or evals with these. The step counts are not among them: each
+# (model, count) is its own eval folder, so another list only adds or leaves out counts
+VARIABLE = ("out", "work", "device", "sampling_steps", "student_steps")
+settings = {k: v for k, v in vars(args).items() if k not in VARIABLE}
 settings_file = work / "settings.json"
-if settings_file.is_file() and json.loads(settings_file.read_text()) != settings:
+if settings_file.is_file() and {k: v for k, v in json.loads(settings_file.read_text()).items() if k not in VARIABLE} != settings:
     raise SystemExit(f"{work} was made with {settings_file.read_text().strip()}; use another --work, or delete it")
 if not settings_file.is_file() and work.is_dir() and any(work.iterdir()):
     raise SystemExit(f"{work} is from before the settings were recorded; use another --work, or delete it")
@@ -89,7 +105,7 @@ for name, folder in models.items():
     # same shape, and the reveal draws do not depend on the weights, so each runs the same
     # forward passes), in each count's own process against its own AR KV-cache decode
     parts = []
-    for n, s in enumerate(steps):
+    for n, s in enumerate(steps if name == "teacher" else student_steps):
         out = work / f"eval-{name.replace(' ', '-')}" / f"steps-{s}"
         if not (out / "results.json").is_file():
             run_command(cli.EVAL, jobs.EvalJob(model=str(folder), steps=str(s), num_samples=args.samples, length=args.seqlen,
@@ -123,7 +139,7 @@ lines = ["| model | " + " | ".join(f"{s} steps: gen-PPL / entropy" for s in step
          "|---|" + "---|" * (len(steps) + 1)]
 for name, ev in evals.items():
     by = {r["steps"]: r for r in ev["rows"]}
-    cells = [f"{by[s]['gen_ppl']:.1f} / {by[s]['entropy']:.2f}" for s in steps]
+    cells = [f"{by[s]['gen_ppl']:.1f} / {by[s]['entropy']:.2f}" if s in by else "-" for s in steps]
     lines.append(f"| {name} | " + " | ".join(cells) + f" | {ev.get('lambada', {}).get('diffusion_acc', float('nan')):.3f} |")
 ar_lambada = next(iter(evals.values())).get("lambada", {}).get("evaluator_ar_acc", float("nan"))
 lines += ["", f"The AR model's own samples ({args.seqlen - 1} tokens one at a time with its KV cache; the same evaluator; "
@@ -133,12 +149,13 @@ lines += [f"| {name} | {row['gen_ppl']:.1f} | {row['entropy']:.2f} | {ar_lambada
 speed = evals[last].get("latency")
 if speed:  # generating the same length at the same batch: the diffusion model at each step count vs AR with its KV cache
     by = {r["steps"]: r for r in speed["diffusion"]}
+    timed = [s for s in steps if s in by]
     ar_s = speed["ar_kv_cache_s"]
     lines += ["", f"Latency, {speed['new_tokens']} new tokens at batch {speed['batch']} ({speed['device']}; AR with KV cache "
                   f"{min(ar_s):.2f}-{max(ar_s):.2f} s, measured in each step count's process):", "",
-              "| steps | " + " | ".join(str(s) for s in steps) + " |", "|---|" + "---|" * len(steps),
-              "| seconds | " + " | ".join(f"{by[s]['seconds']:.2f}" for s in steps) + " |",
-              "| speed-up vs AR | " + " | ".join(f"{by[s]['speedup_vs_ar']:.2f}x" for s in steps) + " |"]
+              "| steps | " + " | ".join(str(s) for s in timed) + " |", "|---|" + "---|" * len(timed),
+              "| seconds | " + " | ".join(f"{by[s]['seconds']:.2f}" for s in timed) + " |",
+              "| speed-up vs AR | " + " | ".join(f"{by[s]['speedup_vs_ar']:.2f}x" for s in timed) + " |"]
 table = "\n".join(lines)
 print(table)
 Path(args.out).parent.mkdir(parents=True, exist_ok=True)
