@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from llmslim.core.errors import LlmslimError
 from llmslim.core.load import load_model
 from llmslim.sparsity import lm as sparse_lm
 from llmslim.sparsity import predictor as P
@@ -36,13 +37,18 @@ args = ap.parse_args()
 folder = Path(args.cache) / args.predictor
 if not (folder / "spearman.json").is_file():
     raise SystemExit(f"no predictor in {folder}: run benchmarks/sparsity_eval.py first (it trains and caches them)")
-if args.limit < 1 or not (0 <= args.margin <= 1 and 0 <= args.threshold <= 1):
-    raise SystemExit("--limit must be >= 1, --margin and --threshold in [0, 1]")
+if args.limit < 1:
+    raise SystemExit(f"--limit must be >= 1, got {args.limit}")
+try:  # the config checks its own ranges; the predictor is read before the model loads
+    fallback = SparsityConfig("shadow", ffn_sparsity=0.3, decide="prompt", fallback_margin=args.margin,
+                              fallback_threshold=args.threshold)
+    predictor = P.load(folder)
+except LlmslimError as err:
+    raise SystemExit(str(err)) from None
 
 torch.set_num_threads(1)
 t_start = time.perf_counter()
 loaded = load_model("smollm2-135m", device="cpu", dtype="float32")
-predictor = P.load(folder)
 
 # every request's log-likelihood, by the config that scored it
 scored: dict[str, list] = defaultdict(list)
@@ -59,8 +65,7 @@ def recording(self, requests):
 sparse_lm.SparseLM.loglikelihood = recording
 items = {"arc_easy": args.limit, "piqa": args.limit, "hellaswag": args.limit}
 configs = {"dense": (SparsityConfig("dense", ffn_sparsity=0.0), None),
-           "fallback": (SparsityConfig("shadow", ffn_sparsity=0.3, decide="prompt", fallback_margin=args.margin,
-                                       fallback_threshold=args.threshold), predictor)}
+           "fallback": (fallback, predictor)}
 rows, skipped = {}, {}
 for name, (cfg, pr) in configs.items():
     current["name"] = name
