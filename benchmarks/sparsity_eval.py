@@ -191,12 +191,23 @@ for i, (crit, cfg) in enumerate(todo):
     print(f"[{i + 1}/{len(todo)}] {row['key']}: ppl {row.get('ppl', float('nan')):.1f}, mean acc {row.get('mean_acc', float('nan')):.3f}, "
           f"FFN skipped {row.get('neurons_skipped', 0):.3f}, {row['seconds']:.0f} s", flush=True)
 
-order = {key(crit, cfg): n for n, (crit, cfg) in enumerate(configs)}
-rows = sorted((r for r in rows if r["key"] in order), key=lambda r: order[r["key"]])
+
+def table_order(row: dict) -> tuple:
+    """The table's order for every row of the partial file, this run's and earlier subsets' alike
+    (a subset run must not write a table of its own rows only): dense, then FFN-only prompt
+    decisions, token decisions, the fallback, the heads; methods and sparsities within."""
+    methods = ("dense", "static", "shadow", "dejavu", "oracle")
+    return (row["head_sparsity"] > 0, (row["fallback_margin"], row["fallback_threshold"]) != (0.0, 0.0),
+            row["decide"] != "prompt", row["criterion"], row["fallback_margin"], row["fallback_threshold"],
+            methods.index(row["method"]) if row["method"] in methods else len(methods), row["ffn_sparsity"])
+
+
+rows = sorted(rows, key=table_order)
 result = {"model": "smollm2-135m", "rows": rows, "tasks": list(items), "limit": args.limit,
           "ppl": {"windows": int(windows.shape[0]) if windows is not None else 0, "prompt_len": 64},
           "spearman": rho, "sizes": vars(args) | {"traces": len(traces), "threads": torch.get_num_threads(),
-                                                  "total_s": time.perf_counter() - t_start}}
+                                                  "total_s": time.perf_counter() - t_start},
+          "rows_from": "every row of OUT.json.partial, this run's and earlier runs' (other --heads/--decide/--methods)"}
 Path(args.out + ".json").write_text(json.dumps(to_jsonable(result), indent=2) + "\n")
 plot(result, Path(args.out + ".png"))
 print(f"wrote {args.out}.json and .png ({len(rows)} rows)")
