@@ -71,7 +71,9 @@ def test_http_backend_runs_a_mode_end_to_end(server, local, monkeypatch):
     # a random model never writes [[N]]: every budget is the stated default, never -1
     assert all(r["budget"] == 33 and r["budget_parsed"] is False for r in rows)
     assert all("use less than 33 tokens" in r["prompt"] for r in rows)
-    assert summary["out_tokens_total"] >= sum(r["out_tokens"] for r in rows)
+    # the estimator's calls are paid for too: counted once each, on top of the answers
+    assert all(r["estimate_out_tokens"] >= 1 for r in rows)
+    assert summary["out_tokens_total"] == sum(r["out_tokens"] + r["estimate_out_tokens"] for r in rows)
 
 
 def test_wrong_key_is_not_retried(server, monkeypatch):

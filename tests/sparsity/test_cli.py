@@ -78,6 +78,8 @@ def test_collect_train_eval_on_a_tiny_model(capsys, monkeypatch, tmp_path, tiny_
                                                           ("shadow", "token"), ("dejavu", "prompt"), ("dejavu", "token"),
                                                           ("oracle", "prompt")]
     assert all(r["ppl"] > 1 for r in rows)
+    # the masks were applied in the perplexity windows: no sparse row scores like dense
+    assert all(r["ppl"] != pytest.approx(rows[0]["ppl"], rel=1e-4) for r in rows[1:]), [r["ppl"] for r in rows]
     assert (res / "sparsity.png").stat().st_size > 0 and (res / "results.json").is_file()
     # what was skipped, per input: 1 perplexity window + 2 items for each of the 4 sparse rows
     skips = [json.loads(line) for line in (res / "skips.jsonl").read_text().splitlines()]

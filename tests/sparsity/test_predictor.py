@@ -46,6 +46,16 @@ def test_spearman_known_values():
     a = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
     assert spearman(a, a).item() == pytest.approx(1.0)
     assert spearman(a, -a).item() == pytest.approx(-1.0)
+    assert spearman(a, a.exp()).item() == pytest.approx(1.0)  # ranks, not values (Pearson gives less)
+    # unsorted input, where ranking with a single argsort goes wrong (it gives 0.8 here)
+    assert spearman(torch.tensor([[3.0, 1.0, 4.0, 2.0]]), torch.tensor([[3.0, 1.0, 2.0, 4.0]])).item() == pytest.approx(0.2)
+    from scipy.stats import spearmanr
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(5, 50, generator=g), torch.randn(5, 50, generator=g)
+    y = y + x  # correlated rows, no ties
+    want = [spearmanr(x[i].numpy(), y[i].numpy()).statistic for i in range(5)]
+    assert spearman(x, y).tolist() == pytest.approx(want, abs=1e-5)
 
 
 def test_allocations():
