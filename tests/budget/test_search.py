@@ -84,3 +84,47 @@ def test_max_steps_and_bad_method():
     assert len(search(vanilla, ask, "binary", max_steps=3)[0]["tried"]) == 3
     with pytest.raises(ValueError):
         search(vanilla, ask, "ternary")
+
+
+def test_search_budgets_wires_the_backend_to_the_search():
+    """run.search_budgets end to end on a scripted backend: vanilla CoT answers first, then budgeted
+    prompts only for the questions answered correctly, each question's own budgets and answers
+    kept (a bug that mixed up questions, or searched a wrong one, changes these rows)."""
+    import re
+
+    from llmslim.budget.backends import Completion
+    from llmslim.budget.counting import Counter
+    from llmslim.budget.questions import Question
+    from llmslim.budget.run import Settings, search_budgets
+
+    threshold = {"7": 20, "8": 1}  # "9" is answered wrong even without a budget: never searched
+
+    class Scripted:
+        name = "scripted"
+
+        def __init__(self):
+            self.budgets = []  # (question, budget) of every budgeted prompt
+
+        def complete(self, prompts, max_new_tokens, progress=None):
+            out = []
+            for p in prompts:
+                q = re.search(r"what is (\d+)\?", p).group(1)
+                m = re.search(r"use less than (\d+) tokens", p)
+                budget = int(m.group(1)) if m else None
+                if budget is not None:
+                    self.budgets.append((q, budget))
+                ok = q in threshold and (budget is None or budget >= threshold[q])
+                out.append(Completion(f"The answer is {q if ok else 0}.", 64 if budget is None else budget // 2 + 3, True))
+            return out
+
+    backend = Scripted()
+    questions = [Question(i, f"what is {i}?", i, "number") for i in ("7", "8", "9")]
+    summary, rows = search_budgets(backend, Counter(None, gpt4=False), questions, Settings(), method="halving", max_steps=3)
+    # q7: 64 -> 32 (19 tokens) -> 16 fails (< 20): budget 32
+    assert (rows[0]["budget"], rows[0]["tokens"], rows[0]["budget_list"], rows[0]["tried"]) == (32, 19, [64, 32], [32, 16])
+    assert rows[0]["answer"] == "The answer is 7."
+    # q8: every probe succeeds until max_steps: 32, 16, 8
+    assert (rows[1]["budget"], rows[1]["tokens"], rows[1]["tried"]) == (8, 7, [32, 16, 8])
+    assert rows[2]["searched"] is False and rows[2]["vanilla_correct"] is False
+    assert sorted(backend.budgets) == [("7", 16), ("7", 32), ("8", 8), ("8", 16), ("8", 32)]
+    assert summary["vanilla_accuracy"] == pytest.approx(2 / 3) and summary["searched"] == 2 and summary["probes"] == 5
