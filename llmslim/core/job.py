@@ -134,7 +134,9 @@ def run_command(command: Command, cfg, *, json_out: bool = False, quiet: bool = 
             loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, purpose=command.model_purpose,
                                 device_map=getattr(cfg, "device_map", DEVICE_MAP), max_memory=max_memory)
     ctx = Context(loaded, None, {"load_s": time.perf_counter() - t0} if loaded is not None else {}, quiet or json_out)
-    with report.progress(enabled=not (quiet or json_out)) as bar:
+    # --json keeps stdout for the result only; its progress still goes to stderr (plain lines in a
+    # batch job's log), so an hour-long job is not silent. --quiet turns it off.
+    with report.progress(enabled=not quiet) as bar:
         ctx.progress = bar
         result = command.run(cfg, ctx)
     result["timings"] = {**ctx.timings, **result.get("timings", {}), "total_s": time.perf_counter() - t0}

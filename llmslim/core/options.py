@@ -22,7 +22,7 @@ DEVICE = "auto"
 DTYPE = "auto"
 
 ModelArg = Annotated[str, typer.Argument(help="Alias (smollm2-135m, gemma3-270m), local HF folder, .gguf file or hub id.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout; no progress or info lines (warnings and errors still go to stderr).", rich_help_panel=COMMON)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout; progress stays on stderr (--quiet: none).", rich_help_panel=COMMON)]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or log lines.", rich_help_panel=COMMON)]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed: the same seed gives the same run.", rich_help_panel=COMMON)]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda, then mps, then cpu), cuda, mps or cpu.", rich_help_panel=COMMON)]

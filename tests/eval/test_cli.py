@@ -86,3 +86,15 @@ def test_out_folder_and_force(capsys, small, tmp_path):
     assert {"prompt", "text", "n_tokens", "finished"} <= set(sample)
     assert "--force" in error_line(capsys, *args)
     assert run(capsys, *args, "--force")[0] == 0
+
+
+def test_json_keeps_stdout_for_the_result_and_progress_on_stderr(capsys, small):
+    """A batch job's `--json > result.json 2> job.log`: the result alone on stdout, and plain
+    progress lines in the log (an hour-long job must not be silent); --quiet silences them."""
+    loud = [a for a in small if a != "--quiet"]
+    code, out, err = run(capsys, *loud, "--ppl-limit", "2", "--json")
+    assert code == 0, err
+    assert json.loads(out)["perplexity"]["windows"] == 2
+    assert "perplexity: started" in err and "perplexity: 2/2 done in" in err
+    code, out, err = run(capsys, *small, "--ppl-limit", "2", "--json")
+    assert code == 0 and json.loads(out)["perplexity"]["windows"] == 2 and "perplexity:" not in err
