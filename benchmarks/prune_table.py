@@ -32,6 +32,7 @@ import torch
 from llmslim.core.data import calibration_windows
 from llmslim.core.device import peak_memory_mb, seed_everything
 from llmslim.core.load import load_model
+from llmslim.core.report import PlainProgress
 from llmslim.eval.run import perplexity, run_tasks
 from llmslim.prune.accumulate import PerWindow, window_keys
 from llmslim.prune.calibrate import collect
@@ -139,20 +140,6 @@ def evaluate(m) -> dict:
     return row
 
 
-
-
-def recover_progress():
-    """A plain line every 10 recovery steps (120 steps are an hour on one thread: say where it is)."""
-    t0, step = time.perf_counter(), 0
-
-    def advance(n: int) -> None:
-        nonlocal step
-        step += n
-        if step % 10 == 0 or step == args.recover_steps:
-            print(f"recover: step {step}/{args.recover_steps}, {time.perf_counter() - t0:.0f} s", flush=True)
-    return advance
-
-
 def recover(pruned) -> tuple[torch.nn.Module, dict]:
     """recover/jobs.train on a pruned copy, the dense model in memory as teacher (no_grad)."""
     import tempfile
@@ -163,7 +150,10 @@ def recover(pruned) -> tuple[torch.nn.Module, dict]:
         job = RecoverJob(model=args.model, teacher=args.model, kd=args.recover_kd, max_steps=args.recover_steps,
                          full=args.recover_full, lr=args.recover_lr, seed=args.seed, device="cpu", dtype="float32",
                          checkpoint_dir=Path(work), data=args.recover_data)
-        trained, summary = train(pruned, tok, model if job.kd_weight > 0 else None, job, advance=recover_progress())
+        # the commands' plain progress lines (120 steps are an hour on one thread: say where it is)
+        bar = PlainProgress(every_s=60)
+        task = bar.add_task("recover", total=args.recover_steps)
+        trained, summary = train(pruned, tok, model if job.kd_weight > 0 else None, job, advance=lambda n: bar.advance(task, n))
     plain = merged(trained, job.full).eval()
     return plain, {k: summary[k] for k in ("steps", "tokens", "train_s", "kd", "lr", "full", "data", "trainable_params", "first_loss",
                                            "last_loss")}
