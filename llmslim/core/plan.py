@@ -36,6 +36,7 @@ from llmslim.core.errors import BadOptionError
 GiB = 2**30
 RUNTIME_BYTES = {"cpu": int(0.45 * GiB), "cuda": int(0.5 * GiB), "mps": int(0.5 * GiB)}
 DTYPE_BYTES = {torch.float32: 4, torch.bfloat16: 2, torch.float16: 2}
+FOLD_LAYER_COPIES = 5  # fp32 copies of one layer's scored weights alive while calibration folds a window
 
 
 @dataclass
@@ -149,6 +150,10 @@ def prune_parts(s: Shapes, *, weight_bytes: int, seqlen: int, batch: int, refer:
     if kinds:
         parts["activations"] = activations(s, tokens, seqlen, weight_bytes)
         parts["window scores"] = kinds * scored * 4
+        # the per-window fold walks the layers (prune/calibrate._Grouped): one layer's grouped,
+        # z-scored and clipped fp32 copies at a time. Fitted to measured peaks (memory_plan.py):
+        # 4.9 such copies on a 1-layer Llama-3-8B-shape model, 4.6 on Llama-3.2-1B's shape
+        parts["fold (one layer)"] = FOLD_LAYER_COPIES * -(-scored // max(s.layers, 1)) * 4
     if refer:  # fp32 copies of the scored projections' outputs and their singular vectors
         width = (2 * s.heads * s.head_dim + 2 * s.kv_heads * s.head_dim) if target == "attn" else (2 * s.intermediate + s.hidden)
         parts["refer features"] = 2 * s.layers * tokens * width * 4

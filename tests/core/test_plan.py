@@ -27,6 +27,8 @@ def test_dry_run_prints_the_plan_and_loads_nothing(monkeypatch, tiny_llama_dir, 
     shapes = P.shapes_of(P.model_config(str(tiny_llama_dir)))
     parts = plan["memory"]["parts_bytes"]
     assert parts["window scores"] == 2 * shapes.ffn_params * 4  # SNIP + ReFer for AFR
+    # the fold's copies are one layer's, not the model's (a deeper model adds none)
+    assert parts["fold (one layer)"] == P.FOLD_LAYER_COPIES * shapes.ffn_params // shapes.layers * 4
     assert plan["memory"]["phase"] == "calibration" and plan["memory"]["fits"] and plan["advice"] is None
     assert not (tmp_path / "out").exists()
     # a method without gradients has no backward: no scores, no activations
