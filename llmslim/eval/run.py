@@ -72,12 +72,20 @@ def headline(results: dict) -> dict[str, tuple[str, float]]:
 
 
 def summary_metrics(model, tokenizer, *, ppl_text: str | None = None, ppl_seqlen: int = 1024, ppl_limit: int | None = None,
-                    tasks: str | None = None, limit: int | None = None, seed: int = 0, quiet: bool = False) -> dict:
+                    tasks: str | None = None, limit: int | None = None, seed: int = 0, quiet: bool = False,
+                    progress=None, label: str = "") -> dict:
     """The before/after numbers prune and recover report: WikiText-2 perplexity on `ppl_text`
-    ({"wikitext2_ppl": ...}) and each task's headline accuracy ({"arc_easy/acc": ...})."""
+    ({"wikitext2_ppl": ...}) and each task's headline accuracy ({"arc_easy/acc": ...}).
+    `progress`: the command's bar (core/job's Context.progress), where the perplexity windows
+    are counted as a task named with `label` (a full WikiText-2 half is minutes on a CPU)."""
     results = {}
     if ppl_text is not None:
-        results["wikitext2_ppl"] = perplexity(model, tokenizer, ppl_text, seqlen=ppl_seqlen, max_chunks=ppl_limit)["perplexity"]
+        advance = None
+        if progress is not None:
+            task = progress.add_task(f"perplexity{' ' + label if label else ''}", total=None)
+            advance = lambda done, total: progress.update(task, completed=done, total=total)  # noqa: E731
+        results["wikitext2_ppl"] = perplexity(model, tokenizer, ppl_text, seqlen=ppl_seqlen, max_chunks=ppl_limit,
+                                              progress=advance)["perplexity"]
     if tasks:
         names = [t.strip() for t in tasks.split(",") if t.strip()]
         out = run_tasks(model, tokenizer, names, limit=limit, seed=seed, show_progress=not quiet)

@@ -236,11 +236,12 @@ def _check_units(model, job: PruneJob) -> None:
                              f"{'kv groups' if job.target == 'attn' else 'neurons'}; use a smaller ratio")
 
 
-def _evaluate(model, tokenizer, job: PruneJob, ppl_text: str | None, quiet: bool) -> dict:
+def _evaluate(model, tokenizer, job: PruneJob, ppl_text: str | None, ctx: Context, row: str) -> dict:
     from llmslim.eval.run import summary_metrics
 
     return summary_metrics(model, tokenizer, ppl_text=ppl_text, ppl_seqlen=job.ppl_seqlen, ppl_limit=job.ppl_limit,
-                           tasks=job.tasks, limit=job.limit, seed=job.seed, quiet=quiet)
+                           tasks=job.tasks, limit=job.limit, seed=job.seed, quiet=ctx.quiet, progress=ctx.progress,
+                           label=f"({row})")
 
 
 def _calibrate(job: PruneJob, ctx: Context, methods: list[str], base: ScoreConfig):
@@ -278,7 +279,7 @@ def run(job: PruneJob, ctx: Context) -> dict:
     rows = [dense] if evaluate else []
     if evaluate:
         t0 = time.perf_counter()
-        dense["eval"] = _evaluate(model, tokenizer, job, ppl_text, ctx.quiet)
+        dense["eval"] = _evaluate(model, tokenizer, job, ppl_text, ctx, "dense")
         ctx.timings["eval_dense_s"] = time.perf_counter() - t0
 
     # GMM clipping is the slow part of scoring: do it up front, once per input, with a bar
@@ -297,7 +298,7 @@ def run(job: PruneJob, ctx: Context) -> dict:
         row = {"method": method, "params": rep["params_after"], "width": _width(rep["widths"]), "score_s": rep["score_s"]}
         if evaluate:
             t0 = time.perf_counter()
-            row["eval"] = _evaluate(pruned, tokenizer, job, ppl_text, ctx.quiet)
+            row["eval"] = _evaluate(pruned, tokenizer, job, ppl_text, ctx, method)
             ctx.timings[f"eval_{method}_s"] = time.perf_counter() - t0
         rows.append(row)
         if i == 0:
@@ -310,7 +311,8 @@ def run(job: PruneJob, ctx: Context) -> dict:
 
             t0 = time.perf_counter()
             rows.append({"method": f"{methods[0]} + recover", "params": primary_row["params"], "width": primary_row["width"],
-                         "eval": _evaluate(merged(shipped, job.recover_full), tokenizer, job, ppl_text, ctx.quiet)})
+                         "eval": _evaluate(merged(shipped, job.recover_full), tokenizer, job, ppl_text, ctx,
+                                                   f"{methods[0]} + recover")})
             ctx.timings["eval_recovered_s"] = time.perf_counter() - t0
     ctx.save(lambda folder: save_model(shipped, tokenizer, folder))
     return {

@@ -187,18 +187,19 @@ def run(job: RecoverJob, ctx: Context) -> dict:
     model, tokenizer = ctx.model, ctx.tokenizer
     ppl_text = wikitext2_halves()[1] if job.ppl else None
 
-    def metrics(m):
+    def metrics(m, when: str):
         m.eval()
         return summary_metrics(m, tokenizer, ppl_text=ppl_text, ppl_seqlen=job.ppl_seqlen, ppl_limit=job.ppl_limit,
-                               tasks=job.tasks, limit=job.limit, seed=job.seed, quiet=ctx.quiet)
+                               tasks=job.tasks, limit=job.limit, seed=job.seed, quiet=ctx.quiet, progress=ctx.progress,
+                               label=f"({when})")
 
     evaluate = (job.ppl or job.tasks) and distributed.is_main()  # under torchrun the others wait for it
-    before = metrics(model) if evaluate else {}
+    before = metrics(model, "before") if evaluate else {}
     teacher = load_teacher(job, model.config.vocab_size)
     advance = ctx.step(f"recover ({'full' if job.full else 'LoRA'}, kd {job.kd_weight:g})", job.max_steps)
     trained, summary = train(model, tokenizer, teacher, job, advance)
     ctx.timings["train_s"] = summary.pop("train_s")
-    after = metrics(merged(trained, job.full)) if evaluate else {}
+    after = metrics(merged(trained, job.full), "after") if evaluate else {}
     ctx.save(lambda folder: save_model(trained, tokenizer, folder))  # merges a LoRA adapter, keeps it in adapter/
     return {"model": job.model, "teacher": job.teacher, **summary, "before": before, "after": after,
             "peak_memory_mb": peak_memory_mb(next(model.parameters()).device)}

@@ -70,6 +70,8 @@ def test_recover_lowers_the_loss_and_saves_a_model_transformers_loads(tmp_path, 
         assert result["kd"] == 0.5 and result["loss_parts"]["first"]["kl"] > 1e-6
     for when in ("before", "after"):  # evaluated on the pruned and on the recovered model
         assert set(result[when]) == {"wikitext2_ppl", "arc_easy/acc"} and result[when]["wikitext2_ppl"] > 1
+        # under --json the evaluations' progress still reaches the log (stderr), named by phase
+        assert f"perplexity ({when}): started" in res.stderr and f"perplexity ({when}): 2/2 done" in res.stderr
     assert result["after"]["wikitext2_ppl"] != result["before"]["wikitext2_ppl"]
     recovered = AutoModelForCausalLM.from_pretrained(out)  # plain transformers, merged weights
     assert set(recovered.state_dict()) == set(before)
@@ -111,6 +113,8 @@ def test_prune_recover_steps_trains_the_pruned_model_against_the_dense_one(tmp_p
     assert result["recover"]["steps"] == 3 and result["recover"]["kd"] == 0.5
     assert result["recover"]["loss_parts"]["first"]["kl"] > 1e-6  # a random tiny model: 4e-5; a self-teacher: 0
     assert [r["method"] for r in result["rows"]] == ["dense", "magnitude", "magnitude + recover"]
+    for row in result["rows"]:  # each row's perplexity shows its progress in the log, under --json too
+        assert f"perplexity ({row['method']}): 2/2 done" in res.stderr
     assert result["rows"][2]["eval"]["wikitext2_ppl"] != result["rows"][1]["eval"]["wikitext2_ppl"]
     pruned = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned").state_dict()
     recovered = AutoModelForCausalLM.from_pretrained(tmp_path / "recovered").state_dict()
