@@ -32,7 +32,7 @@ from llmslim.core.errors import BadOptionError
 from llmslim.core.generate import Generation, generate
 from llmslim.core.load import cache_dir, load_model
 from llmslim.shorten import evaluate as ev
-from llmslim.shorten.jobs import select_refs
+from llmslim.shorten.jobs import select_refs, step_progress
 from llmslim.shorten.reference import get_references
 from llmslim.shorten.reward import Embedder, RewardConfig
 from llmslim.shorten.rl import RLConfig, train_rl
@@ -157,16 +157,6 @@ if len(refs.refs) < 150:
     report.stdout.print(f"warning: {len(refs.refs)} training answers, fewer than the issue's 150: raise --train-prompts")
 
 
-def step_line(key: str, steps: int):
-    """One plain line per logged training step (a row is an hour on one thread: say where it is)."""
-    t0 = time.perf_counter()
-
-    def line(row: dict) -> None:
-        values = ", ".join(f"{k} {row[k]:.3g}" for k in ("loss", "reward", "mean_length") if k in row)
-        print(f"{key}: step {row['step']}/{steps}, {time.perf_counter() - t0:.0f} s: {values}", flush=True)
-    return line
-
-
 # ---------------------------------------------------------------- RL at each λ
 for lam in lams:
     if f"rl:{lam}" in done:
@@ -174,8 +164,8 @@ for lam in lams:
     seed_everything(0)
     model = copy.deepcopy(base.model)
     cfg = RLConfig(lam=lam, steps=args.rl_steps, batch_size=args.rl_batch, num_generations=4, learning_rate=args.rl_lr, beta=0.04)
-    with tempfile.TemporaryDirectory() as work:
-        train = train_rl(model, tok, refs, embedder, cfg, work_dir=Path(work), progress=step_line(f"rl:{lam}", args.rl_steps))
+    with tempfile.TemporaryDirectory() as work, report.progress() as bar:  # a row is an hour on one thread
+        train = train_rl(model, tok, refs, embedder, cfg, work_dir=Path(work), progress=step_progress(bar, f"rl λ {lam}", args.rl_steps))
     evaluate(f"rl:{lam}", "rl", f"λ {lam}", train["model"], train)
     del model, train
 
@@ -186,8 +176,8 @@ for top_p in top_ps:
     seed_everything(0)
     model = copy.deepcopy(base.model)
     cfg = SFTConfig(steps=args.sft_steps, learning_rate=args.sft_lr, batch_size=4, top_p=top_p, head_ratio=0.5)
-    with tempfile.TemporaryDirectory() as work:
-        train = train_sft(model, tok, refs, cfg, work_dir=Path(work), progress=step_line(f"sft:{top_p}", args.sft_steps))
+    with tempfile.TemporaryDirectory() as work, report.progress() as bar:
+        train = train_sft(model, tok, refs, cfg, work_dir=Path(work), progress=step_progress(bar, f"sft top-p {top_p}", args.sft_steps))
     evaluate(f"sft:{top_p}", "sft-branch", f"top-p {top_p}, head 0.5, λ1=λ2={cfg.lam1}", train["model"], train)
     del model, train
 

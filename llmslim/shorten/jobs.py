@@ -159,16 +159,17 @@ def _sim_model_bytes(spec: str | None) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.suffix in (".safetensors", ".bin"))
 
 
-def _step_progress(ctx: Context, method: str, steps: int):
-    """A progress callback for the trainers' history rows: the step and the last values."""
-    task = ctx.progress.add_task(f"shorten {method}", total=steps)
+def step_progress(progress, method: str, steps: int):
+    """A progress callback for the trainers' history rows: the step and the last values, on
+    `progress` (a command's bar, core/job's Context.progress, or core/report.progress())."""
+    task = progress.add_task(f"shorten {method}", total=steps)
     labels = (("reward", "reward"), ("reward_std", "spread"), ("mean_length", "len"), ("kl", "kl"), ("clipped_ratio", "clipped"),
               ("branch_len", "branch len"), ("shorter_frac", "shorter"), ("kl_ref_act", "kl"))
 
     def update(row: dict) -> None:
         if "step" in row and "loss" in row:
             parts = [f"loss {row['loss']:.3f}"] + [f"{label} {row[key]:.3g}" for key, label in labels if key in row]
-            ctx.progress.update(task, completed=row["step"], description=f"shorten {method}: " + ", ".join(parts))
+            progress.update(task, completed=row["step"], description=f"shorten {method}: " + ", ".join(parts))
 
     return update
 
@@ -205,7 +206,7 @@ def run_train(job: TrainJob, ctx: Context) -> dict:
     ctx.timings["reference_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    progress = _step_progress(ctx, job.method, cfg.steps)
+    progress = step_progress(ctx.progress, job.method, cfg.steps)
     if job.method == "rl":
         embedder = Embedder(job.sim_model, device=str(ctx.loaded.device))
         result = train_rl(ctx.model, ctx.tokenizer, used, embedder, cfg, work_dir=work, resume=job.resume,
