@@ -59,8 +59,8 @@ args = p.parse_args()
 # every row's settings are checked before anything loads: a bad λ must not surface hours in, after
 # the rows before it (1.5 once did, after three RL rows)
 try:
-    lams = [float(x) for x in args.lams.split(",")]
-    top_ps = [float(x) for x in args.top_ps.split(",")]
+    lams = [float(x) for x in args.lams.split(",") if x.strip()]  # "" runs no row of that kind
+    top_ps = [float(x) for x in args.top_ps.split(",") if x.strip()]
     for lam in lams:
         RewardConfig(lam=lam)
     for top_p in top_ps:
