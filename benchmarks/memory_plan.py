@@ -71,7 +71,7 @@ def run_case(case: str) -> dict:
         model = load("gradients")
         dtype = next(model.parameters()).dtype
         windows = torch.randint(0, shapes.vocab, (1, seqlen), generator=gen)
-        collect_for(model, windows, ["afr:abs"])  # no GMM: its fit takes minutes on CPU and little memory
+        collect_for(model, windows, ["afr:abs"])  # no GMM (minutes on a CPU): prune_big.py measures its part
         parts = P.prune_parts(shapes, weight_bytes=P.DTYPE_BYTES[dtype], seqlen=seqlen, batch=1, refer=True, snip=True,
                               signed_kinds=0, device_type=device.type)
     elif kind.startswith("shorten-"):

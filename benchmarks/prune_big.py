@@ -54,6 +54,22 @@ print(f"plan: {plan.line()}", file=sys.stderr, flush=True)
 device = resolve_device(args.device)
 dtype = resolve_dtype("auto", device, "gradients")
 times = {}
+result = {
+    "args": vars(args), "date": time.strftime("%Y-%m-%d"),
+    "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "dtype": str(dtype),
+    "plan_gib": plan.total / 2**30, "plan_parts_gib": {k: v / 2**30 for k, v in plan.parts.items()},
+    "plan_phase": plan.phase, "plan_fits": plan.fits, "plan_available_gib": None if plan.available is None else plan.available / 2**30,
+    "times": times, "finished": False,
+}
+
+
+def write() -> None:
+    """After each phase and every few windows: a run cut short (a GPU call's timeout) keeps what it measured."""
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+
+
+write()
 
 t0 = time.perf_counter()
 model = random_model(args.model, dtype, args.seed, device)
@@ -65,11 +81,24 @@ progress = PlainProgress(every_s=15)
 task = progress.add_task("calibration windows", total=args.nsamples)
 t0 = time.perf_counter()
 base = ScoreConfig(seed=args.seed)
-stats = collect_for(model, windows, [args.method], base, progress=lambda n: progress.advance(task, n))
+
+
+def window_done(n: int) -> None:
+    progress.advance(task, n)
+    done = progress.tasks[task]["completed"]
+    result.update(windows_done=done, calibration_s_so_far=time.perf_counter() - t0,
+                  measured_peak_calibration_gib=peak_memory_mb(device) / 1024)
+    if done in (1, 2, 4) or done % 8 == 0:
+        write()
+
+
+stats = collect_for(model, windows, [args.method], base, progress=window_done)
 if device.type == "cuda":
     torch.cuda.synchronize(device)
 times["calibration_s"] = time.perf_counter() - t0
 peak_calibration = peak_memory_mb(device) / 1024
+result.update(measured_peak_calibration_gib=peak_calibration, plan_over_measured=plan.total / 2**30 / peak_calibration)
+write()
 
 t0 = time.perf_counter()
 report = prune_model(model, stats, PruneConfig(ratio=args.ratio, method=args.method, scores=base))
@@ -78,15 +107,7 @@ if device.type == "cuda":
 times["prune_s"] = time.perf_counter() - t0
 times["score_s"], times["remove_s"] = report["score_s"], report["prune_s"]
 
-result = {
-    "args": vars(args), "date": time.strftime("%Y-%m-%d"),
-    "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "dtype": str(dtype),
-    "plan_gib": plan.total / 2**30, "plan_parts_gib": {k: v / 2**30 for k, v in plan.parts.items()},
-    "plan_phase": plan.phase, "plan_fits": plan.fits, "plan_available_gib": None if plan.available is None else plan.available / 2**30,
-    "measured_peak_calibration_gib": peak_calibration, "measured_peak_gib": peak_memory_mb(device) / 1024,
-    "plan_over_measured": plan.total / 2**30 / peak_calibration,
-    "times": times, "params_before": report["params_before"], "params_after": report["params_after"],
-}
+result.update(measured_peak_gib=peak_memory_mb(device) / 1024, params_before=report["params_before"],
+              params_after=report["params_after"], finished=True)
 print(json.dumps({k: v for k, v in result.items() if k != "args"}, indent=1))
-Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+write()

@@ -37,6 +37,10 @@ GiB = 2**30
 RUNTIME_BYTES = {"cpu": int(0.45 * GiB), "cuda": int(0.5 * GiB), "mps": int(0.5 * GiB)}
 DTYPE_BYTES = {torch.float32: 4, torch.bfloat16: 2, torch.float16: 2}
 FOLD_LAYER_COPIES = 5  # fp32 copies of one layer's scored weights alive while calibration folds a window
+# the GMM clipping's working memory per scored weight of one layer: 0.87 GiB more than the same
+# window without it on a 2-layer Llama-3-8B-shape slice (benchmarks/prune_big.py against
+# memory_plan.py, CPU; docs/distributed.md)
+GMM_BYTES_PER_SCORED_WEIGHT = 5.3
 
 
 @dataclass
@@ -141,8 +145,10 @@ def layer_activations(s: Shapes, tokens: int, seqlen: int, act_bytes: int) -> in
 
 
 def prune_parts(s: Shapes, *, weight_bytes: int, seqlen: int, batch: int, refer: bool, snip: bool,
-                signed_kinds: int, device_type: str, target: str = "ffn") -> dict[str, int]:
-    """Calibration's peak; `target` "attn" scores the attention weights instead of the FFN's."""
+                signed_kinds: int, device_type: str, target: str = "ffn", fold: bool = True,
+                gmm: bool = False) -> dict[str, int]:
+    """Calibration's peak; `target` "attn" scores the attention weights instead of the FFN's.
+    `fold`: the scores are folded per window (--accumulate per-window); `gmm`: with GMM clipping."""
     kinds = int(refer) + int(snip)
     tokens = batch * seqlen
     scored = s.attn_params if target == "attn" else s.ffn_params
@@ -150,10 +156,14 @@ def prune_parts(s: Shapes, *, weight_bytes: int, seqlen: int, batch: int, refer:
     if kinds:
         parts["activations"] = activations(s, tokens, seqlen, weight_bytes)
         parts["window scores"] = kinds * scored * 4
-        # the per-window fold walks the layers (prune/calibrate._Grouped): one layer's grouped,
-        # z-scored and clipped fp32 copies at a time. Fitted to measured peaks (memory_plan.py):
-        # 4.9 such copies on a 1-layer Llama-3-8B-shape model, 4.6 on Llama-3.2-1B's shape
-        parts["fold (one layer)"] = FOLD_LAYER_COPIES * -(-scored // max(s.layers, 1)) * 4
+        layer_scored = -(-scored // max(s.layers, 1))
+        if fold:  # the per-window fold walks the layers (prune/calibrate._Grouped): one layer's
+            # grouped, z-scored and clipped fp32 copies at a time. Fitted to measured peaks
+            # (memory_plan.py): 4.9 such copies on a 1-layer Llama-3-8B-shape slice, 4.9-5.3 on
+            # Llama-3.2-1B's shape
+            parts["fold (one layer)"] = FOLD_LAYER_COPIES * layer_scored * 4
+            if gmm:  # one layer's batched mixture fit over its neurons' values (prune/gmm.py)
+                parts["GMM fit (one layer)"] = int(GMM_BYTES_PER_SCORED_WEIGHT * layer_scored)
     if refer:  # fp32 copies of the scored projections' outputs and their singular vectors
         width = (2 * s.heads * s.head_dim + 2 * s.kv_heads * s.head_dim) if target == "attn" else (2 * s.intermediate + s.hidden)
         parts["refer features"] = 2 * s.layers * tokens * width * 4

@@ -27,8 +27,17 @@ def test_dry_run_prints_the_plan_and_loads_nothing(monkeypatch, tiny_llama_dir, 
     shapes = P.shapes_of(P.model_config(str(tiny_llama_dir)))
     parts = plan["memory"]["parts_bytes"]
     assert parts["window scores"] == 2 * shapes.ffn_params * 4  # SNIP + ReFer for AFR
-    # the fold's copies are one layer's, not the model's (a deeper model adds none)
-    assert parts["fold (one layer)"] == P.FOLD_LAYER_COPIES * shapes.ffn_params // shapes.layers * 4
+    # the fold's copies (and the GMM's fit) are one layer's, not the model's (a deeper model adds none)
+    layer = -(-shapes.ffn_params // shapes.layers)
+    assert parts["fold (one layer)"] == P.FOLD_LAYER_COPIES * layer * 4
+    assert parts["GMM fit (one layer)"] == int(P.GMM_BYTES_PER_SCORED_WEIGHT * layer)
+    # no per-window fold: summed signed scores (one fold at the end), or a method without GMM clipping
+    for extra, absent in ((["--accumulate", "signed-sum"], {"fold (one layer)", "GMM fit (one layer)"}),
+                          (["--aggregate", "abs"], {"GMM fit (one layer)"})):
+        result = invoke(["prune", tiny_llama_dir, "--seqlen", "64", "--dry-run", "--json", *extra])
+        assert result.exit_code == 0, result.output
+        kept = json.loads(result.output)["memory"]["parts_bytes"]
+        assert absent.isdisjoint(kept) and "window scores" in kept
     assert plan["memory"]["phase"] == "calibration" and plan["memory"]["fits"] and plan["advice"] is None
     assert not (tmp_path / "out").exists()
     # a method without gradients has no backward: no scores, no activations
