@@ -27,6 +27,7 @@ import torch
 
 from llmslim.bench.synthetic import random_model
 from llmslim.core.device import peak_memory_mb, resolve_device, resolve_dtype
+from llmslim.core.errors import BadOptionError
 from llmslim.core.report import PlainProgress
 from llmslim.prune.jobs import PruneJob, memory_plan
 from llmslim.prune.run import PruneConfig, collect_for, prune_model
@@ -49,7 +50,10 @@ if args.nsamples < 1 or args.seqlen < 2 or not 0 < args.ratio < 1:
 
 job = PruneJob(model=args.model, nsamples=args.nsamples, seqlen=args.seqlen, ratio=args.ratio, method=args.method,
                device=args.device, seed=args.seed)
-plan, advice = memory_plan(job)  # what `llmslim prune ... --dry-run` prints for this job
+try:
+    plan, advice = memory_plan(job)  # what `llmslim prune ... --dry-run` prints for this job
+except BadOptionError as err:  # an unknown preset or field: one line, before anything is built
+    raise SystemExit(f"error: {err}") from None
 print(f"plan: {plan.line()}", file=sys.stderr, flush=True)
 device = resolve_device(args.device)
 dtype = resolve_dtype("auto", device, "gradients")
@@ -85,9 +89,8 @@ base = ScoreConfig(seed=args.seed)
 
 def window_done(n: int) -> None:
     progress.advance(task, n)
-    done = progress.tasks[task]["completed"]
-    result.update(windows_done=done, calibration_s_so_far=time.perf_counter() - t0,
-                  measured_peak_calibration_gib=peak_memory_mb(device) / 1024)
+    result["windows_done"] = done = result.get("windows_done", 0) + n
+    result.update(calibration_s_so_far=time.perf_counter() - t0, measured_peak_calibration_gib=peak_memory_mb(device) / 1024)
     if done in (1, 2, 4) or done % 8 == 0:
         write()
 

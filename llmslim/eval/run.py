@@ -71,6 +71,13 @@ def headline(results: dict) -> dict[str, tuple[str, float]]:
     return out
 
 
+def windows_task(progress, name: str):
+    """A task on `progress` for perplexity(..., progress=): its windows' total is known only once
+    the text is tokenised, so the callback sets it with the count."""
+    task = progress.add_task(name, total=None)
+    return lambda done, total: progress.update(task, completed=done, total=total)
+
+
 def summary_metrics(model, tokenizer, *, ppl_text: str | None = None, ppl_seqlen: int = 1024, ppl_limit: int | None = None,
                     tasks: str | None = None, limit: int | None = None, seed: int = 0, quiet: bool = False,
                     progress=None, label: str = "") -> dict:
@@ -80,10 +87,7 @@ def summary_metrics(model, tokenizer, *, ppl_text: str | None = None, ppl_seqlen
     are counted as a task named with `label` (a full WikiText-2 half is minutes on a CPU)."""
     results = {}
     if ppl_text is not None:
-        advance = None
-        if progress is not None:
-            task = progress.add_task(f"perplexity{' ' + label if label else ''}", total=None)
-            advance = lambda done, total: progress.update(task, completed=done, total=total)  # noqa: E731
+        advance = None if progress is None else windows_task(progress, f"perplexity{' ' + label if label else ''}")
         results["wikitext2_ppl"] = perplexity(model, tokenizer, ppl_text, seqlen=ppl_seqlen, max_chunks=ppl_limit,
                                               progress=advance)["perplexity"]
     if tasks:
@@ -184,10 +188,9 @@ def evaluate(model, tokenizer, cfg: EvalConfig | Plan, *, show_progress: bool = 
             log.info("--ppl-seqlen %d is longer than the model's context; using %d", seqlen, limit)
             seqlen = limit
         t0 = time.perf_counter()
-        task = progress.add_task("perplexity", total=None)
         ppl = perplexity(
             model, tokenizer, plan.text, seqlen, stride=cfg.stride, batch_size=cfg.batch_size, max_chunks=cfg.ppl_limit,
-            progress=lambda done, total: progress.update(task, completed=done, total=total),
+            progress=windows_task(progress, "perplexity"),
         )
         timings["perplexity_s"] = time.perf_counter() - t0
         name = cfg.ppl_file if cfg.ppl_file in CORPORA else plan.ppl_path.name

@@ -18,10 +18,10 @@ from llmslim.core.load import check_not_offloaded, check_spread_before_loading, 
 from llmslim.core.outputs import check_creatable
 from llmslim.core.save import save_model
 from llmslim.prune import calibrate
-from llmslim.prune.accumulate import ACCUMULATIONS, AFTER_CLIP, GMM_REFITS, window_keys
+from llmslim.prune.accumulate import ACCUMULATIONS, AFTER_CLIP, GMM_REFITS
 from llmslim.prune.aggregate import AGGREGATIONS, GROUPINGS, SCOPES
 from llmslim.prune.allocate import ALLOCATIONS, MAX_DEVIATION
-from llmslim.prune.run import (PruneConfig, calibration_windows, check_fingerprint, collect_for, needs, parse_method,
+from llmslim.prune.run import (PruneConfig, calibration_windows, check_fingerprint, collect_for, folded_keys, needs, parse_method,
                                prune_model, read_stats, save_stats)
 from llmslim.prune.scores import AFR_RECIPES, ScoreConfig, clipped, gmm_inputs
 from llmslim.prune.units import TARGETS
@@ -185,8 +185,7 @@ def memory_plan(job: PruneJob):
         elif not j.scores and any(m.startswith("llm-pruner") for m in methods):
             signed = 1
         # the per-window fold (and its GMM clipping) runs where a method aggregates per window
-        keys = [] if j.scores or j.accumulate != "per-window" else window_keys(
-            [(name, cfg.aggregate, cfg.afr_recipe) for name, cfg in (parse_method(m, _score_config(j)) for m in methods)])
+        keys = [] if j.scores else folded_keys(methods, _score_config(j))
         return P.prune_parts(shapes, weight_bytes=P.DTYPE_BYTES[resolve_dtype(j.dtype, device, "gradients")], seqlen=j.seqlen,
                              batch=1, refer=need["refer"], snip=need["snip"], signed_kinds=signed, device_type=device.type,
                              target=j.target, fold=bool(keys), gmm=any(k.partition(":")[2] in AFTER_CLIP for k in keys))

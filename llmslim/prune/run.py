@@ -59,6 +59,14 @@ def needs(methods: list[str]) -> dict:
     return {"snip": bool(names & GRADIENT_SCORES - {"refer"}), "refer": bool(names & REFER_SCORES)}
 
 
+def folded_keys(methods: list[str], base: ScoreConfig) -> list[str]:
+    """The per-window buffers calibration folds for `methods` under `base` (prune/accumulate's
+    keys; none unless --accumulate per-window): what collect_for fills and the memory plan counts."""
+    if base.accumulate != "per-window":
+        return []
+    return window_keys([(name, cfg.aggregate, cfg.afr_recipe) for name, cfg in (parse_method(m, base) for m in methods)])
+
+
 def collect_for(model, windows: torch.Tensor, methods: list[str], base: ScoreConfig | None = None,
                 gmm_refit: str = "every", **kwargs) -> CalibStats:
     """One calibration pass that gathers what `methods` need under `base` (its accumulation
@@ -67,12 +75,9 @@ def collect_for(model, windows: torch.Tensor, methods: list[str], base: ScoreCon
     base = base or ScoreConfig()
     parsed = [(m, *parse_method(m, base)) for m in methods]
     need = needs(methods)
-    per_window = None
-    if base.accumulate == "per-window":
-        keys = window_keys([(name, cfg.aggregate, cfg.afr_recipe) for _, name, cfg in parsed])
-        if keys:
-            per_window = PerWindow(keys, group=base.group, gmm_scope=base.gmm_scope, gmm_refit=gmm_refit,
-                                   seed=base.seed)
+    keys = folded_keys(methods, base)
+    per_window = PerWindow(keys, group=base.group, gmm_scope=base.gmm_scope, gmm_refit=gmm_refit,
+                           seed=base.seed) if keys else None
     if base.accumulate == "signed-sum":
         per_weight = ("snip", "refer")
     else:
