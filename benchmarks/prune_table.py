@@ -70,7 +70,11 @@ parser.add_argument("--recover-steps", type=int, default=0, help="also recover e
 parser.add_argument("--recover-full", action="store_true", help="recover every weight instead of LoRA adapters")
 parser.add_argument("--recover-lr", type=float, default=None, help="recover's --lr (default: recover's)")
 parser.add_argument("--recover-kd", type=float, default=0.5, help="recover's --kd (the dense model is the teacher)")
-parser.add_argument("--recover-data", default="wikitext2", help="recover's --data (wikitext2, alpaca, a comma mix, a file)")
+parser.add_argument("--recover-data", default="wikitext2", help="recover's --data (wikitext2, alpaca, self, a comma mix, a file)")
+parser.add_argument("--recover-batch-size", type=int, default=4, help="recover's --batch-size")
+parser.add_argument("--recover-seqlen", type=int, default=256, help="recover's --seqlen")
+parser.add_argument("--device", default="cpu", help="cpu or cuda (fp32 either way: rows comparable across devices)")
+parser.add_argument("--eval-batch-size", type=int, default=8, help="lm-eval's batch size (wider on a GPU)")
 parser.add_argument("--plot", action="store_true", help="also write OUT with .png: mean accuracy against parameters")
 args = parser.parse_args()
 if args.print_orders:
@@ -94,7 +98,7 @@ def score_config(spec: str) -> tuple[str, ScoreConfig, str]:
 
 
 seed_everything(args.seed)
-loaded = load_model(args.model, device="cpu", dtype="float32", purpose="gradients")
+loaded = load_model(args.model, device=args.device, dtype="float32", purpose="gradients")
 model, tok = loaded.model, loaded.tokenizer
 calib_text, eval_text = wikitext2_halves()
 
@@ -132,12 +136,31 @@ tasks = [t for t in args.tasks.split(",") if t]
 def evaluate(m) -> dict:
     row = {"wikitext2_ppl": perplexity(m, tok, eval_text, seqlen=args.ppl_seqlen, max_chunks=args.ppl_limit)["perplexity"]}
     if tasks:
-        res = run_tasks(m, tok, tasks, limit=args.limit, seed=args.seed)["results"]
+        res = run_tasks(m, tok, tasks, limit=args.limit, seed=args.seed, batch_size=args.eval_batch_size)["results"]
         for task in tasks:
             metric = "acc_norm" if task in ("arc_challenge", "hellaswag") else "acc"
             row[task] = res[task][metric]
         row["mean_acc"] = sum(row[t] for t in tasks) / len(tasks)
     return row
+
+
+def recovery_windows(job, bar) -> torch.Tensor:
+    """recover/jobs.training_windows once per run and setting: every row trains on the same
+    windows (with --recover-data self, sampled from the dense model), kept beside --scores so a
+    resumed run does not sample again."""
+    from llmslim.recover.jobs import training_windows
+
+    path = Path(args.scores).with_name(f"recover_windows_{job.data.replace('/', '_').replace(',', '+')}_{job.max_steps}x"
+                                       f"{job.batch_size}x{job.seqlen}_seed{job.seed}.pt")
+    if path.is_file():
+        return torch.load(path)
+    t0 = time.perf_counter()
+    sampling = bar.add_task("recovery windows", total=job.max_steps * job.batch_size)
+    windows = training_windows(tok, model, job, advance=lambda n: bar.advance(sampling, n))
+    print(f"recovery windows: {tuple(windows.shape)} in {time.perf_counter() - t0:.0f}s", flush=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(windows, path)
+    return windows
 
 
 def recover(pruned) -> tuple[torch.nn.Module, dict]:
@@ -148,12 +171,14 @@ def recover(pruned) -> tuple[torch.nn.Module, dict]:
 
     with tempfile.TemporaryDirectory(prefix="prune-table-recover-") as work:
         job = RecoverJob(model=args.model, teacher=args.model, kd=args.recover_kd, max_steps=args.recover_steps,
-                         full=args.recover_full, lr=args.recover_lr, seed=args.seed, device="cpu", dtype="float32",
-                         checkpoint_dir=Path(work), data=args.recover_data)
+                         full=args.recover_full, lr=args.recover_lr, seed=args.seed, device=args.device, dtype="float32",
+                         checkpoint_dir=Path(work), data=args.recover_data, batch_size=args.recover_batch_size,
+                         seqlen=args.recover_seqlen)
         # the commands' plain progress lines (120 steps are an hour on one thread: say where it is)
         bar = PlainProgress(every_s=60)
+        windows = recovery_windows(job, bar)
         task = bar.add_task("recover", total=args.recover_steps)
-        trained, summary = train(pruned, tok, model if job.kd_weight > 0 else None, job, advance=lambda n: bar.advance(task, n))
+        trained, summary = train(pruned, tok, model, job, advance=lambda n: bar.advance(task, n), windows=windows)
     plain = merged(trained, job.full).eval()
     return plain, {k: summary[k] for k in ("steps", "tokens", "train_s", "kd", "lr", "full", "data", "trainable_params", "first_loss",
                                            "last_loss")}
@@ -166,7 +191,9 @@ rows = json.loads(partial.read_text()) if args.resume and partial.is_file() else
 recovery = {"full": args.recover_full, "lr": args.recover_lr, "kd": args.recover_kd, "data": args.recover_data}
 rows = [r for r in rows if "recover" not in r or
         (r["recover"]["full"], r["recover"]["kd"], r["recover"].get("data", "wikitext2")) == (recovery["full"], recovery["kd"], recovery["data"])
-        and (recovery["lr"] is None or r["recover"]["lr"] == recovery["lr"])]
+        and (recovery["lr"] is None or r["recover"]["lr"] == recovery["lr"])
+        and (r["recover"]["steps"] != args.recover_steps
+             or r["recover"]["tokens"] == args.recover_steps * args.recover_batch_size * args.recover_seqlen)]
 done = {(r["ratio"], r["method"]) for r in rows}
 
 
@@ -211,7 +238,8 @@ table = "\n".join(lines)
 print(table)
 Path(args.out).parent.mkdir(parents=True, exist_ok=True)
 Path(args.out).write_text(json.dumps({
-    "args": vars(args), "date": time.strftime("%Y-%m-%d"), "calibration_s": calib_s, "calibration": {"windows": stats.windows, **stats.meta}, "peak_memory_mb": peak_memory_mb(), "rows": rows, "table": table,
+    "args": vars(args), "date": time.strftime("%Y-%m-%d"),
+    "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu", "calibration_s": calib_s, "calibration": {"windows": stats.windows, **stats.meta}, "peak_memory_mb": peak_memory_mb(), "rows": rows, "table": table,
 }, indent=2) + "\n")
 
 if args.plot and tasks:

@@ -175,9 +175,10 @@ def calibration_windows(tokenizer, text: str, nsamples: int, seqlen: int, seed: 
 
 
 @torch.no_grad()
-def self_calibration(model, tokenizer, nsamples: int, seqlen: int, seed: int, batch_size: int = 8) -> torch.Tensor:
+def self_calibration(model, tokenizer, nsamples: int, seqlen: int, seed: int, batch_size: int = 8, advance=None) -> torch.Tensor:
     """Calibration with no data: sequences sampled from the model itself (temperature 1), each
-    started from BOS and a seeded random vocabulary token, as in data-free LLM-QAT."""
+    started from BOS and a seeded random vocabulary token, as in data-free LLM-QAT.
+    `advance(n)` is called after each batch of n sequences (progress)."""
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(seed)
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
@@ -192,6 +193,8 @@ def self_calibration(model, tokenizer, nsamples: int, seqlen: int, seed: int, ba
             max_new_tokens=seqlen - 2, min_new_tokens=seqlen - 2, pad_token_id=tokenizer.pad_token_id,
         )
         out.append(seqs[:, :seqlen].cpu())
+        if advance:
+            advance(n)
     return torch.cat(out)
 
 

@@ -21,7 +21,7 @@ def recover(
     teacher: Annotated[Optional[str], typer.Option("--teacher", help="The dense model to distil from (with --kd > 0).", rich_help_panel=TRAIN)] = None,
     kd: Annotated[Optional[float], typer.Option("--kd", help="Weight of KL(teacher || student) against next-token CE; default 0.5 with --teacher, 0 without (LLM-Pruner's plain recovery).", rich_help_panel=TRAIN)] = None,
     temperature: Annotated[float, typer.Option("--temperature", help="Softens both distributions in the KL (T^2-scaled).", rich_help_panel=TRAIN)] = 1.0,
-    data: Annotated[str, typer.Option("--data", help="wikitext2 (first half of the shared test file), alpaca (instruction records, chat template), a text file, or a comma list of them.", rich_help_panel=TRAIN)] = "wikitext2",
+    data: Annotated[str, typer.Option("--data", help="wikitext2 (first half of the shared test file), alpaca (instruction records, chat template), self (max-steps x batch-size samples from --teacher, data-free), a text file, or a comma list of them.", rich_help_panel=TRAIN)] = "wikitext2",
     seqlen: Annotated[int, typer.Option("--seqlen", help="Tokens per training window.", rich_help_panel=TRAIN)] = 256,
     max_steps: MaxStepsOpt = 100,
     batch_size: BatchSizeOpt = 4,

@@ -18,6 +18,7 @@ from llmslim.core.errors import BadOptionError
 from llmslim.core.job import CommonOptions, Context
 
 DEFAULT_KD = 0.5  # with a teacher; without one the loss is next-token CE only (LLM-Pruner's recovery)
+SELF = "self"  # --data: the teacher's own samples (data-free, as LLM-QAT distils), one per training example
 # LoRA: LLM-Pruner's recovery used 1e-4 on Llama-7B. Full: on SmolLM2 at 20% FFN, 40 steps
 # (docs/recover.md) with 5e-5 closed 67% of the perplexity gap, LoRA at 2e-4 39%.
 LR = {"lora": 2e-4, "full": 5e-5}
@@ -51,6 +52,11 @@ class RecoverJob(CommonOptions):
         return self.kd if self.kd is not None else (DEFAULT_KD if self.teacher else 0.0)
 
     @property
+    def needs_teacher(self) -> bool:
+        """A KD term to compute, or `self` samples to draw from it."""
+        return self.kd_weight > 0 or SELF in self.data.split(",")
+
+    @property
     def work_dir(self) -> Path:
         return self.checkpoint_dir or Path(f"{self.out}-checkpoints")
 
@@ -65,13 +71,13 @@ def memory_plan(job: RecoverJob, shapes=None, teacher_shapes=None):
 
     device = resolve_device(job.device)
     shapes = shapes or P.shapes_of(P.model_config(job.model))
-    if job.kd_weight > 0 and teacher_shapes is None:
+    if job.needs_teacher and teacher_shapes is None:
         teacher_shapes = P.shapes_of(P.model_config(job.teacher))
     available = P.available_bytes(device)
 
     def parts(j: RecoverJob) -> dict[str, int]:
         return P.training_parts(shapes, full=j.full, lora_r=j.lora_r, batch=j.batch_size, seqlen=j.seqlen,
-                                teacher=teacher_shapes if j.kd_weight > 0 else None,
+                                teacher=teacher_shapes if j.needs_teacher else None,
                                 teacher_bytes=P.DTYPE_BYTES[resolve_dtype(j.dtype, device, "inference")], device_type=device.type)
 
     candidates = ([("LoRA (no --full)", parts(replace(job, full=False)))] if job.full else []) + P.smaller_batches(job, parts)
@@ -92,7 +98,11 @@ def validate(job: RecoverJob) -> None:
         raise BadOptionError(f"--lr must be > 0, got {job.lr}")
     if job.resume and not job.work_dir.is_dir():
         raise BadOptionError(f"--resume: no checkpoint folder {job.work_dir}")
-    check_text_source(job.data)
+    texts = [part for part in job.data.split(",") if part != SELF]
+    if SELF in job.data.split(",") and not job.teacher:
+        raise BadOptionError("--data self samples the --teacher: name one")
+    if texts:
+        check_text_source(",".join(texts))
     if job.tasks:
         from llmslim.eval.harness import check_data, resolve_tasks
 
@@ -117,20 +127,40 @@ def _prepare_student(model, job: RecoverJob):
                                             target_modules="all-linear", task_type="CAUSAL_LM"))
 
 
-def train(model, tokenizer, teacher, job: RecoverJob, advance=None) -> tuple[torch.nn.Module, dict]:
+def training_windows(tokenizer, teacher, job: RecoverJob, advance=None) -> torch.Tensor:
+    """job.data as [N, seqlen] token windows: named texts and files cut into consecutive windows
+    (core/data.token_windows), and with `self` max_steps x batch_size sequences sampled from the
+    teacher at temperature 1 (core/data.self_calibration, LLM-QAT's data-free recipe), so each
+    training example is a fresh sample: recovery towards the teacher on the teacher's own
+    distribution rather than one corpus's. `advance(n)`: progress of the sampling."""
+    from llmslim.core.data import self_calibration, token_windows, training_text
+
+    parts = job.data.split(",")
+    texts = [part for part in parts if part != SELF]
+    windows = [token_windows(tokenizer, training_text(",".join(texts), tokenizer), job.seqlen)] if texts else []
+    if SELF in parts:
+        on_gpu = next(teacher.parameters()).device.type == "cuda"  # decode is launch-bound there: wide batches
+        windows.append(self_calibration(teacher, tokenizer, job.max_steps * job.batch_size, job.seqlen, job.seed,
+                                        batch_size=512 if on_gpu else 8, advance=advance))
+    return torch.cat(windows)
+
+
+def train(model, tokenizer, teacher, job: RecoverJob, advance=None, windows: torch.Tensor | None = None) -> tuple[torch.nn.Module, dict]:
     """Recovery training of `model` (in place) on job.data with transformers' Trainer:
     LoRA adapters (or every weight with job.full), kd_loss against `teacher` (None when
-    job.kd_weight is 0). Used by `recover` and by `prune --recover-steps`.
+    job.kd_weight is 0 and job.data has no `self`). Used by `recover` and by `prune
+    --recover-steps`. `windows`: training_windows' result when the caller has it already (a
+    benchmark recovering several models from one teacher samples it once).
     -> (the trained model: a PEFT model unless job.full, its training summary)."""
     from transformers.trainer_callback import PrinterCallback
 
     from llmslim.core.training import Advance, training_args
     from transformers.trainer_utils import get_last_checkpoint
 
-    from llmslim.core.data import WindowDataset, token_windows, training_text
+    from llmslim.core.data import WindowDataset
     from llmslim.recover.kd import DistillTrainer
 
-    data = token_windows(tokenizer, training_text(job.data, tokenizer), job.seqlen)
+    data = windows if windows is not None else training_windows(tokenizer, teacher, job)
     student = _prepare_student(model, job)
     trainable = sum(p.numel() for p in student.parameters() if p.requires_grad)
 
@@ -142,7 +172,7 @@ def train(model, tokenizer, teacher, job: RecoverJob, advance=None) -> tuple[tor
             warmup_steps=max(1, job.max_steps // 10), scheduler="cosine", seed=job.seed, device=next(model.parameters()).device,
             dtype=next(model.parameters()).dtype, save_every=job.save_every),
         train_dataset=WindowDataset(data, labels=True),
-        teacher=teacher, kd=job.kd_weight, temperature=job.temperature, callbacks=[Advance(advance)],
+        teacher=teacher if job.kd_weight > 0 else None, kd=job.kd_weight, temperature=job.temperature, callbacks=[Advance(advance)],
     )
     trainer.remove_callback(PrinterCallback)  # it prints every log dict on stdout (breaks --json)
     t0 = time.perf_counter()
@@ -168,10 +198,11 @@ def merged(trained, full: bool):
 
 
 def load_teacher(job: RecoverJob, vocab_size: int):
-    """The --teacher in no_grad inference form, or None when the loss has no KD term."""
+    """The --teacher in no_grad inference form, or None when neither the loss (a KD term) nor
+    the data (`self`) needs it."""
     from llmslim.core.load import load_model
 
-    if job.kd_weight == 0:
+    if not job.needs_teacher:
         return None
     teacher = load_model(job.teacher, device=job.device, dtype=job.dtype, purpose="inference").model
     if teacher.config.vocab_size != vocab_size:
@@ -196,8 +227,11 @@ def run(job: RecoverJob, ctx: Context) -> dict:
     evaluate = (job.ppl or job.tasks) and distributed.is_main()  # under torchrun the others wait for it
     before = metrics(model, "before") if evaluate else {}
     teacher = load_teacher(job, model.config.vocab_size)
+    windows = None
+    if SELF in job.data.split(","):  # minutes on a CPU: a bar of its own
+        windows = training_windows(tokenizer, teacher, job, ctx.step("sampling the teacher (--data self)", job.max_steps * job.batch_size))
     advance = ctx.step(f"recover ({'full' if job.full else 'LoRA'}, kd {job.kd_weight:g})", job.max_steps)
-    trained, summary = train(model, tokenizer, teacher, job, advance)
+    trained, summary = train(model, tokenizer, teacher, job, advance, windows)
     ctx.timings["train_s"] = summary.pop("train_s")
     after = metrics(merged(trained, job.full), "after") if evaluate else {}
     ctx.save(lambda folder: save_model(trained, tokenizer, folder))  # merges a LoRA adapter, keeps it in adapter/

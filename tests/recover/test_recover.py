@@ -121,3 +121,39 @@ def test_prune_recover_steps_trains_the_pruned_model_against_the_dense_one(tmp_p
     assert {k: v.shape for k, v in pruned.items()} == {k: v.shape for k, v in recovered.items()}
     assert any(not torch.equal(pruned[k], recovered[k]) for k in pruned)
     assert (tmp_path / "recovered" / "adapter").is_dir() == (not full) and result["recover"]["full"] == full
+
+
+def test_recover_on_the_teachers_own_samples(tmp_path, tiny_llama_dir, pruned_dir, data_dir):
+    """--data self: max_steps x batch_size windows sampled from the teacher (data-free, as LLM-QAT),
+    each a fresh example, seeded; mixed with a text source they come after its windows."""
+    from llmslim.core.data import self_calibration, token_windows
+    from llmslim.core.load import load_model
+    from llmslim.recover.jobs import RecoverJob, training_windows
+
+    teacher = load_model(str(tiny_llama_dir), device="cpu", dtype="float32")
+    job = RecoverJob(model=str(pruned_dir), teacher=str(tiny_llama_dir), data="self", max_steps=3, batch_size=2, seqlen=16)
+    windows = training_windows(teacher.tokenizer, teacher.model, job)
+    assert windows.shape == (6, 16)
+    assert torch.equal(windows, self_calibration(teacher.model, teacher.tokenizer, 6, 16, job.seed))
+    assert not torch.equal(windows, training_windows(teacher.tokenizer, teacher.model, RecoverJob(**{**vars(job), "seed": 1})))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(" ".join(f"w{(i * 7) % 40}" for i in range(400)))
+    mixed = training_windows(teacher.tokenizer, teacher.model, RecoverJob(**{**vars(job), "data": f"{corpus},self"}))
+    text = token_windows(teacher.tokenizer, corpus.read_text(), 16)
+    assert torch.equal(mixed, torch.cat([text, windows]))
+
+    res = CliRunner().invoke(app, ["recover", str(pruned_dir), "--teacher", str(tiny_llama_dir), "--kd", "1", "--data", "self",
+                                   "--seqlen", "16", "--max-steps", "3", "--batch-size", "2", "--device", "cpu", "--json",
+                                   "--out", str(tmp_path / "recovered")])
+    assert res.exit_code == 0, res.output
+    result = json.loads(res.stdout)
+    assert result["data"] == "self" and result["tokens"] == 3 * 2 * 16 and result["loss_parts"]["first"]["kl"] > 1e-6
+    assert "sampling the teacher (--data self): 6/6 done" in res.stderr
+
+
+def test_recover_self_data_needs_a_teacher(monkeypatch, pruned_dir, tmp_path):
+    from llmslim.core import load
+
+    monkeypatch.setattr(load, "load_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded before validation")))
+    res = CliRunner().invoke(app, ["recover", str(pruned_dir), "--kd", "0", "--data", "self", "--out", str(tmp_path / "x")])
+    assert res.exit_code != 0 and "--data self samples the --teacher" in str(res.exception)
