@@ -63,14 +63,18 @@ class PruneJob(CommonOptions):
     recover_steps: int = 0  # > 0: `llmslim recover` straight after pruning, the dense model as teacher
     dry_run: bool = False  # print the memory plan and stop
     recover_full: bool = False  # recover every weight (recover --full) instead of LoRA adapters
+    recover_data: str = "wikitext2"  # recover's --data (`self`: samples of the dense model)
+    recover_kd: float | None = None  # recover's --kd (None: its default, 0.5 with the dense teacher)
+    recover_batch_size: int = 4  # recover's --batch-size
 
 
 def _recover_job(job: PruneJob, work_dir: Path | None = None):
-    """The recovery `prune --recover-steps` runs: recover's defaults (kd 0.5 from the dense
-    model, WikiText-2 first half, LoRA or --recover-full), job.recover_steps steps."""
+    """The recovery `prune --recover-steps` runs: recover's defaults but for the --recover-*
+    options (data, kd, batch size, LoRA or full), the dense model as teacher, job.recover_steps steps."""
     from llmslim.recover.jobs import RecoverJob
 
     return RecoverJob(model=job.model, teacher=job.model, max_steps=job.recover_steps, full=job.recover_full, seed=job.seed,
+                      data=job.recover_data, kd=job.recover_kd, batch_size=job.recover_batch_size,
                       device=job.device, dtype=job.dtype, checkpoint_dir=work_dir)
 
 
@@ -142,8 +146,11 @@ def validate(job: PruneJob) -> None:
         parse_method(m, base)
     if job.recover_steps < 0:
         raise BadOptionError(f"--recover-steps must be >= 0, got {job.recover_steps}")
-    if job.recover_full and not job.recover_steps:
-        raise BadOptionError("--recover-full needs --recover-steps N (N > 0)")
+    if not job.recover_steps:
+        for name, value, default in (("full", job.recover_full, False), ("data", job.recover_data, "wikitext2"),
+                                     ("kd", job.recover_kd, None), ("batch-size", job.recover_batch_size, 4)):
+            if value != default:
+                raise BadOptionError(f"--recover-{name} needs --recover-steps N (N > 0)")
     if job.recover_steps and job.device_map == "auto":
         raise BadOptionError("--recover-steps trains on one device: prune with --device-map auto, then run `llmslim recover` on its output")
     if job.recover_steps and distributed.launched():
@@ -333,14 +340,18 @@ def _recover(pruned, job: PruneJob, ctx: Context):
     recover's summary)."""
     import tempfile
 
-    from llmslim.recover.jobs import load_teacher, train
+    from llmslim.recover.jobs import SELF, load_teacher, train, training_windows
 
     with tempfile.TemporaryDirectory(prefix="llmslim-recover-") as work:
         rjob = _recover_job(job, Path(work))
         teacher = load_teacher(rjob, pruned.config.vocab_size)
+        windows = None
+        if SELF in rjob.data.split(","):  # minutes on a CPU: a bar of its own
+            windows = training_windows(ctx.tokenizer, teacher, rjob, ctx.step("sampling the dense model (--recover-data self)",
+                                                                              rjob.max_steps * rjob.batch_size))
         advance = ctx.step(f"recover ({'full' if rjob.full else 'LoRA'}, kd {rjob.kd_weight:g}, dense teacher)", rjob.max_steps)
         loaded_dtype = next(pruned.parameters()).dtype  # bf16 on CUDA (calibration): trained in fp32, saved as loaded
-        trained, summary = train(pruned.float(), ctx.tokenizer, teacher, rjob, advance)
+        trained, summary = train(pruned.float(), ctx.tokenizer, teacher, rjob, advance, windows)
         trained.to(loaded_dtype)
     ctx.timings["recover_s"] = summary.pop("train_s")
     del teacher

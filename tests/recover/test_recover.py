@@ -157,3 +157,18 @@ def test_recover_self_data_needs_a_teacher(monkeypatch, pruned_dir, tmp_path):
     monkeypatch.setattr(load, "load_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded before validation")))
     res = CliRunner().invoke(app, ["recover", str(pruned_dir), "--kd", "0", "--data", "self", "--out", str(tmp_path / "x")])
     assert res.exit_code != 0 and "--data self samples the --teacher" in str(res.exception)
+
+
+def test_prune_recovers_on_the_dense_models_samples(tmp_path, tiny_llama_dir, data_dir):
+    """prune's --recover-data/--recover-kd/--recover-batch-size reach the recovery (the flap-recover
+    preset's recipe), and without --recover-steps they are refused before any model loads."""
+    common = ["prune", str(tiny_llama_dir), "--method", "magnitude", "--ratio", "0.5", "--calib", "self", "--nsamples", "2",
+              "--seqlen", "8", "--device", "cpu", "--json"]
+    res = CliRunner().invoke(app, [*common, "--recover-steps", "2", "--recover-full", "--recover-data", "self", "--recover-kd", "1",
+                                   "--recover-batch-size", "3", "--out", str(tmp_path / "recovered")])
+    assert res.exit_code == 0, res.output
+    recovery = json.loads(res.stdout)["recover"]
+    assert (recovery["data"], recovery["kd"], recovery["tokens"]) == ("self", 1.0, 2 * 3 * 256)
+    assert "sampling the dense model (--recover-data self): 6/6 done" in res.stderr
+    res = CliRunner().invoke(app, [*common, "--recover-data", "self", "--out", str(tmp_path / "x")])
+    assert res.exit_code != 0 and "--recover-data needs --recover-steps" in str(res.exception)
