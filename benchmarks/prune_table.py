@@ -73,7 +73,7 @@ parser.add_argument("--recover-kd", type=float, default=0.5, help="recover's --k
 parser.add_argument("--recover-data", default="wikitext2", help="recover's --data (wikitext2, alpaca, self, a comma mix, a file)")
 parser.add_argument("--recover-batch-size", type=int, default=4, help="recover's --batch-size")
 parser.add_argument("--recover-seqlen", type=int, default=256, help="recover's --seqlen")
-parser.add_argument("--device", default="cpu", help="cpu or cuda (fp32 either way: rows comparable across devices)")
+parser.add_argument("--device", default="cpu", help="cpu or cuda (fp32 weights either way; on CUDA recovery trains under bf16 autocast)")
 parser.add_argument("--eval-batch-size", type=int, default=8, help="lm-eval's batch size (wider on a GPU)")
 parser.add_argument("--plot", action="store_true", help="also write OUT with .png: mean accuracy against parameters")
 args = parser.parse_args()
@@ -144,20 +144,26 @@ def evaluate(m) -> dict:
     return row
 
 
-def recovery_windows(job, bar) -> torch.Tensor:
-    """recover/jobs.training_windows once per run and setting: every row trains on the same
-    windows (with --recover-data self, sampled from the dense model), kept beside --scores so a
-    resumed run does not sample again."""
-    from llmslim.recover.jobs import training_windows
+sampling_s = []  # the time --recover-data self took to sample (recorded in each recovered row)
 
-    path = Path(args.scores).with_name(f"recover_windows_{job.data.replace('/', '_').replace(',', '+')}_{job.max_steps}x"
-                                       f"{job.batch_size}x{job.seqlen}_seed{job.seed}.pt")
+
+def recovery_windows(job, bar) -> torch.Tensor | None:
+    """With --recover-data self: recover/jobs.training_windows once per run and setting, every
+    row trained on the same samples of the dense model, kept beside --scores (named by model and
+    setting) so a resumed run does not sample again. Otherwise None: train() cuts the text."""
+    from llmslim.recover.jobs import SELF, self_samples, training_windows
+
+    if SELF not in job.data.split(","):
+        return None
+    name = f"recover_windows_{args.model}_{job.data}_{job.max_steps}x{job.batch_size}x{job.seqlen}_seed{job.seed}"
+    path = Path(args.scores).with_name(name.replace("/", "_").replace(",", "+").replace(":", "_") + ".pt")
     if path.is_file():
         return torch.load(path)
     t0 = time.perf_counter()
-    sampling = bar.add_task("recovery windows", total=job.max_steps * job.batch_size)
+    sampling = bar.add_task("recovery windows", total=self_samples(job))
     windows = training_windows(tok, model, job, advance=lambda n: bar.advance(sampling, n))
-    print(f"recovery windows: {tuple(windows.shape)} in {time.perf_counter() - t0:.0f}s", flush=True)
+    sampling_s.append(time.perf_counter() - t0)
+    print(f"recovery windows: {tuple(windows.shape)} in {sampling_s[-1]:.0f}s", flush=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(windows, path)
     return windows
@@ -180,8 +186,9 @@ def recover(pruned) -> tuple[torch.nn.Module, dict]:
         task = bar.add_task("recover", total=args.recover_steps)
         trained, summary = train(pruned, tok, model, job, advance=lambda n: bar.advance(task, n), windows=windows)
     plain = merged(trained, job.full).eval()
-    return plain, {k: summary[k] for k in ("steps", "tokens", "train_s", "kd", "lr", "full", "data", "trainable_params", "first_loss",
-                                           "last_loss")}
+    return plain, {**{k: summary[k] for k in ("steps", "tokens", "train_s", "kd", "lr", "full", "data", "trainable_params",
+                                              "first_loss", "last_loss", "losses")},
+                   "batch_size": job.batch_size, "seqlen": job.seqlen, "sampling_s": sampling_s[0] if sampling_s else None}
 
 
 partial = Path(args.out + ".partial")
@@ -192,12 +199,13 @@ recovery = {"full": args.recover_full, "lr": args.recover_lr, "kd": args.recover
 rows = [r for r in rows if "recover" not in r or
         (r["recover"]["full"], r["recover"]["kd"], r["recover"].get("data", "wikitext2")) == (recovery["full"], recovery["kd"], recovery["data"])
         and (recovery["lr"] is None or r["recover"]["lr"] == recovery["lr"])
-        and (r["recover"]["steps"] != args.recover_steps
-             or r["recover"]["tokens"] == args.recover_steps * args.recover_batch_size * args.recover_seqlen)]
+        and r["recover"]["tokens"] == r["recover"]["steps"] * args.recover_batch_size * args.recover_seqlen]
+rows = [r for r in rows if r.get("device", "cpu") == args.device]  # rows before this field were all CPU rows
 done = {(r["ratio"], r["method"]) for r in rows}
 
 
 def keep(row: dict) -> None:
+    row["device"] = args.device
     rows.append(row)
     print(row, flush=True)
     partial.write_text(json.dumps(rows, indent=2) + "\n")  # a cut-short run keeps its rows (--resume)

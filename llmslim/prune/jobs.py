@@ -340,7 +340,7 @@ def _recover(pruned, job: PruneJob, ctx: Context):
     recover's summary)."""
     import tempfile
 
-    from llmslim.recover.jobs import SELF, load_teacher, train, training_windows
+    from llmslim.recover.jobs import SELF, load_teacher, self_samples, train, training_windows
 
     with tempfile.TemporaryDirectory(prefix="llmslim-recover-") as work:
         rjob = _recover_job(job, Path(work))
@@ -348,7 +348,9 @@ def _recover(pruned, job: PruneJob, ctx: Context):
         windows = None
         if SELF in rjob.data.split(","):  # minutes on a CPU: a bar of its own
             windows = training_windows(ctx.tokenizer, teacher, rjob, ctx.step("sampling the dense model (--recover-data self)",
-                                                                              rjob.max_steps * rjob.batch_size))
+                                                                              self_samples(rjob)))
+            if rjob.kd_weight == 0:  # it was only needed for the samples
+                teacher = None
         advance = ctx.step(f"recover ({'full' if rjob.full else 'LoRA'}, kd {rjob.kd_weight:g}, dense teacher)", rjob.max_steps)
         loaded_dtype = next(pruned.parameters()).dtype  # bf16 on CUDA (calibration): trained in fp32, saved as loaded
         trained, summary = train(pruned.float(), ctx.tokenizer, teacher, rjob, advance, windows)

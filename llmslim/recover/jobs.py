@@ -139,10 +139,30 @@ def training_windows(tokenizer, teacher, job: RecoverJob, advance=None) -> torch
     texts = [part for part in parts if part != SELF]
     windows = [token_windows(tokenizer, training_text(",".join(texts), tokenizer), job.seqlen)] if texts else []
     if SELF in parts:
-        on_gpu = next(teacher.parameters()).device.type == "cuda"  # decode is launch-bound there: wide batches
-        windows.append(self_calibration(teacher, tokenizer, job.max_steps * job.batch_size, job.seqlen, job.seed,
-                                        batch_size=512 if on_gpu else 8, advance=advance))
+        windows.append(self_calibration(teacher, tokenizer, self_samples(job), job.seqlen, job.seed,
+                                        batch_size=_sampling_batch(teacher, job.seqlen), advance=advance))
     return torch.cat(windows)
+
+
+def self_samples(job: RecoverJob) -> int:
+    """How many windows `self` samples: one per training example. Under torchrun every process
+    samples the same seeded set and the Trainer gives each process its own share of it."""
+    return job.max_steps * job.batch_size * distributed.world()
+
+
+def _sampling_batch(teacher, seqlen: int) -> int:
+    """Sequences sampled at once: 8 on a CPU (compute-bound); on a GPU, where decode is
+    launch-bound, as many as a quarter of the free memory holds in KV cache and last-step
+    logits (fp32), at most 512 (2,400 x 256 took 48 s on an H100 with 512)."""
+    device = next(teacher.parameters()).device
+    if device.type != "cuda":
+        return 8
+    cfg = teacher.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    elem = next(teacher.parameters()).element_size()
+    per_sequence = 2 * cfg.num_hidden_layers * kv_heads * head_dim * seqlen * elem + 2 * cfg.vocab_size * 4
+    return max(1, min(512, torch.cuda.mem_get_info(device)[0] // 4 // per_sequence))
 
 
 def train(model, tokenizer, teacher, job: RecoverJob, advance=None, windows: torch.Tensor | None = None) -> tuple[torch.nn.Module, dict]:
@@ -229,7 +249,9 @@ def run(job: RecoverJob, ctx: Context) -> dict:
     teacher = load_teacher(job, model.config.vocab_size)
     windows = None
     if SELF in job.data.split(","):  # minutes on a CPU: a bar of its own
-        windows = training_windows(tokenizer, teacher, job, ctx.step("sampling the teacher (--data self)", job.max_steps * job.batch_size))
+        windows = training_windows(tokenizer, teacher, job, ctx.step("sampling the teacher (--data self)", self_samples(job)))
+        if job.kd_weight == 0:  # it was only needed for the samples
+            teacher = None
     advance = ctx.step(f"recover ({'full' if job.full else 'LoRA'}, kd {job.kd_weight:g})", job.max_steps)
     trained, summary = train(model, tokenizer, teacher, job, advance, windows)
     ctx.timings["train_s"] = summary.pop("train_s")

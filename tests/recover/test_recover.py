@@ -161,7 +161,7 @@ def test_recover_self_data_needs_a_teacher(monkeypatch, pruned_dir, tmp_path):
 
 def test_prune_recovers_on_the_dense_models_samples(tmp_path, tiny_llama_dir, data_dir):
     """prune's --recover-data/--recover-kd/--recover-batch-size reach the recovery (the flap-recover
-    preset's recipe), and without --recover-steps they are refused before any model loads."""
+    preset's recipe)."""
     common = ["prune", str(tiny_llama_dir), "--method", "magnitude", "--ratio", "0.5", "--calib", "self", "--nsamples", "2",
               "--seqlen", "8", "--device", "cpu", "--json"]
     res = CliRunner().invoke(app, [*common, "--recover-steps", "2", "--recover-full", "--recover-data", "self", "--recover-kd", "1",
@@ -170,5 +170,28 @@ def test_prune_recovers_on_the_dense_models_samples(tmp_path, tiny_llama_dir, da
     recovery = json.loads(res.stdout)["recover"]
     assert (recovery["data"], recovery["kd"], recovery["tokens"]) == ("self", 1.0, 2 * 3 * 256)
     assert "sampling the dense model (--recover-data self): 6/6 done" in res.stderr
-    res = CliRunner().invoke(app, [*common, "--recover-data", "self", "--out", str(tmp_path / "x")])
-    assert res.exit_code != 0 and "--recover-data needs --recover-steps" in str(res.exception)
+
+
+def test_prune_recover_options_need_recover_steps(monkeypatch, tiny_llama_dir, tmp_path):
+    from llmslim.core import load
+
+    monkeypatch.setattr(load, "load_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded before validation")))
+    for option in (["--recover-data", "self"], ["--recover-kd", "1"], ["--recover-batch-size", "8"], ["--recover-full"]):
+        res = CliRunner().invoke(app, ["prune", str(tiny_llama_dir), *option, "--device", "cpu", "--out", str(tmp_path / "x")])
+        assert res.exit_code != 0 and f"{option[0]} needs --recover-steps" in str(res.exception), res.output
+
+
+def test_recover_on_self_samples_without_distillation(tmp_path, tiny_llama_dir, pruned_dir, data_dir):
+    """--kd 0 --data self: the teacher only supplies the samples (next-token loss on them, no KL
+    term), and the memory plan still counts it (it is loaded while sampling)."""
+    from llmslim.recover.jobs import RecoverJob, memory_plan
+
+    res = CliRunner().invoke(app, ["recover", str(pruned_dir), "--teacher", str(tiny_llama_dir), "--kd", "0", "--data", "self",
+                                   "--seqlen", "16", "--max-steps", "2", "--batch-size", "2", "--device", "cpu", "--json",
+                                   "--out", str(tmp_path / "recovered")])
+    assert res.exit_code == 0, res.output
+    result = json.loads(res.stdout)
+    assert result["kd"] == 0 and "kl" not in result["loss_parts"]["first"] and result["tokens"] == 2 * 2 * 16
+    job = RecoverJob(model=str(pruned_dir), teacher=str(tiny_llama_dir), kd=0, data="self", device="cpu")
+    assert "teacher" in memory_plan(job)[0].parts
+    assert "teacher" not in memory_plan(RecoverJob(**{**vars(job), "data": "wikitext2"}))[0].parts
