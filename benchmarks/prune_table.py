@@ -9,7 +9,7 @@ model) with the same budget and evaluated again.
 
 Method specs: "afr:abs" (per-window accumulation, the default), "afr:abs@signed-sum" (the
 other order), "@reference" / "@sum" pick --afr-recipe / --group (the AFR-St code is
-"afr:trim@reference@sum"), "@adaptive" / "@global" pick --allocation. One calibration pass collects every per-window buffer the specs
+"afr:trim@reference@sum"), "@adaptive" / "@global" pick --allocation, "@bias" turns on FLAP's bias compensation. One calibration pass collects every per-window buffer the specs
 need (one per grouping) and, where a spec asks for it, the signed per-weight sums.
 
 Calibration: windows from the first half of WikiText-2 raw test; perplexity on its second half
@@ -88,8 +88,8 @@ def score_config(spec: str) -> tuple[str, ScoreConfig, str]:
     method, *options = spec.split("@")
     cfg, allocation = ScoreConfig(seed=args.seed), "uniform"
     for opt in options:
-        if opt in ALLOCATIONS:
-            allocation = opt
+        if opt in ALLOCATIONS or opt == "bias":
+            allocation = opt if opt in ALLOCATIONS else allocation
             continue
         field = ("afr_recipe" if opt in ("paper", "reference") else
                  "accumulate" if opt in ("per-window", "signed-sum") else "group")
@@ -222,7 +222,8 @@ for ratio in [float(r) for r in args.ratios.split(",")]:
             continue
         method, cfg, allocation = score_config(spec)
         pruned = copy.deepcopy(model)
-        rep = prune_model(pruned, stats, PruneConfig(ratio=ratio, method=method, scores=cfg, allocation=allocation))
+        rep = prune_model(pruned, stats, PruneConfig(ratio=ratio, method=method, scores=cfg, allocation=allocation,
+                                                     bias_compensation="on" if "bias" in spec.split("@") else "auto"))
         if (ratio, spec) not in done:
             t0 = time.perf_counter()
             keep({"ratio": ratio, "method": spec, "params": rep["params_after"], **evaluate(pruned),

@@ -21,7 +21,7 @@ from llmslim.prune import calibrate
 from llmslim.prune.accumulate import ACCUMULATIONS, AFTER_CLIP, GMM_REFITS
 from llmslim.prune.aggregate import AGGREGATIONS, GROUPINGS, SCOPES
 from llmslim.prune.allocate import ALLOCATIONS, MAX_DEVIATION
-from llmslim.prune.run import (PruneConfig, calibration_windows, check_fingerprint, collect_for, folded_keys, needs, parse_method,
+from llmslim.prune.run import (BIAS_COMPENSATIONS, PruneConfig, calibration_windows, check_fingerprint, collect_for, folded_keys, needs, parse_method,
                                prune_model, read_stats, save_stats)
 from llmslim.prune.scores import AFR_RECIPES, ScoreConfig, clipped, gmm_inputs
 from llmslim.prune.units import TARGETS
@@ -49,6 +49,7 @@ class PruneJob(CommonOptions):
     allocation: str = "uniform"
     max_deviation: float = MAX_DEVIATION
     round_to: int = 1
+    bias_compensation: str = "auto"  # FLAP's bias compensation: "auto" (method flap only), "on" (every method), "off"
     compare: str | None = None
     calib: str = "auto"
     nsamples: int = 128
@@ -128,6 +129,8 @@ def validate(job: PruneJob) -> None:
         raise BadOptionError(f"--ratio must be between 0 and 1 (exclusive), got {job.ratio}")
     if job.allocation not in ALLOCATIONS:
         raise BadOptionError(f"unknown --allocation {job.allocation!r}; use {', '.join(ALLOCATIONS)}")
+    if job.bias_compensation not in BIAS_COMPENSATIONS:
+        raise BadOptionError(f"unknown --bias-compensation {job.bias_compensation!r}; use {', '.join(BIAS_COMPENSATIONS)}")
     if not 0.0 <= job.max_deviation < 1.0:
         raise BadOptionError(f"--max-deviation must be in [0, 1), got {job.max_deviation}")
     if job.snip_loss not in calibrate.SNIP_LOSSES:
@@ -303,7 +306,8 @@ def run(job: PruneJob, ctx: Context) -> dict:
     for i, method in enumerate(methods):
         pruned = model if i == len(methods) - 1 else copy.deepcopy(model)  # the last one may prune in place
         rep = prune_model(pruned, stats, PruneConfig(ratio=job.ratio, method=method, scores=base, allocation=job.allocation,
-                                                     round_to=job.round_to, max_deviation=job.max_deviation))
+                                                     round_to=job.round_to, max_deviation=job.max_deviation,
+                                                     bias_compensation=job.bias_compensation))
         row = {"method": method, "params": rep["params_after"], "width": _width(rep["widths"]), "score_s": rep["score_s"]}
         if evaluate:
             t0 = time.perf_counter()

@@ -28,6 +28,7 @@ from llmslim.prune.scores import ScoreConfig, get_score
 
 # Paper (AFR, Table 2/3): 20% and 50% FFN ratios, 128 windows x 1024 tokens of calibration text.
 PAPER_NSAMPLES, PAPER_SEQLEN = 128, 1024
+BIAS_COMPENSATIONS = ("auto", "on", "off")
 GRADIENT_SCORES = {"afr", "snip", "refer", "llm-pruner-vector", "llm-pruner-element"}
 REFER_SCORES = {"afr", "refer"}
 
@@ -40,7 +41,7 @@ class PruneConfig:
     allocation: str = "uniform"
     round_to: int = 1
     max_deviation: float = MAX_DEVIATION  # --allocation adaptive: per-layer ratios within ratio +- this
-    flap_bias: bool = True  # FLAP's bias compensation, applied only with method "flap"
+    bias_compensation: str = "auto"  # FLAP's bias compensation (apply.flap_bias): "auto" for method flap only, "on", "off"
 
 
 def parse_method(method: str, base: ScoreConfig) -> tuple[str, ScoreConfig]:
@@ -153,7 +154,7 @@ def prune_model(model, stats: CalibStats, cfg: PruneConfig) -> dict:
     if target == "attn" and cfg.allocation != "uniform":
         raise BadOptionError("--target attn supports --allocation uniform only (transformers configs hold one head count)")
     keep = allocate(scores, cfg.ratio, cfg.allocation, cfg.round_to, cfg.max_deviation)
-    if cfg.method.partition(":")[0] == "flap" and cfg.flap_bias:
+    if cfg.bias_compensation == "on" or (cfg.bias_compensation == "auto" and cfg.method.partition(":")[0] == "flap"):
         flap_bias(model, keep, stats.act_mean, target)
     widths = prune_units(model, keep, target)
     return {

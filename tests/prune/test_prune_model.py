@@ -56,6 +56,23 @@ def test_flap_bias_saved_and_reloaded(tmp_path, stats_and_model):
         torch.testing.assert_close(reloaded(WINDOWS).logits, model(WINDOWS).logits)
 
 
+@pytest.mark.parametrize("method,compensation,biased", [("flap", "auto", True), ("magnitude", "auto", False), ("magnitude", "on", True),
+                                                          ("flap", "off", False)])
+def test_bias_compensation_for_any_method(stats_and_model, method, compensation, biased):
+    """--bias-compensation on: any method's removed neurons leave their mean contribution,
+    W_down[:, removed] @ E[act_removed], as the down projection's bias; auto does it for FLAP only."""
+    stats, _ = stats_and_model
+    model = tiny_model("llama")
+    down = model.model.layers[0].mlp.down_proj.weight.detach().clone()
+    rep = prune_model(model, stats, PruneConfig(ratio=0.5, method=method, bias_compensation=compensation))
+    bias = model.model.layers[0].mlp.down_proj.bias
+    assert (bias is not None) == biased and bool(getattr(model.config, "mlp_bias", False)) == biased
+    if biased:
+        removed = torch.ones(down.shape[1], dtype=torch.bool)
+        removed[rep["kept"][0]] = False
+        torch.testing.assert_close(bias.data, down[:, removed] @ stats.act_mean[0][removed])
+
+
 @pytest.mark.parametrize("allocation", ["global", "adaptive"])
 @pytest.mark.parametrize("device", DEVICES)
 def test_per_layer_widths_reload_through_llmslim(tmp_path, stats_and_model, tiny_llama_dir, device, allocation):

@@ -39,6 +39,8 @@ def no_loading(monkeypatch):
     (dict(nsamples=0), "--nsamples must be >= 1"),
     (dict(limit=0), "--limit must be >= 1"),
     (dict(round_to=0), "--round-to must be >= 1"),
+    (dict(bias_compensation="yes"), "unknown --bias-compensation 'yes'"),
+    (dict(recover_data="self"), "--recover-data needs --recover-steps"),
     (dict(tasks="arc_esay"), "unknown task 'arc_esay'"),
     (dict(target="attn", group="sum"), "--group sum needs equal-sized parts"),
     (dict(target="attn", allocation="global"), "uniform only"),
