@@ -9,7 +9,7 @@ model) with the same budget and evaluated again.
 
 Method specs: "afr:abs" (per-window accumulation, the default), "afr:abs@signed-sum" (the
 other order), "@reference" / "@sum" pick --afr-recipe / --group (the AFR-St code is
-"afr:trim@reference@sum"), "@adaptive" / "@global" pick --allocation, "@bias" turns on FLAP's bias compensation. One calibration pass collects every per-window buffer the specs
+"afr:trim@reference@sum"), "@adaptive" / "@global" pick --allocation, "@bias" / "@nobias" turn FLAP's bias compensation on / off. One calibration pass collects every per-window buffer the specs
 need (one per grouping) and, where a spec asks for it, the signed per-weight sums.
 
 Calibration: windows from the first half of WikiText-2 raw test; perplexity on its second half
@@ -47,6 +47,8 @@ BOTH_ORDERS = [f"{m}{order}" for m in ("afr:abs+gmm", "afr:abs", "afr:gmm", "afr
                                           "snip:abs", "snip:mean-abs") for order in ("", "@signed-sum")] + [
     "afr:trim@reference@sum", "afr:abs@reference", "flap", "wanda-sp", "llm-pruner-element",
     "llm-pruner-vector", "magnitude"]
+
+COMPENSATION = {"bias": "on", "nobias": "off"}  # spec suffixes -> PruneConfig.bias_compensation
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--model", default="smollm2-135m")
@@ -88,7 +90,7 @@ def score_config(spec: str) -> tuple[str, ScoreConfig, str]:
     method, *options = spec.split("@")
     cfg, allocation = ScoreConfig(seed=args.seed), "uniform"
     for opt in options:
-        if opt in ALLOCATIONS or opt == "bias":
+        if opt in ALLOCATIONS or opt in COMPENSATION:
             allocation = opt if opt in ALLOCATIONS else allocation
             continue
         field = ("afr_recipe" if opt in ("paper", "reference") else
@@ -223,7 +225,7 @@ for ratio in [float(r) for r in args.ratios.split(",")]:
         method, cfg, allocation = score_config(spec)
         pruned = copy.deepcopy(model)
         rep = prune_model(pruned, stats, PruneConfig(ratio=ratio, method=method, scores=cfg, allocation=allocation,
-                                                     bias_compensation="on" if "bias" in spec.split("@") else "auto"))
+                                                     bias_compensation=next((COMPENSATION[o] for o in spec.split("@") if o in COMPENSATION), "auto")))
         if (ratio, spec) not in done:
             t0 = time.perf_counter()
             keep({"ratio": ratio, "method": spec, "params": rep["params_after"], **evaluate(pruned),
