@@ -153,9 +153,9 @@ def recovery_windows(job, bar) -> torch.Tensor | None:
     """With --recover-data self: recover/jobs.training_windows once per run and setting, every
     row trained on the same samples of the dense model, kept beside --scores (named by model and
     setting) so a resumed run does not sample again. Otherwise None: train() cuts the text."""
-    from llmslim.recover.jobs import SELF, self_samples, training_windows
+    from llmslim.recover.jobs import self_samples, training_windows
 
-    if SELF not in job.data.split(","):
+    if not job.samples_teacher:
         return None
     name = f"recover_windows_{args.model}_{job.data}_{job.max_steps}x{job.batch_size}x{job.seqlen}_seed{job.seed}"
     path = Path(args.scores).with_name(name.replace("/", "_").replace(",", "+").replace(":", "_") + ".pt")

@@ -344,17 +344,12 @@ def _recover(pruned, job: PruneJob, ctx: Context):
     recover's summary)."""
     import tempfile
 
-    from llmslim.recover.jobs import SELF, load_teacher, self_samples, train, training_windows
+    from llmslim.recover.jobs import teacher_and_samples, train
 
     with tempfile.TemporaryDirectory(prefix="llmslim-recover-") as work:
         rjob = _recover_job(job, Path(work))
-        teacher = load_teacher(rjob, pruned.config.vocab_size)
-        windows = None
-        if SELF in rjob.data.split(","):  # minutes on a CPU: a bar of its own
-            windows = training_windows(ctx.tokenizer, teacher, rjob, ctx.step("sampling the dense model (--recover-data self)",
-                                                                              self_samples(rjob)))
-            if rjob.kd_weight == 0:  # it was only needed for the samples
-                teacher = None
+        teacher, windows = teacher_and_samples(rjob, ctx.tokenizer, pruned.config.vocab_size, ctx,
+                                               "sampling the dense model (--recover-data self)")
         advance = ctx.step(f"recover ({'full' if rjob.full else 'LoRA'}, kd {rjob.kd_weight:g}, dense teacher)", rjob.max_steps)
         loaded_dtype = next(pruned.parameters()).dtype  # bf16 on CUDA (calibration): trained in fp32, saved as loaded
         trained, summary = train(pruned.float(), ctx.tokenizer, teacher, rjob, advance, windows)

@@ -54,7 +54,12 @@ class RecoverJob(CommonOptions):
     @property
     def needs_teacher(self) -> bool:
         """A KD term to compute, or `self` samples to draw from it."""
-        return self.kd_weight > 0 or SELF in self.data.split(",")
+        return self.kd_weight > 0 or self.samples_teacher
+
+    @property
+    def samples_teacher(self) -> bool:
+        """--data names `self`: windows sampled from the teacher."""
+        return SELF in self.data.split(",")
 
     @property
     def work_dir(self) -> Path:
@@ -99,7 +104,7 @@ def validate(job: RecoverJob) -> None:
     if job.resume and not job.work_dir.is_dir():
         raise BadOptionError(f"--resume: no checkpoint folder {job.work_dir}")
     texts = [part for part in job.data.split(",") if part != SELF]
-    if SELF in job.data.split(",") and not job.teacher:
+    if job.samples_teacher and not job.teacher:
         raise BadOptionError("--data self samples the --teacher: name one")
     if texts:
         check_text_source(",".join(texts))
@@ -138,7 +143,7 @@ def training_windows(tokenizer, teacher, job: RecoverJob, advance=None) -> torch
     parts = job.data.split(",")
     texts = [part for part in parts if part != SELF]
     windows = [token_windows(tokenizer, training_text(",".join(texts), tokenizer), job.seqlen)] if texts else []
-    if SELF in parts:
+    if job.samples_teacher:
         windows.append(self_calibration(teacher, tokenizer, self_samples(job), job.seqlen, job.seed,
                                         batch_size=_sampling_batch(teacher, job.seqlen), advance=advance))
     return torch.cat(windows)
@@ -230,6 +235,17 @@ def load_teacher(job: RecoverJob, vocab_size: int):
     return teacher
 
 
+def teacher_and_samples(job: RecoverJob, tokenizer, vocab_size: int, ctx: Context, label: str):
+    """load_teacher, and with `self` data its samples (minutes on a CPU: a progress task of their
+    own, named `label`). -> (the teacher the loss needs, None without a KD term; the sampled
+    windows, None without `self`: train() cuts the text itself)."""
+    teacher = load_teacher(job, vocab_size)
+    if not job.samples_teacher:
+        return teacher, None
+    windows = training_windows(tokenizer, teacher, job, ctx.step(label, self_samples(job)))
+    return (teacher if job.kd_weight > 0 else None), windows  # with kd 0 it was needed for the samples only
+
+
 def run(job: RecoverJob, ctx: Context) -> dict:
     from llmslim.core.data import wikitext2_halves
     from llmslim.core.save import save_model
@@ -246,12 +262,7 @@ def run(job: RecoverJob, ctx: Context) -> dict:
 
     evaluate = (job.ppl or job.tasks) and distributed.is_main()  # under torchrun the others wait for it
     before = metrics(model, "before") if evaluate else {}
-    teacher = load_teacher(job, model.config.vocab_size)
-    windows = None
-    if SELF in job.data.split(","):  # minutes on a CPU: a bar of its own
-        windows = training_windows(tokenizer, teacher, job, ctx.step("sampling the teacher (--data self)", self_samples(job)))
-        if job.kd_weight == 0:  # it was only needed for the samples
-            teacher = None
+    teacher, windows = teacher_and_samples(job, tokenizer, model.config.vocab_size, ctx, "sampling the teacher (--data self)")
     advance = ctx.step(f"recover ({'full' if job.full else 'LoRA'}, kd {job.kd_weight:g})", job.max_steps)
     trained, summary = train(model, tokenizer, teacher, job, advance, windows)
     ctx.timings["train_s"] = summary.pop("train_s")
