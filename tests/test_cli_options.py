@@ -77,7 +77,10 @@ BAD = [
     (["bench", "smollm2-135m", "--device-map", "auto", "--max-memory", "0:10GiB"], "--max-memory: cannot read '0:10GiB'"),
     (["prune", "smollm2-135m", "--preset", "afr-papr"], "unknown preset 'afr-papr'; did you mean afr-paper"),
     (["recover", "smollm2-135m", "--teacher", "smollm2-135m", "--kd", "1.5", "--out", "x"], "--kd must be in [0, 1]"),
-    (["recover", "smollm2-135m", "--data", "/nonexistent.txt", "--out", "x"], "--data: use wikitext2, alpaca or a text file"),
+    (["recover", "smollm2-135m", "--data", "/nonexistent.txt", "--out", "x"], "--data: use wikitext2, alpaca, self or a text file"),
+    # recover's checks under the flags prune gives them
+    (["prune", "smollm2-135m", "--recover-steps", "2", "--recover-data", "nope.txt"], "--recover-data: use wikitext2, alpaca, self or"),
+    (["prune", "smollm2-135m", "--recover-steps", "2", "--recover-kd", "2"], "--recover-kd must be in [0, 1]"),
     (["shorten", "rl", "smollm2-135m", "--max-steps", "0"], "--max-steps must be >= 1"),
     (["diffuse", "adapt", "smollm2-135m", "--data", "nope.txt", "--out", "x"], "--data: use wikitext2, alpaca or a text file"),
     (["diffuse", "distill", "smollm2-135m", "--divergence", "js", "--out", "x"], "unknown --divergence 'js'"),

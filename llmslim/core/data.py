@@ -201,18 +201,22 @@ def self_calibration(model, tokenizer, nsamples: int, seqlen: int, seed: int, ba
 TEXT_SOURCES = ("wikitext2", "alpaca")  # named training texts; anything else is a file
 
 
-def check_text_source(source: str) -> None:
+def check_text_source(source: str, option: str = "--data", also: tuple[str, ...] = ()) -> None:
     """Refuse a --data that names no text (a comma list of TEXT_SOURCES and text files) before
-    any model loads."""
+    any model loads. `also`: the caller's own named sources (checked by it), skipped here and
+    listed in the message; `option`: the flag the user typed."""
     for part in source.split(","):
+        if part in also:
+            continue
         if part not in TEXT_SOURCES and not Path(part).is_file():
-            raise DataError(f"--data: use {', '.join(TEXT_SOURCES)} or a text file, or a comma list of them (no such file: {part})")
+            raise DataError(f"{option}: use {', '.join(TEXT_SOURCES + also)} or a text file, or a comma list of them "
+                            f"(no such file: {part})")
         if part == "wikitext2":
             wikitext2_halves()
         elif part == "alpaca":
             read_records(data_dir() / "alpaca" / "alpaca_200.json")
         elif not read_text(Path(part)).strip():
-            raise DataError(f"--data {part}: no text to train on")
+            raise DataError(f"{option} {part}: no text to train on")
 
 
 def training_text(source: str, tokenizer) -> str:

@@ -103,11 +103,9 @@ def validate(job: RecoverJob) -> None:
         raise BadOptionError(f"--lr must be > 0, got {job.lr}")
     if job.resume and not job.work_dir.is_dir():
         raise BadOptionError(f"--resume: no checkpoint folder {job.work_dir}")
-    texts = [part for part in job.data.split(",") if part != SELF]
     if job.samples_teacher and not job.teacher:
         raise BadOptionError("--data self samples the --teacher: name one")
-    if texts:
-        check_text_source(",".join(texts))
+    check_text_source(job.data, also=(SELF,))
     if job.tasks:
         from llmslim.eval.harness import check_data, resolve_tasks
 
