@@ -58,6 +58,10 @@ ap.add_argument("--fallbacks", default="0:0,0.002:0",
                 help="dense-fallback settings MARGIN:THRESHOLD for shadow and dejavu (0:0 is off). The predicted scores "
                      "crowd the keep boundary: margin 0.002 adds back about 4%% of FFN units at 30%% sparsity, 0.05 nearly all "
                      "(benchmarks/sparsity_fallback_margin.py)")
+ap.add_argument("--importance", default="continuation", choices=("continuation", "prompt"),
+                help="the loss a unit's traced score measures (sparsity collect --importance); prompt: another trace file")
+ap.add_argument("--feature", default="post", choices=("post", "pre"),
+                help="the shadow predictor's input: layer 0's attention output after o_proj, or its context before")
 ap.add_argument("--cache", default="runs/sparsity_eval", help="traces and predictors, reused by later runs")
 ap.add_argument("--out", default="benchmarks/results/sparsity_eval")
 ap.add_argument("--resume", action="store_true", help="keep the rows of OUT.json.partial and run only the missing ones")
@@ -106,18 +110,22 @@ torch.manual_seed(0)
 t_start = time.perf_counter()
 cache = Path(args.cache)
 criteria = [c for c in args.criteria.split(",") if c]
-traces_path = cache / f"traces-n{args.n}-seq{args.seqlen}-{'+'.join(sorted(criteria))}.pt"
+# the default importance keeps the name the first runs cached their traces under
+traces_path = cache / (f"traces-n{args.n}-seq{args.seqlen}-{'+'.join(sorted(criteria))}"
+                       f"{'' if args.importance == 'continuation' else '-' + args.importance}.pt")
 partial = Path(args.out + ".json.partial")
 partial.parent.mkdir(parents=True, exist_ok=True)
 # what every row depends on beyond its key: a resumed run must not mix rows of other sizes or predictors
 settings = {"n": args.n, "seqlen": args.seqlen, "epochs": args.epochs, "limit": args.limit, "ppl_windows": args.ppl_windows,
-            "traces": traces_path.name, "cache": str(cache.resolve()), "device": args.device, "dtype": args.dtype}
+            "traces": traces_path.name, "cache": str(cache.resolve()), "device": args.device, "dtype": args.dtype,
+            "importance": args.importance, "feature": args.feature}
 if partial.is_file() and not args.resume:
     raise SystemExit(f"{partial} holds rows of an earlier run: pass --resume to keep them, or delete it")
 saved = json.loads(partial.read_text()) if partial.is_file() else {"settings": settings, "rows": []}
 if isinstance(saved, list):
     raise SystemExit(f"{partial} is from before the settings were recorded: use another --out, or delete it")
-saved["settings"] = {"device": "cpu", "dtype": "float32"} | saved["settings"]  # partial files from before --device: CPU runs
+# partial files from before --device, --importance and --feature: CPU runs of the defaults
+saved["settings"] = {"device": "cpu", "dtype": "float32", "importance": "continuation", "feature": "post"} | saved["settings"]
 if saved["settings"] != settings:
     raise SystemExit(f"{partial} was made with {saved['settings']}, not {settings}: use another --out, or delete it")
 rows = saved["rows"]
@@ -129,7 +137,8 @@ cache.mkdir(parents=True, exist_ok=True)
 if traces_path.is_file():
     traces = Traces.load(traces_path)
 else:
-    examples = collect_examples(tok, ["wikitext2", "arc_easy", "piqa", "hellaswag"], args.n, args.seqlen, seed=0)
+    examples = collect_examples(tok, ["wikitext2", "arc_easy", "piqa", "hellaswag"], args.n, args.seqlen, seed=0,
+                                importance=args.importance)
     with report.progress() as bar:
         t = bar.add_task("tracing", total=len(examples))
         traces = collect(model, examples, criteria, batch_size=8, progress=lambda n: bar.advance(t, n))
@@ -139,10 +148,10 @@ else:
 # 2. predictors (cached per criterion and trace set)
 predictors, rho = {}, {}
 for crit in criteria:
-    folder = cache / f"{crit}-{traces_path.stem}-e{args.epochs}"
+    folder = cache / f"{crit}-{traces_path.stem}-e{args.epochs}{'' if args.feature == 'post' else '-' + args.feature}"
     if not (folder / "spearman.json").is_file():
-        res = P.train(traces, crit, P.TrainConfig(epochs=args.epochs))  # lowrank:16 head, the default
-        full = P.train(traces, crit, P.TrainConfig(epochs=args.epochs, head="full"), which=("shadow",))
+        res = P.train(traces, crit, P.TrainConfig(epochs=args.epochs, feature=args.feature))  # lowrank:16 head, the default
+        full = P.train(traces, crit, P.TrainConfig(epochs=args.epochs, head="full", feature=args.feature), which=("shadow",))
         spearman = {kind: {name: {"spearman": m["spearman"], "params": m.get("params")} for name, m in per.items()}
                     for kind, per in res["metrics"].items()}
         for kind in spearman:
@@ -183,7 +192,8 @@ print(f"{len(configs)} configurations, {len(todo)} to run; {sum(items.values())}
       f"{windows.shape[0] if windows is not None else 0} ppl windows each", flush=True)
 for i, (crit, cfg) in enumerate(todo):
     row, _ = evaluate_config(model, tok, cfg, predictors.get(crit), criterion=crit or "-", windows=windows, items=items, seed=0)
-    row |= {"key": key(crit, cfg), "fallback_margin": cfg.fallback_margin, "fallback_threshold": cfg.fallback_threshold}
+    row |= {"key": key(crit, cfg), "fallback_margin": cfg.fallback_margin, "fallback_threshold": cfg.fallback_threshold,
+            "importance": args.importance, "feature": args.feature}
     rows.append(row)
     tmp = partial.with_suffix(".tmp")  # a kill mid-write must not lose the rows: write, then rename
     tmp.write_text(json.dumps(to_jsonable({"settings": settings, "rows": rows}), indent=2) + "\n")
