@@ -6,6 +6,8 @@ one GaussianMixture fit per K per vector, on the same rows in one process.
         --accumulate signed-sum --method afr:abs --save-scores runs/window1.pt
     .venv/bin/python benchmarks/gmm_speed.py --scores runs/window1.pt --threads 2
     .venv/bin/python benchmarks/gmm_speed.py                    # 1536 synthetic neurons x 1728
+    # SmolLM2's 30 FFN layers (1,536 neurons each) one call a layer against one call for all
+    python benchmarks/gmm_speed.py --n 46080 --m 1728 --fast-only --layers 30 --out benchmarks/results/gmm_layers_cpu.json
     # the Llama-3-8B FFN shape on a GPU, fast fit only (one window: 32 layers x 14,336 neurons)
     python benchmarks/gmm_speed.py --n 458752 --m 12288 --device cuda --fast-only \
         --out benchmarks/results/gmm_speed_gpu.json
@@ -53,6 +55,9 @@ parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else
 parser.add_argument("--seed", type=int, default=0)
 parser.add_argument("--no-layer", action="store_true", help="skip the layer-scope comparison")
 parser.add_argument("--fast-only", action="store_true", help="time the fast fit only, on rows made on --device")
+parser.add_argument("--layers", type=int, default=0,
+                    help="with --fast-only: split the rows into this many layers and time one call per layer (seed + "
+                         "layer, as calibration did) against all layers in one call with per-row seeds (as it does now)")
 parser.add_argument("--out", default="benchmarks/results/gmm_speed.json")
 args = parser.parse_args()
 
@@ -150,8 +155,22 @@ if args.fast_only:
             (_, info), t = timed(lambda: gmm_clip(X_dev, seed=args.seed, return_info=True))
             times.append(t)
             print(f"fast fit, all rows: {t:.2f} s ({args.n / t:.0f} rows/s)", flush=True)
+    layers = {}
+    if args.layers > 1:  # the same rows as L per-layer calls and as one call with per-row seeds
+        parts = X_dev.chunk(args.layers)
+        seeds = torch.cat([torch.full((len(p),), args.seed + i, dtype=torch.long) for i, p in enumerate(parts)])
+        with threadpool_limits(args.threads):
+            for _ in range(2):
+                per_layer, t_layers = timed(lambda: [gmm_clip(p, seed=args.seed + i) for i, p in enumerate(parts)])
+                one, t_one = timed(lambda: gmm_clip(X_dev, seed=seeds))
+                layers.setdefault("per_layer_s", []).append(t_layers)
+                layers.setdefault("one_call_s", []).append(t_one)
+                print(f"{args.layers} layers: one call a layer {t_layers:.2f} s, one call {t_one:.2f} s "
+                      f"({t_layers / t_one:.2f}x)", flush=True)
+        layers |= {"layers": args.layers, "equal": bool(torch.equal(torch.cat(per_layer), one)),
+                   "speedup_one_call": min(layers["per_layer_s"]) / min(layers["one_call_s"])}
     peak = torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else None
-    result = dict(n=args.n, m=args.m, source=f"synthetic heavy-tailed (torch), seed {args.seed}", device=device_name,
+    result = dict(layers=layers or None, n=args.n, m=args.m, source=f"synthetic heavy-tailed (torch), seed {args.seed}", device=device_name,
                   torch_version=torch.__version__, fast_s=times, fast_rows_per_s=args.n / min(times),
                   peak_gpu_memory_gib=peak, k_hist_fast=torch.bincount(info.k.cpu(), minlength=6)[1:].tolist(),
                   clipped_frac_mean=((info.n_low + info.n_high).float().mean() / args.m).item())

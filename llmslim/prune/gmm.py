@@ -156,7 +156,7 @@ def gmm_clip(
     values: Tensor,
     max_components: int = MAX_COMPONENTS,
     low_density_frac: float = LOW_DENSITY_FRAC,
-    seed: int = 0,
+    seed: int | Tensor = 0,
     return_info: bool = False,
     *,
     standardize: bool = True,
@@ -171,10 +171,14 @@ def gmm_clip(
 
     The output has the input's dtype and device; every output value is a value of its row.
     Deterministic for a given seed; a row's result does not depend on the other rows.
+    `seed`: one for every row, or (fast fit) a [n] tensor of per-row seeds, so that the rows of
+    several layers, each with its own seed, are fitted in one call as each layer's own call would.
     `fit`: "fast" (float32, compressed EM; see the module doc) or "exact" (sklearn's fit).
     """
     if fit not in FIT_METHODS:
         raise ValueError(f"unknown GMM fit {fit!r}; use {' or '.join(FIT_METHODS)}")
+    if isinstance(seed, Tensor) and fit != "fast":
+        raise ValueError("per-row seeds need the fast fit")
     _check(values, low_density_frac)
     n, m = values.shape
     device = values.device if values.device.type != "mps" else torch.device("cpu")  # no float64 on MPS
@@ -239,13 +243,16 @@ def gmm_fit(
 
 def _fit_mixtures(values, max_components, seed, standardize, max_fit_values, tol, reg_covar, max_iter, frac=None):
     """The fast fit of every row: (Mixture, bic [n, K]) and, given frac, the clip bounds
-    (lower, upper, n_low, n_high) from the same sorted rows."""
+    (lower, upper, n_low, n_high) from the same sorted rows. `seed`: an int, or per-row [n]."""
     n, m = values.shape
     device = values.device
-    fit_idx = _fit_indices(m, max_fit_values, seed)
+    per_row = isinstance(seed, Tensor)
+    if per_row and (seed.shape != (n,) or m > max_fit_values):
+        raise ValueError(f"per-row seeds: want one per row ({n}) and rows of at most max_fit_values values")
+    fit_idx = None if per_row else _fit_indices(m, max_fit_values, seed)
     n_fit = m if fit_idx is None else len(fit_idx)
     ks = range(1, min(max_components, n_fit) + 1)
-    draws = {k: _kmeanspp_draws(1, n_fit, k, seed) for k in ks}
+    draws = {k: _row_draws(seed, n_fit, k) if per_row else _kmeanspp_draws(1, n_fit, k, seed) for k in ks}
     bounds = _group_bounds(n_fit).to(device)
     bic = torch.full((n, max_components), math.inf, dtype=torch.float64, device=device)
     w = torch.zeros((n, max_components), dtype=torch.float32, device=device)
@@ -256,7 +263,10 @@ def _fit_mixtures(values, max_components, seed, standardize, max_fit_values, tol
         groups = _compress(z_fit, bounds)
         fits = []
         for k in ks:
-            wk, muk, vark, ll = _fit_fast(groups, k, *draws[k], tol, reg_covar, max_iter)
+            first, uniforms = draws[k]
+            if per_row:
+                first, uniforms = first[sl], uniforms[sl]
+            wk, muk, vark, ll = _fit_fast(groups, k, first, uniforms, tol, reg_covar, max_iter)
             bic[sl, k - 1] = -2 * ll + (3 * k - 1) * math.log(n_fit)
             fits.append((wk, muk, vark))
         w[sl], mu[sl], var[sl] = _pick(fits, bic[sl].argmin(1), max_components)
@@ -301,16 +311,21 @@ def _sorted_chunks(values: Tensor, standardize: bool):
     _FAST_CHUNK_VALUES values. The sorted rows keep a float64 input's dtype (the clip bounds
     are values of the row); float32 holds every float16 / bfloat16 value exactly."""
     n, m = values.shape
-    if values.device.type == "cuda":
-        budget = torch.cuda.mem_get_info(values.device)[0] // _FAST_GPU_BYTES_PER_VALUE
-    else:
-        budget = _FAST_CHUNK_VALUES.get(values.device.type, _CHUNK_VALUES_DEFAULT)
-    rows = max(1, budget // m)
+    rows = max(1, chunk_values(values.device) // m)
     for start in range(0, n, rows):
         sl = slice(start, min(start + rows, n))
         x = values[sl].detach()
         x_sorted = _sort_rows(x if x.dtype == torch.float64 else x.float())
         yield sl, x_sorted, (_standardize(x_sorted) if standardize else x_sorted).float()
+
+
+def chunk_values(device: torch.device) -> int:
+    """How many values (rows x values per row) the fast fit takes in one chunk on `device`:
+    callers with many small fits (a model's layers) batch rows up to this to pay the per-chunk
+    kernel launches and syncs once."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] // _FAST_GPU_BYTES_PER_VALUE
+    return _FAST_CHUNK_VALUES.get(device.type, _CHUNK_VALUES_DEFAULT)
 
 
 def _sort_rows(x: Tensor) -> Tensor:
@@ -390,8 +405,9 @@ def _fit_fast(groups: _Groups, k, first, uniforms, tol, reg_covar, max_iter):
     means, variances [n, K] and the grouped log-likelihood [n] (float64)."""
     g = groups
     x1 = g.s1 / g.count  # each group's mean
-    if k > 1:
-        first_group = torch.searchsorted(g.bounds, first.to(x1.device).expand(len(x1), 1).contiguous(), right=True) - 1
+    if k > 1:  # first: [1] or [n] (per-row draws), uniforms [1 or n, K - 1, trials]
+        first_group = torch.searchsorted(g.bounds, first.to(x1.device).view(-1, 1).expand(len(x1), 1).contiguous(),
+                                         right=True) - 1
         centres = _kmeanspp_grouped(x1, g.s1, g.s2, g.count, k, first_group, uniforms.to(x1.device, x1.dtype))
         cuts = _kmeans_cuts(g.z, centres, shift_tol=KMEANS_TOL * g.variance, csum=g.csum)
     else:
@@ -406,7 +422,7 @@ def _kmeanspp_grouped(x1, s1, s2, count, k, first, uniforms):
     """sklearn's greedy k-means++ from its draws (_kmeanspp) on compressed rows: a group's
     share of the potential is its points' summed squared distance, s2 - 2 c s1 + c^2 count,
     and a drawn group stands for its mean. x1, s1, s2, count: [n, G]; first: [n, 1] the
-    first centre's group; uniforms [1, K - 1, trials]. Returns the centres [n, K]."""
+    first centre's group; uniforms [1 or n, K - 1, trials]. Returns the centres [n, K]."""
     def dist(c):  # [n, t] centres -> [n, t, G]
         c = c[:, :, None]
         return (s2[:, None, :] - 2 * c * s1[:, None, :] + c * c * count[:, None, :]).clamp(min=0)
@@ -417,7 +433,7 @@ def _kmeanspp_grouped(x1, s1, s2, count, k, first, uniforms):
     closest = dist(chosen[0])[:, 0]  # [n, G]
     pot = closest.sum(1)
     for c in range(1, k):
-        targets = uniforms[0, c - 1] * pot[:, None]  # [n, trials]
+        targets = uniforms[:, c - 1] * pot[:, None]  # [n, trials]
         cand = torch.searchsorted(closest.cumsum(1), targets).clamp(max=n_groups - 1)
         cand_x = x1.gather(1, cand)  # [n, trials]
         trial = torch.minimum(closest[:, None, :], dist(cand_x))  # [n, trials, G]
@@ -694,6 +710,13 @@ def _kmeanspp_draws(n_init: int, m: int, k: int, seed: int) -> tuple[Tensor, Ten
         uniforms.append([rs.uniform(size=trials) for _ in range(k - 1)])
     u = torch.tensor(np.array(uniforms, dtype=np.float64).reshape(n_init, k - 1, trials))
     return torch.tensor(first, dtype=torch.long), u
+
+
+def _row_draws(seeds: Tensor, m: int, k: int) -> tuple[Tensor, Tensor]:
+    """_kmeanspp_draws(1, m, k, seed) of each row's seed: first [n], uniforms [n, K - 1, trials]."""
+    unique, which = seeds.cpu().unique(return_inverse=True)
+    draws = [_kmeanspp_draws(1, m, k, int(s)) for s in unique]
+    return torch.cat([f for f, _ in draws])[which], torch.cat([u for _, u in draws])[which]
 
 
 def _kmeanspp(x, k, first, uniforms):

@@ -133,3 +133,36 @@ def test_reference_snip_loss_is_the_last_position_against_its_own_token():
     torch.testing.assert_close(stats.snip[0][:, -hidden:], expected)
     assert stats.meta["snip_loss"] == "reference"
     assert len(layer_units(model, "ffn")) == 2
+
+
+@pytest.mark.parametrize("refit", ["every", "once"])
+def test_layers_fitted_in_one_call_equal_per_layer_fits(monkeypatch, refit):
+    # three small layers fit one chunk, so their GMMs share one call (per-row seeds, seed + layer);
+    # a chunk of one value forces a call per layer: the sums and stored mixtures must not change
+    from llmslim.prune import accumulate
+    from tests.prune.test_gmm import heavy_tailed_rows
+
+    layers = torch.from_numpy(heavy_tailed_rows(36, m=600)).split(12)
+    assert not torch.equal(gmm_clip(layers[1], seed=4), gmm_clip(layers[1], seed=3))  # seed + layer matters here
+    windows = [list(layers), [2 * x + 1 for x in layers]]
+    calls = []
+
+    def fold(chunk):
+        monkeypatch.setattr(accumulate, "chunk_values", lambda device: chunk)
+        monkeypatch.setattr(accumulate, "gmm_clip", lambda rows, **kw: calls.append(len(rows)) or gmm_clip(rows, **kw))
+        acc = PerWindow(["snip:abs+gmm", "snip:gmm", "snip:mean-abs"], part_sizes=[200] * 3, gmm_refit=refit, seed=3)
+        for w in windows:
+            acc.fold({"snip": w})
+        return acc
+
+    batched = fold(2**22)
+    assert calls == ([36] if refit == "once" else [36, 36])
+    calls.clear()
+    single = fold(1)
+    assert calls == [12] * (3 if refit == "once" else 6)
+    for key in batched.sums:
+        for a, b in zip(batched.sums[key], single.sums[key]):
+            assert torch.equal(a, b), key
+    assert batched._mixtures.keys() == single._mixtures.keys()
+    for key, mixture in batched._mixtures.items():
+        assert torch.equal(mixture.mu, single._mixtures[key].mu)

@@ -269,3 +269,20 @@ def test_degenerate_rows():
         gmm_clip(torch.zeros(10))
     with pytest.raises(ValueError, match="NaN"):
         gmm_clip(torch.tensor([[1.0, float("nan"), 2.0]]))
+
+
+def test_per_row_seeds_fit_each_block_as_its_own_call():
+    # several layers' rows in one call (accumulate.py batches a small model's layers on a GPU)
+    rows = torch.from_numpy(heavy_tailed_rows(40, m=600))
+    a, info_a = gmm_clip(rows[:20], seed=0, return_info=True)
+    b, info_b = gmm_clip(rows[20:], seed=5, return_info=True)
+    assert not torch.equal(gmm_clip(rows[20:], seed=0), b)  # the seed matters for these rows
+    out, info = gmm_clip(rows, seed=torch.tensor([0] * 20 + [5] * 20), return_info=True)
+    assert torch.equal(out, torch.cat([a, b]))
+    for field in ("bic", "lower", "upper"):
+        assert torch.equal(getattr(info, field), torch.cat([getattr(info_a, field), getattr(info_b, field)]))
+    assert torch.equal(info.mixture.mu, torch.cat([info_a.mixture.mu, info_b.mixture.mu]))
+    with pytest.raises(ValueError, match="per-row seeds"):
+        gmm_clip(rows, seed=torch.zeros(40, dtype=torch.long), fit="exact")
+    with pytest.raises(ValueError, match="one per row"):
+        gmm_clip(rows, seed=torch.zeros(3, dtype=torch.long))
