@@ -9,8 +9,11 @@ predictor.py  ShadowLLM (one MLP from the layer-0 feature to all layers) and Dej
 masks.py      scores -> kept units (perlayer / global / hybrid); GQA kv groups
 execute.py    gathered execution: kept rows/columns (and kv groups) swapped in as smaller
               Linear weights while a call runs; the masked reference computation
-evaluate.py   perplexity and multiple-choice accuracy with a mask chosen per input
-tasks.py      ARC-Easy / PIQA / HellaSwag items from the local files, lm-eval prompt formats
-run.py        the collect / train / eval jobs (config -> result dict, files written atomically)
-cli.py        `llmslim sparsity collect | train | eval`
+evaluate.py   perplexity with a mask chosen per input (or per token); the oracle's true scores
+lm.py         the sparse model as an lm-eval LM: accuracy through the task YAMLs `llmslim eval` runs
+tasks.py      ARC-Easy / PIQA / HellaSwag items from the local files (the traces' half of each)
+bench.py      dense vs sparse prefill and decode in one interleaved run, ratios, per-module split
+jobs.py       the collect / train / eval / generate / bench jobs (config -> result dict, files
+              written atomically)
+cli.py        `llmslim sparsity collect | train | eval | generate | bench`
 """

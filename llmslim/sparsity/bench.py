@@ -1,10 +1,10 @@
 """`sparsity bench` and `sparsity generate`: the sparse model used, not only measured.
 
-bench: dense and each sparse variant (a SparseRunner) prefill a random prompt and decode
-`new_tokens - 1` greedy steps, interleaved (A B C, C B A, ...), medians reported with ratios to
-dense; the predictor's and the weight gather's share of the time come from the runner's own
-counters; one more hooked run per variant splits a decode step into attention, FFN, lm_head and
-the rest (bench/split.py's timer).
+bench: dense and each sparse variant (a SparseRunner) prefill a prompt (a seeded WikiText-2
+window where the shared data is, else random tokens) and decode `new_tokens - 1` greedy steps,
+interleaved (A B C, C B A, ...), medians reported with ratios to dense; the predictor's and the
+weight gather's share of the time come from the runner's own counters; one more hooked run per
+variant splits a decode step into attention, FFN, lm_head and the rest (bench/split.py's timer).
 """
 
 from __future__ import annotations
