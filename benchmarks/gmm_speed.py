@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from llmslim.prune.gmm import gmm_clip, sklearn_gmm_clip
+from llmslim.prune.gmm import MAX_FIT_VALUES, gmm_clip, sklearn_gmm_clip
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--n", type=int, default=1536, help="neuron vectors (synthetic)")
@@ -157,10 +157,14 @@ if args.fast_only:
             print(f"fast fit, all rows: {t:.2f} s ({args.n / t:.0f} rows/s)", flush=True)
     layers = {}
     if args.layers > 1:  # the same rows as L per-layer calls and as one call with per-row seeds
+        if args.m > MAX_FIT_VALUES:
+            raise SystemExit(f"--layers: rows of at most {MAX_FIT_VALUES} values (longer ones are fitted on a subsample, one layer a call)")
         parts = X_dev.chunk(args.layers)
+        per_layer = one = None
         seeds = torch.cat([torch.full((len(p),), args.seed + i, dtype=torch.long) for i, p in enumerate(parts)])
         with threadpool_limits(args.threads):
             for _ in range(2):
+                del per_layer, one  # the first pass's outputs: two copies of the rows
                 per_layer, t_layers = timed(lambda: [gmm_clip(p, seed=args.seed + i) for i, p in enumerate(parts)])
                 one, t_one = timed(lambda: gmm_clip(X_dev, seed=seeds))
                 layers.setdefault("per_layer_s", []).append(t_layers)

@@ -81,6 +81,8 @@ BAD = [
     # recover's checks under the flags prune gives them
     (["prune", "smollm2-135m", "--recover-steps", "2", "--recover-data", "nope.txt"], "--recover-data: use wikitext2, alpaca, self or"),
     (["prune", "smollm2-135m", "--recover-steps", "2", "--recover-kd", "2"], "--recover-kd must be in [0, 1]"),
+    (["prune", "smollm2-135m", "--recover-steps", "2", "--recover-batch-size", "0"], "--recover-batch-size must be >= 1"),
+    (["prune", "smollm2-135m", "--recover-steps", "2", "--recover-data", "x--data.txt"], "(no such file: x--data.txt)"),
     (["shorten", "rl", "smollm2-135m", "--max-steps", "0"], "--max-steps must be >= 1"),
     (["diffuse", "adapt", "smollm2-135m", "--data", "nope.txt", "--out", "x"], "--data: use wikitext2, alpaca or a text file"),
     (["diffuse", "distill", "smollm2-135m", "--divergence", "js", "--out", "x"], "unknown --divergence 'js'"),

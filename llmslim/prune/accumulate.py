@@ -83,7 +83,7 @@ class PerWindow:
             clips = any(agg in AFTER_CLIP for agg in aggs)
             layers = ((layer, regroup(values.float(), self.group, self.part_sizes))
                       for layer, values in enumerate(self._values(kind, window)))
-            for batch in (self._batches(layers) if clips else ([item] for item in layers)):
+            for batch in (self._batches(kind, layers) if clips else ([item] for item in layers)):
                 clipped = self._clip(kind, batch) if clips else [None] * len(batch)
                 if fit_only:
                     continue
@@ -99,7 +99,8 @@ class PerWindow:
 
     def _values(self, kind: str, window: dict[str, list[Tensor]]):
         """Per layer, the values to aggregate: a generator, so with a window that groups each
-        layer on access (calibrate.py) one layer's copies are alive at a time, not the model's."""
+        layer on access (calibrate.py) one layer's copies are alive at a time (one GMM batch's:
+        _batches, a few small layers on a GPU), not the model's."""
         if kind != "afr":
             return iter(window[kind])
         # the paper's recipe, per window: z-score each over the model's weights, then add
@@ -107,23 +108,27 @@ class PerWindow:
         return ((r.float() - r_mean.float()) / r_std.float() + (s.float() - s_mean.float()) / s_std.float()
                 for r, s in zip(window["refer"], window["snip"]))
 
-    def _batches(self, layers):
+    def _batches(self, kind: str, layers):
         """Consecutive (layer, values) whose GMM fits can share one call: per-neuron rows of
         equal length on one device, up to the fast fit's chunk size. On a GPU a fit of one
         small layer is bound by kernel launches and syncs: 0.28 s for a SmolLM2 layer's 8M
         values on an H100 (gmm_speed_gpu_real.json), against 7.3 s for 5.6G values in one call
         on an H200 (gmm_speed_gpu.json), so a small model's layers go in one or a few calls.
-        On a CPU a SmolLM2 layer fills a chunk: the batches are single layers, as before."""
+        On a CPU a SmolLM2 layer fills a chunk: the batches are single layers, as before.
+        A batch is 90% of a chunk at most: the batch's copies (its layers' values and their
+        concatenation) are made before the fit sizes its chunk from the memory left. Layers
+        with a stored mixture (--gmm-refit once) and layers without never share a batch."""
         batch, size, budget = [], 0, 0
         for layer, values in layers:
             joins = (batch and self.gmm_scope == "neuron" and values.shape[1] <= MAX_FIT_VALUES
                      and values.shape[1] == batch[-1][1].shape[1] and values.device == batch[-1][1].device
-                     and size + values.numel() <= budget)
+                     and size + values.numel() <= budget
+                     and ((kind, layer) in self._mixtures) == ((kind, batch[-1][0]) in self._mixtures))
             if batch and not joins:
                 yield batch
                 batch, size = [], 0
             if not batch:
-                budget = chunk_values(values.device)
+                budget = int(0.9 * chunk_values(values.device))
             batch.append((layer, values))
             size += values.numel()
         if batch:
@@ -133,7 +138,7 @@ class PerWindow:
         """Each layer's values GMM-clipped (one mixture per neuron, or one for the layer): the
         batch in one fit, each layer with its own seed (seed + layer), or under the mixtures
         fitted on the first window (--gmm-refit once)."""
-        if self.gmm_refit == "once" and all((kind, layer) in self._mixtures for layer, _ in batch):
+        if self.gmm_refit == "once" and (kind, batch[0][0]) in self._mixtures:  # the whole batch (_batches)
             return [gmm_apply(self._rows(values), self._mixtures[kind, layer]).reshape(values.shape)
                     for layer, values in batch]
         if len(batch) == 1:

@@ -172,7 +172,8 @@ def gmm_clip(
     The output has the input's dtype and device; every output value is a value of its row.
     Deterministic for a given seed; a row's result does not depend on the other rows.
     `seed`: one for every row, or (fast fit) a [n] tensor of per-row seeds, so that the rows of
-    several layers, each with its own seed, are fitted in one call as each layer's own call would.
+    several layers, each with its own seed, are fitted in one call as each layer's own call would
+    (bit for bit on a CPU, tested; benchmarks/gmm_speed.py --layers reports it for a GPU).
     `fit`: "fast" (float32, compressed EM; see the module doc) or "exact" (sklearn's fit).
     """
     if fit not in FIT_METHODS:

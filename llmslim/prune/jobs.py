@@ -5,7 +5,6 @@ in between and writes the output folder."""
 from __future__ import annotations
 
 import copy
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 from llmslim.core import distributed
 from llmslim.core.data import data_dir, wikitext2_halves
 from llmslim.core.device import peak_memory_mb
-from llmslim.core.errors import BadOptionError, LlmslimError
+from llmslim.core.errors import BadOptionError
 from llmslim.core.job import CommonOptions, Context
 from llmslim.core.load import check_not_offloaded, check_spread_before_loading, placement
 from llmslim.core.outputs import check_creatable
@@ -162,11 +161,7 @@ def validate(job: PruneJob) -> None:
     if job.recover_steps:
         from llmslim.recover.jobs import validate as validate_recovery
 
-        try:
-            validate_recovery(_recover_job(job))
-        except LlmslimError as err:  # recover's flags under the names prune gives them
-            err.args = (re.sub(r"--(data|kd|batch-size|full)\b", r"--recover-\1", str(err)),)
-            raise
+        validate_recovery(_recover_job(job), flag_prefix="recover-")
     if job.save_scores is not None:
         check_creatable(job.save_scores)
     if job.scores:

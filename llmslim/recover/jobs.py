@@ -89,23 +89,30 @@ def memory_plan(job: RecoverJob, shapes=None, teacher_shapes=None):
     return P.MemoryPlan(str(device), parts(job), available, "training"), P.first_that_fits(str(device), available, candidates)
 
 
-def validate(job: RecoverJob) -> None:
+def validate(job: RecoverJob, flag_prefix: str = "") -> None:
+    """Refuse bad options before any model loads. `flag_prefix`: what the caller's flags for
+    --data, --kd and --batch-size start with (prune --recover-steps: "recover-")."""
     from llmslim.core.data import check_text_source
     from llmslim.core.load import resolve_model
 
+    def flag(name: str) -> str:
+        return f"--{flag_prefix}{name}"
+
     if not 0.0 <= job.kd_weight <= 1.0:
-        raise BadOptionError(f"--kd must be in [0, 1], got {job.kd}")
+        raise BadOptionError(f"{flag('kd')} must be in [0, 1], got {job.kd}")
     if job.kd_weight > 0 and not job.teacher:
         raise BadOptionError("--kd > 0 needs --teacher (the dense model); --kd 0 is plain recovery")
-    if job.temperature <= 0 or job.seqlen < 2 or job.max_steps < 1 or job.batch_size < 1 or job.lora_r < 1:
-        raise BadOptionError("--temperature must be > 0, --seqlen >= 2, --max-steps, --batch-size and --lora-r >= 1")
+    if job.batch_size < 1:
+        raise BadOptionError(f"{flag('batch-size')} must be >= 1, got {job.batch_size}")
+    if job.temperature <= 0 or job.seqlen < 2 or job.max_steps < 1 or job.lora_r < 1:
+        raise BadOptionError("--temperature must be > 0, --seqlen >= 2, --max-steps and --lora-r >= 1")
     if job.lr is not None and job.lr <= 0:
         raise BadOptionError(f"--lr must be > 0, got {job.lr}")
     if job.resume and not job.work_dir.is_dir():
         raise BadOptionError(f"--resume: no checkpoint folder {job.work_dir}")
     if job.samples_teacher and not job.teacher:
-        raise BadOptionError("--data self samples the --teacher: name one")
-    check_text_source(job.data, also=(SELF,))
+        raise BadOptionError(f"{flag('data')} self samples the --teacher: name one")
+    check_text_source(job.data, option=flag("data"), also=(SELF,))
     if job.tasks:
         from llmslim.eval.harness import check_data, resolve_tasks
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from llmslim.prune import gmm
 from llmslim.prune.gmm import (
     _em,
     _fit,
@@ -271,7 +272,7 @@ def test_degenerate_rows():
         gmm_clip(torch.tensor([[1.0, float("nan"), 2.0]]))
 
 
-def test_per_row_seeds_fit_each_block_as_its_own_call():
+def test_per_row_seeds_fit_each_block_as_its_own_call(monkeypatch):
     # several layers' rows in one call (accumulate.py batches a small model's layers on a GPU)
     rows = torch.from_numpy(heavy_tailed_rows(40, m=600))
     a, info_a = gmm_clip(rows[:20], seed=0, return_info=True)
@@ -282,6 +283,11 @@ def test_per_row_seeds_fit_each_block_as_its_own_call():
     for field in ("bic", "lower", "upper"):
         assert torch.equal(getattr(info, field), torch.cat([getattr(info_a, field), getattr(info_b, field)]))
     assert torch.equal(info.mixture.mu, torch.cat([info_a.mixture.mu, info_b.mixture.mu]))
+    # unsorted seeds over chunks of 7 rows: each chunk takes its own rows' draws
+    seeds = torch.tensor([5] * 13 + [0] * 14 + [9] * 13)
+    monkeypatch.setattr(gmm, "chunk_values", lambda device: 600 * 7)
+    parts = [gmm_clip(rows[a:b], seed=int(seeds[a])) for a, b in ((0, 13), (13, 27), (27, 40))]
+    assert torch.equal(gmm_clip(rows, seed=seeds), torch.cat(parts))
     with pytest.raises(ValueError, match="per-row seeds"):
         gmm_clip(rows, seed=torch.zeros(40, dtype=torch.long), fit="exact")
     with pytest.raises(ValueError, match="one per row"):
