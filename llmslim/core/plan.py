@@ -160,7 +160,9 @@ def prune_parts(s: Shapes, *, weight_bytes: int, seqlen: int, batch: int, refer:
         if fold:  # the per-window fold walks the layers (prune/calibrate._Grouped): one layer's
             # grouped, z-scored and clipped fp32 copies at a time. Fitted to measured peaks
             # (memory_plan.py): 4.9 such copies on a 1-layer Llama-3-8B-shape slice, 4.9-5.3 on
-            # Llama-3.2-1B's shape
+            # Llama-3.2-1B's shape. On a GPU small layers are clipped several at a time
+            # (prune/accumulate._batches), up to a share of the memory free then: not planned,
+            # it only takes what is left
             parts["fold (one layer)"] = FOLD_LAYER_COPIES * layer_scored * 4
             if gmm:  # one layer's batched mixture fit over its neurons' values (prune/gmm.py)
                 parts["GMM fit (one layer)"] = int(GMM_BYTES_PER_SCORED_WEIGHT * layer_scored)
