@@ -166,3 +166,18 @@ def test_layers_fitted_in_one_call_equal_per_layer_fits(monkeypatch, refit):
     assert batched._mixtures.keys() == single._mixtures.keys()
     for key, mixture in batched._mixtures.items():
         assert torch.equal(mixture.mu, single._mixtures[key].mu)
+
+
+def test_gmm_batches_join_only_layers_that_can_share_a_fit(monkeypatch):
+    from llmslim.prune import accumulate
+
+    monkeypatch.setattr(accumulate, "chunk_values", lambda device: 1000)  # 900 values a batch
+    layers = [(0, torch.zeros(4, 60)), (1, torch.zeros(4, 60)), (2, torch.zeros(4, 90)), (3, torch.zeros(4, 90)),
+              (4, torch.zeros(4, 90)), (5, torch.zeros(4, 90))]
+    acc = PerWindow(["snip:abs+gmm"], part_sizes=[20] * 3)
+    # equal row lengths join up to the budget (3 x 360 > 900: the third 90-value layer starts a new batch)
+    assert [[layer for layer, _ in b] for b in acc._batches("snip", iter(layers))] == [[0, 1], [2, 3], [4, 5]]
+    acc._mixtures[("snip", 1)] = None  # a layer fitted on an earlier window (--gmm-refit once) fits alone
+    assert [[layer for layer, _ in b] for b in acc._batches("snip", iter(layers[:2]))] == [[0], [1]]
+    whole = PerWindow(["snip:abs+gmm"], part_sizes=[20] * 3, gmm_scope="layer")  # one mixture a layer
+    assert [[layer for layer, _ in b] for b in whole._batches("snip", iter(layers))] == [[i] for i in range(6)]
