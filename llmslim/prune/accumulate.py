@@ -111,9 +111,10 @@ class PerWindow:
     def _batches(self, kind: str, layers):
         """Consecutive (layer, values) whose GMM fits can share one call: per-neuron rows of
         equal length on one device, up to the fast fit's chunk size. On a GPU a fit of one
-        small layer is bound by kernel launches and syncs: 0.28 s for a SmolLM2 layer's 8M
-        values on an H100 (gmm_speed_gpu_real.json), against 7.3 s for 5.6G values in one call
-        on an H200 (gmm_speed_gpu.json), so a small model's layers go in one or a few calls.
+        small layer is bound by kernel launches and syncs: 0.28 s for 4,608 rows of 1,728 values
+        (8M; a tenth of SmolLM2's neurons) on an H100 (gmm_speed_gpu_real.json), against 7.3 s
+        for 5.6G values in one call on an H200 (gmm_speed_gpu.json), so a small model's layers
+        go in one or a few calls.
         On a CPU a SmolLM2 layer fills a chunk: the batches are single layers, as before.
         A batch is 90% of a chunk at most: the batch's copies (its layers' values and their
         concatenation) are made before the fit sizes its chunk from the memory left. Layers

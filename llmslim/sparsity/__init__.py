@@ -11,7 +11,7 @@ execute.py    gathered execution: kept rows/columns (and kv groups) swapped in a
               Linear weights while a call runs; the masked reference computation
 evaluate.py   perplexity with a mask chosen per input (or per token); the oracle's true scores
 lm.py         the sparse model as an lm-eval LM: accuracy through the task YAMLs `llmslim eval` runs
-tasks.py      ARC-Easy / PIQA / HellaSwag items from the local files (the traces' half of each)
+tasks.py      ARC-Easy / PIQA / HellaSwag items from the local files, split in the traces' half and lm-eval's
 bench.py      dense vs sparse prefill and decode in one interleaved run, ratios, per-module split
 jobs.py       the collect / train / eval / generate / bench jobs (config -> result dict, files
               written atomically)
