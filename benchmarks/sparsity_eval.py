@@ -36,7 +36,7 @@ from llmslim.core.data import data_dir, wikitext2_halves
 from llmslim.core.load import load_model
 from llmslim.core.outputs import to_jsonable
 from llmslim.sparsity import predictor as P
-from llmslim.sparsity.collect import Traces, collect
+from llmslim.sparsity.collect import IMPORTANCE, Traces, collect
 from llmslim.sparsity.evaluate import ppl_windows
 from llmslim.sparsity.execute import SparsityConfig
 from llmslim.sparsity.jobs import collect_examples, evaluate_config, plot
@@ -58,9 +58,9 @@ ap.add_argument("--fallbacks", default="0:0,0.002:0",
                 help="dense-fallback settings MARGIN:THRESHOLD for shadow and dejavu (0:0 is off). The predicted scores "
                      "crowd the keep boundary: margin 0.002 adds back about 4%% of FFN units at 30%% sparsity, 0.05 nearly all "
                      "(benchmarks/sparsity_fallback_margin.py)")
-ap.add_argument("--importance", default="continuation", choices=("continuation", "prompt"),
+ap.add_argument("--importance", default="continuation", choices=IMPORTANCE,
                 help="the loss a unit's traced score measures (sparsity collect --importance); prompt: another trace file")
-ap.add_argument("--feature", default="post", choices=("post", "pre"),
+ap.add_argument("--feature", default="post", choices=P.FEATURES,
                 help="the shadow predictor's input: layer 0's attention output after o_proj, or its context before")
 ap.add_argument("--cache", default="runs/sparsity_eval", help="traces and predictors, reused by later runs")
 ap.add_argument("--out", default="benchmarks/results/sparsity_eval")
