@@ -8,6 +8,7 @@ import random
 import shutil
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
@@ -180,27 +181,50 @@ def test_a_killed_process_fails_the_job_and_writes_nothing(tmp_path, tiny_llama_
     out = tmp_path / "out"
     cmd = [TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "llmslim", "prune", str(tiny_llama_dir),
            "--calib", str(corpus), "--nsamples", "20000", "--seqlen", "16", "--method", "wanda-sp", "--out", str(out)]
-    launcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    launcher = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                 env=os.environ | {"OMP_NUM_THREADS": "1"})
-    victim, deadline = None, time.time() + 120
-    while victim is None and time.time() < deadline:
-        for child in psutil.Process(launcher.pid).children(recursive=True):
+    stderr_lines = []
+    reader = threading.Thread(target=lambda: stderr_lines.extend(launcher.stderr), daemon=True)
+    reader.start()
+    # kill rank 1 mid-calibration: after rank 0 said it started calibrating (so both processes are
+    # past the collectives that come before it; a kill inside one ends rank 0 through gloo's error
+    # instead, a different path) and after rank 1 has worked a moment more
+    victim, cpu_at_start, deadline = None, None, time.time() + 180
+    while victim is None and time.time() < deadline and launcher.poll() is None:
+        rank1 = _worker(launcher, rank=1)
+        if rank1 is not None and any(line.startswith("calibrating") and "started" in line for line in stderr_lines):
             try:
-                if child.environ().get("RANK") == "1" and child.cpu_times().user > 8:  # past the imports, calibrating
-                    victim = child
+                cpu = rank1.cpu_times().user
             except psutil.Error:
-                pass
-        time.sleep(0.5)
-    assert victim is not None, "rank 1 never got going"
+                continue
+            cpu_at_start = cpu if cpu_at_start is None else cpu_at_start
+            victim = rank1 if cpu - cpu_at_start > 1 else None
+        time.sleep(0.2)
+    assert victim is not None, "rank 1 never started calibrating"
     assert launcher.poll() is None, "the job ended before the kill: give it more windows"
     victim.kill()
-    _, stderr = launcher.communicate(timeout=120)
+    launcher.wait(timeout=120)
+    reader.join(timeout=10)
+    stderr = "".join(stderr_lines)
     assert launcher.returncode != 0
     assert "llmslim" in stderr and "FAILED" in stderr.upper()  # torchrun's report names the failed process
     # the surviving process says what happened in one line of ours (it used to die silently)
     ours = [line for line in stderr.splitlines() if line.startswith("error: stopped (SIGTERM: the launcher stops the other processes")]
-    assert len(ours) == 1 and "no --out was written" in ours[0]
+    assert len(ours) == 1 and "no --out was written" in ours[0], stderr[-2000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt"]
+
+
+def _worker(launcher: subprocess.Popen, rank: int):
+    """The launcher's worker process of `rank` (psutil), or None while it has not started."""
+    import psutil
+
+    for child in psutil.Process(launcher.pid).children(recursive=True):
+        try:
+            if child.environ().get("RANK") == str(rank):
+                return child
+        except psutil.Error:
+            pass
+    return None
 
 
 def test_a_failed_collective_is_reported_as_a_stopped_job_not_a_bug(monkeypatch):
