@@ -200,7 +200,7 @@ def test_a_killed_process_fails_the_job_and_writes_nothing(tmp_path, tiny_llama_
             cpu_at_start = cpu if cpu_at_start is None else cpu_at_start
             victim = rank1 if cpu - cpu_at_start > 1 else None
         time.sleep(0.2)
-    assert victim is not None, "rank 1 never started calibrating"
+    assert victim is not None, f"rank 1 never started calibrating (launcher exit: {launcher.poll()}): {''.join(stderr_lines)[-2000:]}"
     assert launcher.poll() is None, "the job ended before the kill: give it more windows"
     victim.kill()
     launcher.wait(timeout=120)
