@@ -195,10 +195,10 @@ def test_a_killed_process_fails_the_job_and_writes_nothing(tmp_path, tiny_llama_
         if rank1 is not None and any(line.startswith("calibrating") and "started" in line for line in stderr_lines):
             try:
                 cpu = rank1.cpu_times().user
-            except psutil.Error:
-                continue
-            cpu_at_start = cpu if cpu_at_start is None else cpu_at_start
-            victim = rank1 if cpu - cpu_at_start > 1 else None
+                cpu_at_start = cpu if cpu_at_start is None else cpu_at_start
+                victim = rank1 if cpu - cpu_at_start > 1 else None
+            except psutil.Error:  # it ended meanwhile: the loop's poll() sees it
+                pass
         time.sleep(0.2)
     assert victim is not None, f"rank 1 never started calibrating (launcher exit: {launcher.poll()}): {''.join(stderr_lines)[-2000:]}"
     assert launcher.poll() is None, "the job ended before the kill: give it more windows"
@@ -218,7 +218,11 @@ def _worker(launcher: subprocess.Popen, rank: int):
     """The launcher's worker process of `rank` (psutil), or None while it has not started."""
     import psutil
 
-    for child in psutil.Process(launcher.pid).children(recursive=True):
+    try:
+        children = psutil.Process(launcher.pid).children(recursive=True)
+    except psutil.Error:  # the launcher has ended
+        return None
+    for child in children:
         try:
             if child.environ().get("RANK") == str(rank):
                 return child
