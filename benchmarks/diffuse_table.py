@@ -49,6 +49,10 @@ parser.add_argument("--seed", type=int, default=0)
 parser.add_argument("--save-every", type=int, default=25,
                     help="adapt checkpoint interval in steps: 25 lets a CPU session that loses its machine resume; "
                          "a GPU run finishes the 1,000 steps in minutes and needs few")
+parser.add_argument("--collect", action="store_true",
+                    help="build the table from WORK's finished eval folders only: no adapting, distilling or evaluating "
+                         "(a GPU run's folder brought back as its archive, without weights); counts not measured "
+                         "show as '-'; the AR samples, if missing, are drawn here on --device")
 parser.add_argument("--work", default="runs/diffuse")
 parser.add_argument("--out", default="benchmarks/results/diffuse_table.json")
 args = parser.parse_args()
@@ -68,30 +72,38 @@ def step_counts(option: str, text: str) -> list[int]:
 steps = step_counts("--sampling-steps", args.sampling_steps)
 student_steps = step_counts("--student-steps", args.student_steps) if args.student_steps else steps
 
+
+def device_name(model=None) -> str:
+    device = next(model.parameters()).device if model is not None else torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+
 work = Path(args.work)
 common = dict(seed=args.seed, device=args.device, dtype=args.dtype)
 t_start = time.perf_counter()
 # every stage is resumed from WORK by its folder: refuse a WORK made with other settings rather
 # than mix its teacher, students or evals with these. The step counts are not among them: each
 # (model, count) is its own eval folder, so another list only adds or leaves out counts
-VARIABLE = ("out", "work", "device", "sampling_steps", "student_steps", "save_every")
+VARIABLE = ("out", "work", "device", "sampling_steps", "student_steps", "save_every", "collect")
 settings = {k: v for k, v in vars(args).items() if k not in VARIABLE}
 settings_file = work / "settings.json"
 if settings_file.is_file() and {k: v for k, v in json.loads(settings_file.read_text()).items() if k not in VARIABLE} != settings:
     raise SystemExit(f"{work} was made with {settings_file.read_text().strip()}; use another --work, or delete it")
+if args.collect and not settings_file.is_file():
+    raise SystemExit(f"--collect: {work} has no settings.json (not a diffuse_table.py work folder)")
 if not settings_file.is_file() and work.is_dir() and any(work.iterdir()):
     raise SystemExit(f"{work} is from before the settings were recorded; use another --work, or delete it")
 work.mkdir(parents=True, exist_ok=True)
 settings_file.write_text(json.dumps(settings, indent=2) + "\n")
 
 teacher = work / "teacher"
-if not teacher.is_dir():
+if not teacher.is_dir() and not args.collect:
     run_command(cli.ADAPT, jobs.AdaptJob(model=args.model, data=args.data, seqlen=args.seqlen, max_steps=args.adapt_steps,
                                          batch_size=args.batch_size, lr=args.lr, save_every=args.save_every, out=teacher,
                                          checkpoint_dir=work / "teacher-checkpoints",
                                          resume=(work / "teacher-checkpoints").is_dir(), **common), quiet=True)
 students = work / "sdtt"
-if not students.is_dir():
+if not students.is_dir() and not args.collect:
     run_command(cli.DISTILL, jobs.DistillJob(model=str(teacher), rounds=args.rounds, steps_per_round=args.steps_per_round,
                                              start_steps=args.start_sampling_steps, data=args.data, batch_size=args.batch_size,
                                              out=students, checkpoint_dir=work / "sdtt-checkpoints",
@@ -111,12 +123,16 @@ for name, folder in models.items():
     for n, s in enumerate(steps if name == "teacher" else student_steps):
         out = work / f"eval-{name.replace(' ', '-')}" / f"steps-{s}"
         if not (out / "results.json").is_file():
+            if args.collect:
+                continue
             run_command(cli.EVAL, jobs.EvalJob(model=str(folder), steps=str(s), num_samples=args.samples, length=args.seqlen,
                                                evaluator=args.model, lambada=args.lambada if n == 0 else 0, out=out,
                                                latency=name == last, force=True, **common), quiet=True)
         parts.append(json.loads((out / "results.json").read_text()))
+    if not parts:
+        continue
     evals[name] = {"rows": [row for part in parts for row in part["rows"]], "lambada": parts[0].get("lambada", {})}
-    if name == last:
+    if name == last and all("latency" in part for part in parts):
         evals[name]["latency"] = {**{k: v for k, v in parts[0]["latency"].items() if k != "diffusion"},
                                   "ar_kv_cache_s": [part["latency"]["ar_kv_cache_s"] for part in parts],
                                   "diffusion": [row for part in parts for row in part["latency"]["diffusion"]]}
@@ -134,7 +150,7 @@ if not ar_file.is_file():
         tokens = ar_decode(loaded.model, prefix, args.seqlen - 1, args.samples, do_sample=sampled, top_p=0.95,
                            generator_seed=args.seed).cpu()
         ar[name] = {"gen_ppl": generative_perplexity(loaded.model, tokens, 1, loaded.tokenizer.eos_token_id), "entropy": unigram_entropy(tokens[:, 1:]),
-                    "example": loaded.tokenizer.decode(tokens[0, 1:])}
+                    "example": loaded.tokenizer.decode(tokens[0, 1:]), "device": device_name(loaded.model)}
     ar_file.write_text(json.dumps(ar, indent=2) + "\n")
 ar = json.loads(ar_file.read_text())
 
@@ -145,11 +161,15 @@ for name, ev in evals.items():
     cells = [f"{by[s]['gen_ppl']:.1f} / {by[s]['entropy']:.2f}" if s in by else "-" for s in steps]
     lines.append(f"| {name} | " + " | ".join(cells) + f" | {ev.get('lambada', {}).get('diffusion_acc', float('nan')):.3f} |")
 ar_lambada = next(iter(evals.values())).get("lambada", {}).get("evaluator_ar_acc", float("nan"))
-lines += ["", f"The AR model's own samples ({args.seqlen - 1} tokens one at a time with its KV cache; the same evaluator; "
+speed = evals.get(last, {}).get("latency")
+# the models' evals ran where the latency was measured; a collected table's AR samples may have run elsewhere
+eval_device = speed["device"] if speed else device_name()
+ar_devices = {row.get("device", eval_device) for row in ar.values()} - {eval_device}
+ar_where = f", drawn and scored on {', '.join(sorted(ar_devices))}" if ar_devices else ""
+lines += ["", f"The AR model's own samples ({args.seqlen - 1} tokens one at a time with its KV cache; the same evaluator{ar_where}; "
               "greedy repeats one sample, so its entropy is one sample's):", "",
           "| AR decoding | gen-PPL | entropy | LAMBADA |", "|---|---|---|---|"]
 lines += [f"| {name} | {row['gen_ppl']:.1f} | {row['entropy']:.2f} | {ar_lambada:.3f} |" for name, row in ar.items()]
-speed = evals[last].get("latency")
 if speed:  # generating the same length at the same batch: the diffusion model at each step count vs AR with its KV cache
     by = {r["steps"]: r for r in speed["diffusion"]}
     timed = [s for s in steps if s in by]
@@ -162,8 +182,11 @@ if speed:  # generating the same length at the same batch: the diffusion model a
 table = "\n".join(lines)
 print(table)
 Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-device_name = torch.cuda.get_device_name(0) if args.device != "cpu" and torch.cuda.is_available() else "cpu"
-Path(args.out).write_text(json.dumps({"args": vars(args), "date": time.strftime("%Y-%m-%d"), "device": device_name, "evals": evals, "ar": ar, "table": table, "wall_s": time.perf_counter() - t_start}, indent=2) + "\n")
+# what each stage cost (its own results.json): a collected table's timings are the GPU run's
+costs = {stage: {k: v for k, v in json.loads((work / stage / "results.json").read_text()).items() if k != "losses"}
+         for stage in ("teacher", "sdtt") if (work / stage / "results.json").is_file()}
+Path(args.out).write_text(json.dumps({"args": vars(args), "date": time.strftime("%Y-%m-%d"), "device": eval_device, "evals": evals, "ar": ar,
+                                      "stages": costs, "table": table, "wall_s": time.perf_counter() - t_start}, indent=2) + "\n")
 
 import matplotlib  # noqa: E402
 
