@@ -9,11 +9,12 @@ model) with the same budget and evaluated again.
 
 Method specs: "afr:abs" (per-window accumulation, the default), "afr:abs@signed-sum" (the
 other order), "@reference" / "@sum" pick --afr-recipe / --group (the AFR-St code is
-"afr:trim@reference@sum"), "@adaptive" / "@global" pick --allocation, "@bias" / "@nobias" turn FLAP's bias compensation on / off. One calibration pass collects every per-window buffer the specs
+"afr:trim@reference@sum"), "@adaptive" / "@global" pick --allocation ("@dev0.2": its --max-deviation), "@bias" / "@nobias" turn FLAP's bias compensation on / off. One calibration pass collects every per-window buffer the specs
 need (one per grouping) and, where a spec asks for it, the signed per-weight sums.
 
-Calibration: windows from the first half of WikiText-2 raw test; perplexity on its second half
-(so calibration and evaluation text never overlap). Zero-shot accuracy through lm-eval on the
+Calibration (--calib): windows from the first half of WikiText-2 raw test, or the dense model's
+own samples, or a file; perplexity on WikiText-2's second half (so calibration and evaluation text
+never overlap). Zero-shot accuracy through lm-eval on the
 shared ARC-Easy, ARC-Challenge (acc_norm), PIQA and HellaSwag (acc_norm) files.
 Writes benchmarks/results/prune_table.json and prints a markdown table.
 """
@@ -29,7 +30,6 @@ from pathlib import Path
 
 import torch
 
-from llmslim.core.data import calibration_windows
 from llmslim.core.device import peak_memory_mb, seed_everything
 from llmslim.core.load import load_model
 from llmslim.core.report import PlainProgress
@@ -38,8 +38,8 @@ from llmslim.prune.accumulate import PerWindow, window_keys
 from llmslim.prune.calibrate import collect
 from llmslim.prune.jobs import ALL_METHODS
 from llmslim.core.data import wikitext2_halves
-from llmslim.prune.run import PruneConfig, load_stats, needs, parse_method, prune_model, save_stats
-from llmslim.prune.allocate import ALLOCATIONS
+from llmslim.prune.run import PruneConfig, calibration_windows, load_stats, needs, parse_method, prune_model, save_stats
+from llmslim.prune.allocate import ALLOCATIONS, MAX_DEVIATION
 from llmslim.prune.scores import ScoreConfig
 
 # every AFR aggregation and SNIP in both orders, the reference code's recipe, the baselines
@@ -62,6 +62,9 @@ parser.add_argument("--limit", type=int, default=None, help="items per task (def
 parser.add_argument("--ppl-seqlen", type=int, default=1024)
 parser.add_argument("--ppl-limit", type=int, default=None)
 parser.add_argument("--scores", default="runs/prune_table_scores.pt", help="cache of calibration scores (delete it when --methods change)")
+parser.add_argument("--calib", default="wikitext2",
+                    help="prune's --calib: wikitext2 (first half), self (samples of the dense model, as data-free LLM-QAT "
+                         "and Ji et al. 2024's self-generated calibration), or a text file; use its own --scores")
 parser.add_argument("--gmm-refit", default="every", choices=["every", "once"])
 parser.add_argument("--print-orders", action="store_true", help="print the both-orders method list and exit")
 parser.add_argument("--out", default="benchmarks/results/prune_table.json")
@@ -85,12 +88,17 @@ if args.print_orders:
 if args.threads:
     torch.set_num_threads(args.threads)
 
+def max_deviation(spec: str) -> float:
+    """"...@adaptive@dev0.2" -> 0.2: --max-deviation of an adaptive allocation (default prune's)."""
+    return next((float(opt[3:]) for opt in spec.split("@")[1:] if opt.startswith("dev")), MAX_DEVIATION)
+
+
 def score_config(spec: str) -> tuple[str, ScoreConfig, str]:
     """"afr:abs@reference@sum@adaptive" -> ("afr:abs", ScoreConfig(afr_recipe="reference", group="sum"), "adaptive")."""
     method, *options = spec.split("@")
     cfg, allocation = ScoreConfig(seed=args.seed), "uniform"
     for opt in options:
-        if opt in ALLOCATIONS or opt in COMPENSATION:
+        if opt in ALLOCATIONS or opt in COMPENSATION or opt.startswith("dev"):
             allocation = opt if opt in ALLOCATIONS else allocation
             continue
         field = ("afr_recipe" if opt in ("paper", "reference") else
@@ -99,18 +107,26 @@ def score_config(spec: str) -> tuple[str, ScoreConfig, str]:
     return method, cfg, allocation
 
 
+if args.calib not in ("wikitext2", "self") and not Path(args.calib).is_file():
+    raise SystemExit(f"--calib: use wikitext2, self or a text file (no such file: {args.calib})")
+# the source calibration_windows names, kept in the scores file so a cache is not reused for
+# another --calib (caches from before this field are WikiText-2's)
+calib_name = {"wikitext2": "wikitext2 test, first half", "self": "self-generated"}.get(args.calib, args.calib)
 seed_everything(args.seed)
 loaded = load_model(args.model, device=args.device, dtype="float32", purpose="gradients")
 model, tok = loaded.model, loaded.tokenizer
-calib_text, eval_text = wikitext2_halves()
+eval_text = wikitext2_halves()[1]
 
 scores_path = Path(args.scores)
 t0 = time.perf_counter()
 if scores_path.is_file():
     stats = load_stats(scores_path, model)
+    if stats.meta.get("calib", calib_name) != calib_name:
+        raise SystemExit(f"{scores_path} was calibrated on {stats.meta['calib']}, not {calib_name}: use another --scores")
     print(f"reusing scores from {scores_path} ({stats.windows} x {stats.meta['seqlen']} tokens)")
 else:
-    windows = calibration_windows(tok, calib_text, args.nsamples, args.seqlen, args.seed)
+    windows, calib_source = calibration_windows(model, tok, args.calib, args.nsamples, args.seqlen, args.seed)
+    print(f"calibration windows: {tuple(windows.shape)} from {calib_source}", flush=True)
     specs = [score_config(spec)[:2] for spec in args.methods.split(",")]
     folders = []
     for group in ("concat", "sum"):
@@ -129,6 +145,7 @@ else:
 
     stats = collect(model, windows, refer=need["refer"], snip=need["snip"], progress=tick, per_window=folders,
                     per_weight=("snip", "refer") if signed else ())
+    stats.meta["calib"] = calib_source
     save_stats(scores_path, stats, model)
     print(f"\ncalibrated on {args.nsamples} x {args.seqlen} tokens in {time.perf_counter() - t0:.0f}s")
 calib_s = time.perf_counter() - t0
@@ -225,6 +242,7 @@ for ratio in [float(r) for r in args.ratios.split(",")]:
         method, cfg, allocation = score_config(spec)
         pruned = copy.deepcopy(model)
         rep = prune_model(pruned, stats, PruneConfig(ratio=ratio, method=method, scores=cfg, allocation=allocation,
+                                                     max_deviation=max_deviation(spec),
                                                      bias_compensation=next((COMPENSATION[o] for o in spec.split("@") if o in COMPENSATION), "auto")))
         if (ratio, spec) not in done:
             t0 = time.perf_counter()
