@@ -121,8 +121,9 @@ scores_path = Path(args.scores)
 t0 = time.perf_counter()
 if scores_path.is_file():
     stats = load_stats(scores_path, model)
-    if stats.meta.get("calib", calib_name) != calib_name:
-        raise SystemExit(f"{scores_path} was calibrated on {stats.meta['calib']}, not {calib_name}: use another --scores")
+    cached_calib = stats.meta.get("calib", "wikitext2 test, first half")
+    if cached_calib != calib_name:
+        raise SystemExit(f"{scores_path} was calibrated on {cached_calib}, not {calib_name}: use another --scores")
     print(f"reusing scores from {scores_path} ({stats.windows} x {stats.meta['seqlen']} tokens)")
 else:
     windows, calib_source = calibration_windows(model, tok, args.calib, args.nsamples, args.seqlen, args.seed)
