@@ -64,7 +64,7 @@ parser.add_argument("--ppl-limit", type=int, default=None)
 parser.add_argument("--scores", default="runs/prune_table_scores.pt", help="cache of calibration scores (delete it when --methods change)")
 parser.add_argument("--calib", default="wikitext2",
                     help="prune's --calib: wikitext2 (first half), self (samples of the dense model, as data-free LLM-QAT "
-                         "and Ji et al. 2024's self-generated calibration), or a text file; use its own --scores")
+                         "and Ji et al. (ICLR 2025)'s self-generated calibration), or a text file; use its own --scores")
 parser.add_argument("--gmm-refit", default="every", choices=["every", "once"])
 parser.add_argument("--print-orders", action="store_true", help="print the both-orders method list and exit")
 parser.add_argument("--out", default="benchmarks/results/prune_table.json")
@@ -107,6 +107,13 @@ def score_config(spec: str) -> tuple[str, ScoreConfig, str]:
     return method, cfg, allocation
 
 
+for spec in args.methods.split(","):  # checked now, not after an hour of calibration
+    try:
+        deviation = max_deviation(spec)
+    except ValueError:
+        raise SystemExit(f"--methods {spec}: @dev takes a number, e.g. @adaptive@dev0.2") from None
+    if not 0.0 <= deviation < 1.0:
+        raise SystemExit(f"--methods {spec}: @dev must be in [0, 1), got {deviation}")
 if args.calib not in ("wikitext2", "self") and not Path(args.calib).is_file():
     raise SystemExit(f"--calib: use wikitext2, self or a text file (no such file: {args.calib})")
 # the source calibration_windows names, kept in the scores file so a cache is not reused for
