@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from llmslim.core.device import device_label, resolve_device
 from llmslim.core.job import run_command
 from llmslim.diffuse import cli, jobs
 
@@ -71,11 +72,6 @@ def step_counts(option: str, text: str) -> list[int]:
 
 steps = step_counts("--sampling-steps", args.sampling_steps)
 student_steps = step_counts("--student-steps", args.student_steps) if args.student_steps else steps
-
-
-def device_name(model=None) -> str:
-    device = next(model.parameters()).device if model is not None else torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
 
 
 work = Path(args.work)
@@ -150,7 +146,7 @@ if not ar_file.is_file():
         tokens = ar_decode(loaded.model, prefix, args.seqlen - 1, args.samples, do_sample=sampled, top_p=0.95,
                            generator_seed=args.seed).cpu()
         ar[name] = {"gen_ppl": generative_perplexity(loaded.model, tokens, 1, loaded.tokenizer.eos_token_id), "entropy": unigram_entropy(tokens[:, 1:]),
-                    "example": loaded.tokenizer.decode(tokens[0, 1:]), "device": device_name(loaded.model)}
+                    "example": loaded.tokenizer.decode(tokens[0, 1:]), "device": device_label(next(loaded.model.parameters()).device)}
     ar_file.write_text(json.dumps(ar, indent=2) + "\n")
 ar = json.loads(ar_file.read_text())
 
@@ -163,7 +159,7 @@ for name, ev in evals.items():
 ar_lambada = next(iter(evals.values())).get("lambada", {}).get("evaluator_ar_acc", float("nan"))
 speed = evals.get(last, {}).get("latency")
 # the models' evals ran where the latency was measured; a collected table's AR samples may have run elsewhere
-eval_device = speed["device"] if speed else device_name()
+eval_device = speed["device"] if speed else device_label(resolve_device(args.device))
 ar_devices = {row.get("device", eval_device) for row in ar.values()} - {eval_device}
 ar_where = f", drawn and scored on {', '.join(sorted(ar_devices))}" if ar_devices else ""
 lines += ["", f"The AR model's own samples ({args.seqlen - 1} tokens one at a time with its KV cache; the same evaluator{ar_where}; "

@@ -102,6 +102,11 @@ def check_device_map(device_map: str, max_memory: str | None, device: torch.devi
     return caps
 
 
+def device_label(device: torch.device) -> str:
+    """What a result says it ran on: the GPU's name, or the CPU with its torch thread count."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+
+
 def seed_everything(seed: int) -> None:
     import random
 

@@ -450,6 +450,7 @@ def run_eval(job: EvalJob, ctx: Context) -> dict:
 def _latency(job: EvalJob, model, ar_model, cfg, prefix: torch.Tensor, device) -> dict:
     """Seconds to produce job.length - len(prefix) tokens for a batch: the diffusion model at each
     step count, and the AR evaluator with its KV cache, in the same process (a ratio)."""
+    from llmslim.core.device import device_label
     from llmslim.diffuse.evaluate import ar_decode, latency
     from llmslim.diffuse.sample import sample
 
@@ -460,5 +461,4 @@ def _latency(job: EvalJob, model, ar_model, cfg, prefix: torch.Tensor, device) -
         s = latency(lambda: sample(model, cfg.mask_token_id, steps=steps, length=job.length, batch=job.latency_batch,
                                    prefix=prefix, seed=job.seed, eps=cfg.eps), device)
         rows.append({"steps": steps, "seconds": s, "speedup_vs_ar": ar_s / s})
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    return {"device": name, "batch": job.latency_batch, "new_tokens": new, "ar_kv_cache_s": ar_s, "diffusion": rows}
+    return {"device": device_label(device), "batch": job.latency_batch, "new_tokens": new, "ar_kv_cache_s": ar_s, "diffusion": rows}

@@ -447,6 +447,7 @@ def run_bench(job: UseJob, ctx: Context) -> dict:
     check_not_offloaded(ctx.model, SPARSE_EXECUTION)
     import torch
 
+    from llmslim.core.device import device_label
     from llmslim.sparsity import predictor as P
     from llmslim.sparsity.bench import time_variants
 
@@ -464,7 +465,6 @@ def run_bench(job: UseJob, ctx: Context) -> dict:
     ids = ids.to(device)
     times = time_variants(model, variants, ids, job.new_tokens, job.repeats,
                           progress=ctx.step("timing (interleaved runs)", job.repeats * len(variants)))
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    return {"model": job.model, "device": device_name, "ffn_sparsity": job.ffn_sparsity, "head_sparsity": job.head_sparsity,
+    return {"model": job.model, "device": device_label(device), "ffn_sparsity": job.ffn_sparsity, "head_sparsity": job.head_sparsity,
             "prompt_len": job.prompt_len, "prompt": prompt, "decode_steps": job.new_tokens - 1, "repeats": job.repeats, "variants": times,
             "predictor_params": sum(p.numel() for net in (pred["shadow"].nets.values() if pred["shadow"] else []) for p in net.parameters())}
