@@ -38,7 +38,7 @@ from llmslim.prune.accumulate import PerWindow, window_keys
 from llmslim.prune.calibrate import collect
 from llmslim.prune.jobs import ALL_METHODS
 from llmslim.core.data import wikitext2_halves
-from llmslim.prune.run import PruneConfig, calibration_windows, load_stats, needs, parse_method, prune_model, save_stats
+from llmslim.prune.run import PruneConfig, calibration_source, calibration_windows, load_stats, needs, parse_method, prune_model, save_stats
 from llmslim.prune.allocate import ALLOCATIONS, MAX_DEVIATION
 from llmslim.prune.scores import ScoreConfig
 
@@ -116,9 +116,9 @@ for spec in args.methods.split(","):  # checked now, not after an hour of calibr
         raise SystemExit(f"--methods {spec}: @dev must be in [0, 1), got {deviation}")
 if args.calib not in ("wikitext2", "self") and not Path(args.calib).is_file():
     raise SystemExit(f"--calib: use wikitext2, self or a text file (no such file: {args.calib})")
-# the source calibration_windows names, kept in the scores file so a cache is not reused for
-# another --calib (caches from before this field are WikiText-2's)
-calib_name = {"wikitext2": "wikitext2 test, first half", "self": "self-generated"}.get(args.calib, args.calib)
+# kept in the scores file so a cache is not reused for another --calib (caches from before
+# this field are WikiText-2's)
+calib_name = calibration_source(args.calib)
 seed_everything(args.seed)
 loaded = load_model(args.model, device=args.device, dtype="float32", purpose="gradients")
 model, tok = loaded.model, loaded.tokenizer
@@ -128,7 +128,7 @@ scores_path = Path(args.scores)
 t0 = time.perf_counter()
 if scores_path.is_file():
     stats = load_stats(scores_path, model)
-    cached_calib = stats.meta.get("calib", "wikitext2 test, first half")
+    cached_calib = stats.meta.get("calib", calibration_source("wikitext2"))
     if cached_calib != calib_name:
         raise SystemExit(f"{scores_path} was calibrated on {cached_calib}, not {calib_name}: use another --scores")
     print(f"reusing scores from {scores_path} ({stats.windows} x {stats.meta['seqlen']} tokens)")

@@ -88,16 +88,21 @@ def collect_for(model, windows: torch.Tensor, methods: list[str], base: ScoreCon
 
 
 # ------------------------------------------------------------------ calibration data
+def calibration_source(source: str) -> str:
+    """How a --calib source is named in reports and score caches."""
+    return {"self": "self-generated", "wikitext2": "wikitext2 test, first half"}.get(source, str(source))
+
+
 def calibration_windows(model, tokenizer, source: str, nsamples: int, seqlen: int, seed: int) -> tuple[torch.Tensor, str]:
     """`self`: sampled from the model; `wikitext2`: first half of the shared WikiText-2 raw test
     file (the second half is kept for perplexity); anything else: a corpus file."""
     if source == "self":
-        return data_mod.self_calibration(model, tokenizer, nsamples, seqlen, seed), "self-generated"
-    if source == "wikitext2":
-        text = data_mod.wikitext2_halves()[0]
-        return data_mod.calibration_windows(tokenizer, text, nsamples, seqlen, seed), "wikitext2 test, first half"
-    text = data_mod.read_text(source)
-    return data_mod.calibration_windows(tokenizer, text, nsamples, seqlen, seed), str(source)
+        windows = data_mod.self_calibration(model, tokenizer, nsamples, seqlen, seed)
+    elif source == "wikitext2":
+        windows = data_mod.calibration_windows(tokenizer, data_mod.wikitext2_halves()[0], nsamples, seqlen, seed)
+    else:
+        windows = data_mod.calibration_windows(tokenizer, data_mod.read_text(source), nsamples, seqlen, seed)
+    return windows, calibration_source(source)
 
 
 # ------------------------------------------------------------------ scores cache
