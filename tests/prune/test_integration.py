@@ -27,6 +27,7 @@ def test_prune_smollm2_end_to_end(smollm2, data_dir, tmp_path):
                    device="cpu", dtype="float32")
     result = run_job(job)
     assert result["widths"] == [1229] * 30
+    assert result["device"].startswith("cpu (") and result["dtype"] == "float32"
     assert result["params_after"] < result["params_before"] == 134_515_008
     dense, afr, magnitude = result["rows"]
     assert dense["method"] == "dense" and afr["method"] == "afr:abs" and magnitude["method"] == "magnitude"
