@@ -23,7 +23,7 @@ CALIB = "Calibration"
 def prune(
     ctx: typer.Context,
     model: ModelArg = MODEL,
-    preset: Annotated[Optional[str], typer.Option(help="A named recipe (llmslim/prune/presets/NAME.yaml: afr-paper, afr-reference, afr-adaptive, flap-recover); options typed here win over it.", rich_help_panel=METHOD)] = None,
+    preset: Annotated[Optional[str], typer.Option(help="A named recipe (llmslim/prune/presets/NAME.yaml: afr-paper, afr-reference, afr-adaptive, flap-recover, afr-recover); options typed here win over it.", rich_help_panel=METHOD)] = None,
     ratio: Annotated[float, typer.Option(help="Fraction of FFN neurons (or kv groups) to remove (AFR paper: 0.2, 0.5).", rich_help_panel=METHOD)] = 0.2,
     target: Annotated[str, typer.Option(help="'ffn' neurons (the paper), or 'attn': whole kv groups with their query heads (GQA-aware).", rich_help_panel=METHOD)] = "ffn",
     method: Annotated[str, typer.Option(help="Score: afr, snip, refer, magnitude, wanda-sp, flap, llm-pruner-vector, llm-pruner-element; 'afr:mean-abs' picks an aggregation.", rich_help_panel=METHOD)] = "afr",

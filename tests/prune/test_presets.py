@@ -17,7 +17,7 @@ PRESETS = available("llmslim.prune")
 
 
 def test_the_documented_presets_exist():
-    assert {"afr-paper", "afr-reference", "afr-adaptive", "flap-recover"} <= set(PRESETS)
+    assert {"afr-paper", "afr-reference", "afr-adaptive", "flap-recover", "afr-recover"} <= set(PRESETS)
 
 
 @pytest.mark.parametrize("name", PRESETS)
