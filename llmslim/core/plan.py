@@ -166,7 +166,9 @@ def prune_parts(s: Shapes, *, weight_bytes: int, seqlen: int, batch: int, refer:
             parts["fold (one layer)"] = FOLD_LAYER_COPIES * layer_scored * 4
             if gmm:  # one layer's batched mixture fit over its neurons' values (prune/gmm.py)
                 parts["GMM fit (one layer)"] = int(GMM_BYTES_PER_SCORED_WEIGHT * layer_scored)
-    if refer:  # fp32 copies of the scored projections' outputs and their singular vectors
+    if refer:  # 8 bytes per output value of the scored projections, kept for ReFer's backward:
+        # the float64 rows of the flat feature's Gram matrix (prune/calibrate._wide_singular_values),
+        # or with --feature-mode tokens an fp32 copy and its singular vectors
         width = (2 * s.heads * s.head_dim + 2 * s.kv_heads * s.head_dim) if target == "attn" else (2 * s.intermediate + s.hidden)
         parts["refer features"] = 2 * s.layers * tokens * width * 4
     if signed_kinds:
