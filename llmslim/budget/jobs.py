@@ -18,7 +18,7 @@ from llmslim.budget.counting import Counter
 from llmslim.budget.questions import load_questions, question_key
 from llmslim.core import distributed
 from llmslim.core.data import read_records
-from llmslim.core.device import peak_memory_mb
+from llmslim.core.device import peak_memory_mb, where_it_ran
 from llmslim.core.errors import BadOptionError, DataError
 from llmslim.core.job import Context
 from llmslim.core.options import DEVICE, DTYPE, MODEL, SEED
@@ -140,8 +140,9 @@ def _start(job: Job, ctx: Context):
 
 
 def _common(env: Env, questions) -> dict:
+    local = where_it_ran(env.device, env.model.dtype) if env.model is not None else {"device": None, "dtype": None}
     return {"backend": env.backend.name, "n_questions": len(questions), "gpt4_counter": env.counter.gpt4_source,
-            "peak_memory_mb": peak_memory_mb(env.device) if env.device is not None else None}
+            "peak_memory_mb": peak_memory_mb(env.device) if env.device is not None else None, **local}
 
 
 def _progress(ctx: Context):
@@ -364,7 +365,8 @@ def run_train(job: Job, ctx: Context) -> dict:
             "improved_examples": sum(e["improved"] for e in examples), "steps": info["steps"], "processes": distributed.world(),
             "first_loss": info["losses"][0] if info["losses"] else None,
             "last_loss": info["losses"][-1] if info["losses"] else None, "losses": info["losses"],
-            "config": asdict(cfg), "base_model": job.backend.model, "peak_memory_mb": peak_memory_mb(loaded.device)}
+            "config": asdict(cfg), "base_model": job.backend.model, "peak_memory_mb": peak_memory_mb(loaded.device),
+            **where_it_ran(loaded.device, loaded.dtype)}
 
 
 def drop_journal(job: Job) -> None:

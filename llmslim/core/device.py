@@ -107,6 +107,11 @@ def device_label(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
 
 
+def where_it_ran(device: torch.device, dtype: torch.dtype) -> dict:
+    """The `device` and `dtype` fields of a command's result: a GPU figure needs both."""
+    return {"device": device_label(device), "dtype": str(dtype).removeprefix("torch.")}
+
+
 def seed_everything(seed: int) -> None:
     import random
 

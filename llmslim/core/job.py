@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from llmslim.core import distributed, report
-from llmslim.core.device import check_device_map, device_label, resolve_device, resolve_dtype, seed_everything
+from llmslim.core.device import check_device_map, resolve_device, resolve_dtype, seed_everything, where_it_ran
 from llmslim.core.errors import BadOptionError
 from llmslim.core.options import DEVICE, DEVICE_MAP, DTYPE, SEED
 from llmslim.core.outputs import atomic_dir, atomic_write_text, check_creatable, check_writable, to_jsonable, write_manifest
@@ -139,9 +139,9 @@ def run_command(command: Command, cfg, *, json_out: bool = False, quiet: bool = 
     with report.progress(enabled=not quiet) as bar:
         ctx.progress = bar
         result = command.run(cfg, ctx)
-    if loaded is not None:  # every result says where it ran and in what precision: a GPU figure needs both
-        result.setdefault("device", device_label(loaded.device))
-        result.setdefault("dtype", str(loaded.dtype).removeprefix("torch."))
+    if loaded is not None:  # every result says where it ran and in what precision (budget's backends say it themselves)
+        for key, value in where_it_ran(loaded.device, loaded.dtype).items():
+            result.setdefault(key, value)
     result["timings"] = {**ctx.timings, **result.get("timings", {}), "total_s": time.perf_counter() - t0}
 
     if out is not None:

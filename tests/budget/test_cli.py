@@ -62,6 +62,7 @@ def test_search_estimate_elasticity(tiny_llama_dir, gsm, tmp_path):
     assert res.exit_code == 0, res.output
     result = json.loads(res.stdout)
     assert result["n"] == 3 and result["method"] == "binary"
+    assert result["device"].startswith("cpu (") and result["dtype"] == "float32"  # the local backend says where it ran
     rows = [json.loads(x) for x in (tmp_path / "s" / "search.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and all("budget_list" in r and "token_list" in r for r in rows)
     assert [r["id"] for r in result["per_question"]] == ["0", "1", "2"]
