@@ -88,7 +88,10 @@ def resolve_model(spec: str) -> tuple[str, str | None]:
             ggufs = sorted(path.glob("*.gguf")) if path.is_dir() else []
             if ggufs:
                 return str(path.resolve()), ggufs[0].name
-            raise ModelNotFoundError(f"{spec} is not a model folder (no config.json or .gguf inside)")
+            # a run's output that holds models (diffuse distill's round-K, checkpoints): name them
+            inner = sorted(p.name for p in path.iterdir() if (p / "config.json").is_file()) if path.is_dir() else []
+            hint = f"; the model folders in it: {', '.join(inner)}" if inner else ""
+            raise ModelNotFoundError(f"{spec} is not a model folder (no config.json or .gguf inside){hint}")
         return str(path.resolve()), None
     looks_like_path = spec.startswith((".", "/", "~")) or os.sep in spec and spec.count("/") != 1
     if looks_like_path or "/" not in spec:

@@ -10,7 +10,12 @@ def test_resolve_errors(tmp_path):
         resolve_model("no-such-alias")
     with pytest.raises(ModelNotFoundError, match="GGUF file not found"):
         resolve_model(str(tmp_path / "m.gguf"))
-    with pytest.raises(ModelNotFoundError, match="not a model folder"):
+    with pytest.raises(ModelNotFoundError, match=r"not a model folder \(no config.json or .gguf inside\)$"):
+        resolve_model(str(tmp_path))
+    for name in ("round-1", "round-0"):  # diffuse distill's output holds one model a round
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text("{}")
+    with pytest.raises(ModelNotFoundError, match="the model folders in it: round-0, round-1$"):
         resolve_model(str(tmp_path))
 
 
