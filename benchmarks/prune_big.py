@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from llmslim.bench.synthetic import random_model
-from llmslim.core.device import peak_memory_mb, resolve_device, resolve_dtype
+from llmslim.core.device import device_label, peak_memory_mb, resolve_device, resolve_dtype
 from llmslim.core.errors import BadOptionError
 from llmslim.core.report import PlainProgress
 from llmslim.prune.jobs import PruneJob, memory_plan
@@ -60,7 +60,7 @@ dtype = resolve_dtype("auto", device, "gradients")
 times = {}
 result = {
     "args": vars(args), "date": time.strftime("%Y-%m-%d"),
-    "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "dtype": str(dtype),
+    "device": device_label(device), "dtype": str(dtype),
     "plan_gib": plan.total / 2**30, "plan_parts_gib": {k: v / 2**30 for k, v in plan.parts.items()},
     "plan_phase": plan.phase, "plan_fits": plan.fits, "plan_available_gib": None if plan.available is None else plan.available / 2**30,
     "times": times, "finished": False,

@@ -2,8 +2,9 @@
 # the smallest real size, on SmolLM2 and the shared data, the later steps on the earlier steps'
 # outputs (prune -> recover, diffuse adapt -> distill -> eval/sample, sparsity collect -> train ->
 # eval/bench/generate, budget search -> run/train). One line per command in $OUT/smoke.tsv
-# (name, exit status or ran-on-cpu, seconds, the last line it printed) and its whole log in
-# $OUT/smoke/NAME.log; a failed step does not stop the others (a step whose input failed fails too).
+# (name, exit status or ran-on-cpu, seconds, the last line it printed to stderr); each command's
+# --json result (NAME.json) and stderr (NAME.log) in $OUT/smoke.tgz (a GPU call brings back 8
+# files at most); a failed step does not stop the others (a step whose input failed fails too).
 #
 #   there (a lent GPU, repo root, after the three setup calls of docs/gpu.md):
 #     . benchmarks/gpu/env.sh && bash benchmarks/gpu/smoke.sh cuda
@@ -19,7 +20,8 @@ python="${PYTHON:-python3}"
 out="${OUT:?set OUT to a folder}"
 work="${SMOKE_WORK:-/tmp/llmslim-smoke}"
 [ -z "${SMOKE_ONLY:-}" ] && rm -rf "$work"
-mkdir -p "$work" "$out/smoke"
+logs="$work/logs"
+mkdir -p "$logs" "$out"
 : > "$out/smoke.tsv"
 model=smollm2-135m
 data="${LLMSLIM_DATA:-../shared/data}"
@@ -29,16 +31,19 @@ step() {  # step NAME llmslim-args...: run one command, record its status
     local name="$1"; shift
     [[ -n "${SMOKE_ONLY:-}" && ! "$name" =~ $SMOKE_ONLY ]] && return
     local t0=$SECONDS
-    timeout "${SMOKE_TIMEOUT:-300}" "$python" -m llmslim "$@" > "$out/smoke/$name.log" 2>&1
+    timeout "${SMOKE_TIMEOUT:-300}" "$python" -m llmslim "$@" > "$logs/$name.json" 2> "$logs/$name.log"
     local rc=$?
     # every result names the device its model ran on (core/job.py): one that asked for a GPU and
     # ran on the CPU fails here
-    [[ $rc == 0 && $device != cpu ]] && grep -q '"device": "cpu' "$out/smoke/$name.log" && rc=ran-on-cpu
+    [[ $rc == 0 && $device != cpu ]] && grep -q '"device": "cpu' "$logs/$name.json" && rc=ran-on-cpu
     local last
-    last="$(tr '\r' '\n' < "$out/smoke/$name.log" | grep -v '^\s*$' | tail -1 | cut -c1-200)"
+    last="$(tr '\r' '\n' < "$logs/$name.log" | grep -v '^\s*$' | tail -1 | cut -c1-200)"
     printf '%s\t%s\t%s\t%s\n' "$name" "$rc" "$((SECONDS - t0))" "$last" | tee -a "$out/smoke.tsv"
 }
 
+# an outer timeout (a GPU call's limit) still leaves a count of what ran
+pack() { tar czf "$out/smoke.tgz" -C "$work" logs; }
+trap 'pack; echo "smoke on $device: stopped after $(wc -l < "$out/smoke.tsv") commands"; exit 124' TERM INT
 d=(--device "$device" --seed 0)
 step info info $model --device "$device" --json
 step bench bench $model "${d[@]}" --prompt-len 32 --new-tokens 8 --repeats 1 --warmup 1 --json
@@ -70,5 +75,6 @@ step budget-elasticity budget elasticity $model "${d[@]}" --data "$gsm8k" --limi
 step budget-train budget train $model "${d[@]}" --targets gold --search "$gsm8k" --limit 4 --max-steps 2 --force --out "$work/tale" --json
 step shorten-sft shorten sft $model "${d[@]}" --max-steps 2 --limit 4 --val-size 2 --max-new-tokens 32 \
     --keep-unfinished --force --out "$work/sft" --json
+pack
 failed=$(awk -F'\t' '$2 != 0' "$out/smoke.tsv" | wc -l)
 echo "smoke on $device: $(wc -l < "$out/smoke.tsv") commands, $failed failed"

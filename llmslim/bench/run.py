@@ -17,6 +17,7 @@ from llmslim.bench import speed
 from llmslim.bench.memory import process_peak_rss, weights_bytes
 from llmslim.bench.split import time_split
 from llmslim.bench.synthetic import is_random, random_config, random_model
+from llmslim.core.device import device_label
 from llmslim.core.errors import BadOptionError
 from llmslim.core.params import count_params
 
@@ -190,7 +191,8 @@ def run(subjects: list[Subject], cfg: BenchConfig, progress: Callable[[str], Non
     out = {
         "settings": {**speed.config_dict(cfg.speed), "batch_sizes": list(cfg.batch_sizes), "split": cfg.split},
         "environment": {
-            "device": models[0]["device"], "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+            "device": models[0]["device"], "device_name": device_label(next(subjects[0].model.parameters()).device),
+            "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
             "loadavg_1min": [load_start, _loadavg()],  # at the start and the end: how shared the machine was
         },
         "models": models,

@@ -103,8 +103,11 @@ def check_device_map(device_map: str, max_memory: str | None, device: torch.devi
 
 
 def device_label(device: torch.device) -> str:
-    """What a result says it ran on: the GPU's name, or the CPU with its torch thread count."""
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    """What a result says it ran on: the GPU's name, the CPU with its torch thread count, or the
+    device itself (mps)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)" if device.type == "cpu" else str(device)
 
 
 def where_it_ran(device: torch.device, dtype: torch.dtype) -> dict:

@@ -89,8 +89,11 @@ def resolve_model(spec: str) -> tuple[str, str | None]:
             if ggufs:
                 return str(path.resolve()), ggufs[0].name
             # a run's output that holds models (diffuse distill's round-K, checkpoints): name them
-            inner = sorted(p.name for p in path.iterdir() if (p / "config.json").is_file()) if path.is_dir() else []
-            hint = f"; the model folders in it: {', '.join(inner)}" if inner else ""
+            try:
+                inner = sorted(p.name for p in path.iterdir() if (p / "config.json").is_file()) if path.is_dir() else []
+            except OSError:  # an unreadable folder: the plain message
+                inner = []
+            hint = f"; the model folders in it: {', '.join(inner[:8])}{', ...' if len(inner) > 8 else ''}" if inner else ""
             raise ModelNotFoundError(f"{spec} is not a model folder (no config.json or .gguf inside){hint}")
         return str(path.resolve()), None
     looks_like_path = spec.startswith((".", "/", "~")) or os.sep in spec and spec.count("/") != 1

@@ -71,9 +71,15 @@ def _wide_singular_values(rows: torch.Tensor) -> torch.Tensor:
     of its rows' Gram matrix, in float64. The SVD route fails both ways at this shape: cuSOLVER
     refused the 1 x 14.7M matrix of Llama-3-8B's gate projection over 1,024 tokens on an H100
     (CUSOLVER_STATUS_INVALID_VALUE, 2026-11-27), and float32 svdvals on a CPU is 1.2% off there
-    (0.02% at SmolLM2's 1 x 786k; tests/prune/test_calibrate.py)."""
+    (0.02% at SmolLM2's 1 x 786k). tests/prune/test_calibrate.py holds it to float64 svdvals."""
     rows = rows.double()
-    return torch.linalg.eigvalsh(rows @ rows.T).clamp_min(0).sqrt()
+    if rows.shape[0] > rows.shape[1]:  # the Gram matrix of the shorter side: min(m, n) values, as svdvals
+        rows = rows.T
+    squares = torch.linalg.eigvalsh(rows @ rows.T)
+    # a zero singular value (an all-zero output) would make sqrt's gradient inf x 0 = NaN: it gets
+    # none, as the SVD's subgradient leaves it; the inner where keeps sqrt away from zero
+    positive = squares > 0
+    return torch.where(positive, squares.where(positive, 1.0).sqrt(), 0.0)
 
 
 def _mean_singular_value(y: torch.Tensor, mode: str) -> torch.Tensor:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from llmslim.core.device import resolve_dtype
+from llmslim.core.device import resolve_dtype, where_it_ran
 from llmslim.core.errors import BadOptionError
 
 
@@ -92,3 +92,10 @@ def test_device_map_options_are_checked_before_loading(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "0")
     with pytest.raises(BadOptionError, match="each process a GPU of its own"):
         check_device_map("auto", None, cpu)
+
+
+def test_where_it_ran_names_the_device_and_dtype():
+    cpu = where_it_ran(torch.device("cpu"), torch.bfloat16)
+    assert cpu == {"device": f"cpu ({torch.get_num_threads()} threads)", "dtype": "bfloat16"}
+    # neither CUDA nor the CPU (mps on a Mac): the device itself, not "cpu"
+    assert where_it_ran(torch.device("meta"), torch.float32)["device"] == "meta"
