@@ -36,9 +36,14 @@ def family(method: str) -> str:
     return "dense" if base == "dense" else "other"
 
 
+if not Path(args.results).is_dir():
+    raise SystemExit(f"--results: no such folder {args.results}")
 rows, seen = [], set()
 for path in sorted(Path(args.results).glob("prune_table*.json")):
-    run = json.loads(path.read_text())
+    try:
+        run = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise SystemExit(f"{path}: not JSON ({err})") from None
     if not isinstance(run, dict) or run.get("args", {}).get("limit") != 500 or run["args"].get("tasks") != TASKS:
         continue
     calib = f"{run['args']['nsamples']}x{run['args']['seqlen']}" + ("-self" if run["args"].get("calib") == "self" else "")
@@ -52,7 +57,9 @@ for path in sorted(Path(args.results).glob("prune_table*.json")):
         seen.add(key)
         rows.append({**r, "calib": calib, "gpu": gpu, "file": path.name})
 
-dense = next(r["mean_acc"] for r in rows if r["method"] == "dense")
+dense = next((r["mean_acc"] for r in rows if r["method"] == "dense"), None)
+if dense is None:
+    raise SystemExit(f"{args.results}: no prune_table run at 500 items a task with a dense row")
 colours = {"dense": "black", "AFR adaptive": "C0", "AFR uniform": "C2", "FLAP": "C1", "other": "C7"}
 # rows of one ratio have about the same size: each family is drawn 0.6M apart, or they hide each other
 shift = {"dense": 0.0, "AFR adaptive": -0.6, "AFR uniform": 0.0, "FLAP": 0.6, "other": 1.2}

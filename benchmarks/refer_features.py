@@ -33,7 +33,12 @@ parser.add_argument("--seed", type=int, default=0)
 parser.add_argument("--threads", type=int, default=None)
 parser.add_argument("--out", required=True)
 args = parser.parse_args()
-ratios = [float(r) for r in args.ratios.split(",")]
+try:
+    ratios = [float(r) for r in args.ratios.split(",")]
+except ValueError:
+    raise SystemExit(f"--ratios: a comma list of numbers, got {args.ratios!r}") from None
+if not all(0 < r < 1 for r in ratios) or args.nsamples < 1 or args.seqlen < 2:
+    raise SystemExit("--ratios in (0, 1), --nsamples >= 1 and --seqlen >= 2")
 if args.threads:
     torch.set_num_threads(args.threads)
 

@@ -191,7 +191,7 @@ def run(subjects: list[Subject], cfg: BenchConfig, progress: Callable[[str], Non
     out = {
         "settings": {**speed.config_dict(cfg.speed), "batch_sizes": list(cfg.batch_sizes), "split": cfg.split},
         "environment": {
-            "device": models[0]["device"], "device_name": device_label(next(subjects[0].model.parameters()).device),
+            "device": models[0]["device"], "device_name": device_label(torch.device(models[0]["device"])),
             "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
             "loadavg_1min": [load_start, _loadavg()],  # at the start and the end: how shared the machine was
         },
