@@ -244,7 +244,8 @@ if (0.0, "dense") not in done:  # first: every percentage in the table is of it
           "eval_s": time.perf_counter() - t0})
 for ratio in [float(r) for r in args.ratios.split(",")]:
     for spec in args.methods.split(","):
-        recovered_name = f"{spec} + recover {args.recover_steps}" + ("" if args.recover_data == "wikitext2" else f" on {args.recover_data}")
+        recovered_name = (f"{spec} + recover {args.recover_steps}" + ("" if args.recover_full else " LoRA")
+                          + ("" if args.recover_data == "wikitext2" else f" on {args.recover_data}"))
         if (ratio, spec) in done and (not args.recover_steps or (ratio, recovered_name) in done):
             continue
         method, cfg, allocation = score_config(spec)
