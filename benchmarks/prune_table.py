@@ -31,12 +31,14 @@ from pathlib import Path
 import torch
 
 from llmslim.core.device import peak_memory_mb, seed_everything
-from llmslim.core.load import load_model
+from llmslim.core.errors import LlmslimError
+from llmslim.core.load import load_model, resolve_model
 from llmslim.core.report import PlainProgress
 from llmslim.eval.run import perplexity, run_tasks
 from llmslim.prune.accumulate import PerWindow, window_keys
 from llmslim.prune.calibrate import collect
-from llmslim.prune.jobs import ALL_METHODS
+from llmslim.prune.jobs import ALL_METHODS, PruneJob, validate as validate_prune
+from llmslim.recover.jobs import RecoverJob, validate as validate_recovery
 from llmslim.core.data import wikitext2_halves
 from llmslim.prune.run import PruneConfig, calibration_source, calibration_windows, load_stats, needs, parse_method, prune_model, save_stats
 from llmslim.prune.allocate import ALLOCATIONS, MAX_DEVIATION
@@ -107,15 +109,54 @@ def score_config(spec: str) -> tuple[str, ScoreConfig, str]:
     return method, cfg, allocation
 
 
-for spec in args.methods.split(","):  # checked now, not after an hour of calibration
+def compensation(spec: str) -> str:
+    """"flap@nobias" -> "off": PruneConfig.bias_compensation ("auto" without a suffix)."""
+    return next((COMPENSATION[o] for o in spec.split("@") if o in COMPENSATION), "auto")
+
+
+def recovery_job(checkpoint_dir: Path | None = None) -> RecoverJob:
+    """recover's options for every recovered row: the dense model is the teacher."""
+    return RecoverJob(model=args.model, teacher=args.model, kd=args.recover_kd, max_steps=args.recover_steps,
+                      full=args.recover_full, lr=args.recover_lr, seed=args.seed, device=args.device, dtype="float32",
+                      checkpoint_dir=checkpoint_dir, data=args.recover_data, batch_size=args.recover_batch_size,
+                      seqlen=args.recover_seqlen)
+
+
+def check_options() -> None:
+    """Every row's options through prune's and recover's own checks, before the model loads (a
+    typo costs a second, not an hour of calibration)."""
     try:
-        deviation = max_deviation(spec)
+        resolve_model(args.model)
+    except LlmslimError as e:
+        raise SystemExit(str(e)) from None
+    try:
+        ratios = [float(r) for r in args.ratios.split(",")]
     except ValueError:
-        raise SystemExit(f"--methods {spec}: @dev takes a number, e.g. @adaptive@dev0.2") from None
-    if not 0.0 <= deviation < 1.0:
-        raise SystemExit(f"--methods {spec}: @dev must be in [0, 1), got {deviation}")
-if args.calib not in ("wikitext2", "self") and not Path(args.calib).is_file():
-    raise SystemExit(f"--calib: use wikitext2, self or a text file (no such file: {args.calib})")
+        raise SystemExit(f"--ratios: comma-separated numbers, e.g. 0.2,0.5 (got {args.ratios})") from None
+    for spec in args.methods.split(","):
+        try:
+            deviation = max_deviation(spec)
+        except ValueError:
+            raise SystemExit(f"--methods {spec}: @dev takes a number, e.g. @adaptive@dev0.2") from None
+        method, cfg, allocation = score_config(spec)
+        for ratio in ratios:
+            try:
+                validate_prune(PruneJob(
+                    model=args.model, ratio=ratio, method=method, afr_recipe=cfg.afr_recipe, group=cfg.group,
+                    accumulate=cfg.accumulate, allocation=allocation, max_deviation=deviation,
+                    bias_compensation=compensation(spec), calib=args.calib, nsamples=args.nsamples, seqlen=args.seqlen,
+                    tasks=args.tasks or None, limit=args.limit, ppl_seqlen=args.ppl_seqlen, ppl_limit=args.ppl_limit,
+                    gmm_refit=args.gmm_refit, seed=args.seed, device=args.device, dtype="float32"))
+            except LlmslimError as e:
+                raise SystemExit(f"--methods {spec} at ratio {ratio}: {e}") from None
+    if args.recover_steps:
+        try:
+            validate_recovery(recovery_job(), flag_prefix="recover-")
+        except LlmslimError as e:
+            raise SystemExit(str(e)) from None
+
+
+check_options()
 # kept in the scores file so a cache is not reused for another --calib (caches from before
 # this field are WikiText-2's)
 calib_name = calibration_source(args.calib)
@@ -200,13 +241,10 @@ def recover(pruned) -> tuple[torch.nn.Module, dict]:
     """recover/jobs.train on a pruned copy, the dense model in memory as teacher (no_grad)."""
     import tempfile
 
-    from llmslim.recover.jobs import RecoverJob, merged, train
+    from llmslim.recover.jobs import merged, train
 
     with tempfile.TemporaryDirectory(prefix="prune-table-recover-") as work:
-        job = RecoverJob(model=args.model, teacher=args.model, kd=args.recover_kd, max_steps=args.recover_steps,
-                         full=args.recover_full, lr=args.recover_lr, seed=args.seed, device=args.device, dtype="float32",
-                         checkpoint_dir=Path(work), data=args.recover_data, batch_size=args.recover_batch_size,
-                         seqlen=args.recover_seqlen)
+        job = recovery_job(Path(work))
         # the commands' plain progress lines (120 steps are an hour on one thread: say where it is)
         bar = PlainProgress(every_s=60)
         windows = recovery_windows(job, bar)
@@ -252,7 +290,7 @@ for ratio in [float(r) for r in args.ratios.split(",")]:
         pruned = copy.deepcopy(model)
         rep = prune_model(pruned, stats, PruneConfig(ratio=ratio, method=method, scores=cfg, allocation=allocation,
                                                      max_deviation=max_deviation(spec),
-                                                     bias_compensation=next((COMPENSATION[o] for o in spec.split("@") if o in COMPENSATION), "auto")))
+                                                     bias_compensation=compensation(spec)))
         if (ratio, spec) not in done:
             t0 = time.perf_counter()
             keep({"ratio": ratio, "method": spec, "params": rep["params_after"], **evaluate(pruned),
