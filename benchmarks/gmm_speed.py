@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
+from llmslim.core.device import device_label
 from llmslim.prune.gmm import MAX_FIT_VALUES, gmm_clip, sklearn_gmm_clip
 
 parser = argparse.ArgumentParser()
@@ -146,7 +147,7 @@ def gap_in_std(a: np.ndarray, b: np.ndarray, std: np.ndarray) -> np.ndarray:
 torch.set_num_threads(args.threads)
 if args.fast_only:
     X_dev = heavy_tailed_torch(args.n, args.m, args.seed, args.device)
-    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu, {args.threads} threads"
+    device_name = device_label(torch.device(args.device))
     print(f"{args.n} synthetic vectors x {args.m} values on {device_name}")
     times = []
     with threadpool_limits(args.threads):

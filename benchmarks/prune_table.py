@@ -15,7 +15,10 @@ need (one per grouping) and, where a spec asks for it, the signed per-weight sum
 Calibration (--calib): windows from the first half of WikiText-2 raw test, or the dense model's
 own samples, or a file; perplexity on WikiText-2's second half (so calibration and evaluation text
 never overlap). Zero-shot accuracy through lm-eval on the
-shared ARC-Easy, ARC-Challenge (acc_norm), PIQA and HellaSwag (acc_norm) files.
+shared ARC-Easy, ARC-Challenge (acc_norm), PIQA and HellaSwag (acc_norm) files. Each row keeps
+every document's 0/1 ("items"), so the table also gives each row's paired difference from the
+dense row and, for a recovered row, from its unrecovered one, with paired standard errors
+(eval/paired.py): far smaller than the unpaired ones when two models mostly agree.
 Writes benchmarks/results/prune_table.json and prints a markdown table.
 """
 
@@ -30,10 +33,11 @@ from pathlib import Path
 
 import torch
 
-from llmslim.core.device import peak_memory_mb, seed_everything
+from llmslim.core.device import device_label, peak_memory_mb, seed_everything
 from llmslim.core.errors import LlmslimError
 from llmslim.core.load import load_model, resolve_model
 from llmslim.core.report import PlainProgress
+from llmslim.eval.paired import paired_difference
 from llmslim.eval.run import perplexity, run_tasks
 from llmslim.prune.accumulate import PerWindow, window_keys
 from llmslim.prune.calibrate import collect
@@ -201,15 +205,41 @@ calib_s = time.perf_counter() - t0
 tasks = [t for t in args.tasks.split(",") if t]
 
 
+def headline(task: str) -> str:
+    return "acc_norm" if task in ("arc_challenge", "hellaswag") else "acc"
+
+
 def evaluate(m) -> dict:
+    """Perplexity and each task's headline metric; "items" keeps every document's 0/1 as a
+    string, so any two rows can be compared paired (eval/paired.py) after the fact."""
     row = {"wikitext2_ppl": perplexity(m, tok, eval_text, seqlen=args.ppl_seqlen, max_chunks=args.ppl_limit)["perplexity"]}
     if tasks:
-        res = run_tasks(m, tok, tasks, limit=args.limit, seed=args.seed, batch_size=args.eval_batch_size)["results"]
+        out = run_tasks(m, tok, tasks, limit=args.limit, seed=args.seed, batch_size=args.eval_batch_size, per_item=True)
         for task in tasks:
-            metric = "acc_norm" if task in ("arc_challenge", "hellaswag") else "acc"
-            row[task] = res[task][metric]
+            row[task] = out["results"][task][headline(task)]
         row["mean_acc"] = sum(row[t] for t in tasks) / len(tasks)
+        row["items"] = {task: "".join(str(int(v)) for v in out["per_item"][task][headline(task)]) for task in tasks}
     return row
+
+
+def items(row: dict) -> dict[str, list[float]] | None:
+    return {task: [float(c) for c in bits] for task, bits in row["items"].items()} if "items" in row else None
+
+
+def compare(rows: list[dict]) -> None:
+    """Each row's paired difference in mean accuracy from the dense row ("vs_dense") and, for a
+    recovered row, from the same pruned model before recovery ("vs_unrecovered"): rows scored
+    before per-item results were kept get none."""
+    by_name = {(r["ratio"], r["method"]): r for r in rows}
+    dense = by_name.get((0.0, "dense"))
+    for r in rows:
+        if items(r) is None or r is dense:
+            continue
+        if dense is not None and items(dense) is not None:
+            r["vs_dense"] = paired_difference(items(r), items(dense))
+        before = by_name.get((r["ratio"], r["method"].split(" + recover")[0]))
+        if "recover" in r and before is not None and items(before) is not None:
+            r["vs_unrecovered"] = paired_difference(items(r), items(before))
 
 
 sampling_s = []  # the time --recover-data self took to sample (recorded in each recovered row)
@@ -303,19 +333,29 @@ for ratio in [float(r) for r in args.ratios.split(",")]:
             del recovered
         del pruned
 rows.sort(key=lambda r: (r["ratio"], r["method"] != "dense"))
+compare(rows)
+
+
+def difference(r: dict, key: str) -> str:
+    """'-.0210 ± .0052': a paired difference and its standard error; blank without one."""
+    return f"{r[key]['diff']:+.4f} ± {r[key]['stderr']:.4f}" if key in r else ""
+
 
 cols = ["ratio", "method", "params", "wikitext2_ppl", *tasks] + (["mean_acc"] if tasks else [])
-lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+paired_cols = ["vs dense (paired)", "vs unrecovered (paired)"] if any("vs_dense" in r for r in rows) else []
+lines = ["| " + " | ".join(cols + paired_cols) + " |", "|" + "---|" * len(cols + paired_cols)]
 for r in rows:
     cells = [f"{r[c]:.4f}" if isinstance(r[c], float) and c not in ("ratio", "wikitext2_ppl") else
              f"{r[c]:.2f}" if c == "wikitext2_ppl" else f"{r[c]:,}" if c == "params" else str(r[c]) for c in cols]
+    if paired_cols:
+        cells += [difference(r, "vs_dense"), difference(r, "vs_unrecovered")]
     lines.append("| " + " | ".join(cells) + " |")
 table = "\n".join(lines)
 print(table)
 Path(args.out).parent.mkdir(parents=True, exist_ok=True)
 Path(args.out).write_text(json.dumps({
     "args": vars(args), "date": time.strftime("%Y-%m-%d"),
-    "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu", "calibration_s": calib_s, "calibration": {"windows": stats.windows, **stats.meta}, "peak_memory_mb": peak_memory_mb(), "rows": rows, "table": table,
+    "device": device_label(torch.device(args.device)), "calibration_s": calib_s, "calibration": {"windows": stats.windows, **stats.meta}, "peak_memory_mb": peak_memory_mb(), "rows": rows, "table": table,
 }, indent=2) + "\n")
 
 if args.plot and tasks:

@@ -47,7 +47,7 @@ for path in sorted(Path(args.results).glob("prune_table*.json")):
     if not isinstance(run, dict) or run.get("args", {}).get("limit") != 500 or run["args"].get("tasks") != TASKS:
         continue
     calib = f"{run['args']['nsamples']}x{run['args']['seqlen']}" + ("-self" if run["args"].get("calib") == "self" else "")
-    gpu = run.get("device", "cpu") not in (None, "cpu")
+    gpu = not (run.get("device") or "cpu").startswith("cpu")  # "cpu" or "cpu (2 threads)"; else a GPU's name
     for r in run["rows"]:
         if "mean_acc" not in r:
             continue

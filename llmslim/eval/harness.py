@@ -184,6 +184,20 @@ def shape_results(raw: dict) -> dict:
     }
 
 
+# per-document metrics whose task score is their mean (a lambada 'perplexity' item is a log-likelihood)
+ITEM_METRICS = ("acc", "acc_norm", "exact_match")
+
+
+def item_metrics(samples: dict) -> dict[str, dict[str, list[float]]]:
+    """lm-eval's logged samples -> {task: {metric: [value per document, by doc_id]}}."""
+    out = {}
+    for task, logged in samples.items():
+        ordered = sorted(logged, key=lambda example: example["doc_id"])
+        out[_user_name(task)] = {m: [float(example[m]) for example in ordered]
+                                 for m in ITEM_METRICS if ordered and m in ordered[0]}
+    return out
+
+
 def run_tasks(
     model,
     tokenizer,
@@ -197,9 +211,13 @@ def run_tasks(
     bootstrap_iters: int = 100_000,
     show_progress: bool = True,
     lm=None,
+    per_item: bool = False,
 ) -> dict:
     """Evaluate an in-memory causal LM on local lm-eval tasks; return shaped results. `lm`: an
     lm-eval LM to run instead of HFLM over `model` (the sparse model of `sparsity eval`).
+    `per_item`: also return out["per_item"] = {task: {metric: [value per document, in document
+    order]}} for the mean-aggregated metrics (lm-eval's --log_samples), which paired comparisons
+    of two models on the same documents need (eval/paired.py).
 
     Same numbers as `lm_eval --model hf --model_args pretrained=<saved folder> --include_path
     <render_tasks()> --tasks llmslim_<name> --batch_size B --seed S` (whose default bootstrap,
@@ -227,10 +245,12 @@ def run_tasks(
     with _harness_output(show_progress):
         raw = simple_evaluate(
             model=lm, tasks=[PREFIX + n for n in names], num_fewshot=num_fewshot, batch_size=batch_size,
-            limit=limit, bootstrap_iters=bootstrap_iters, log_samples=False, task_manager=manager,
+            limit=limit, bootstrap_iters=bootstrap_iters, log_samples=per_item, task_manager=manager,
             random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
         )
     out = shape_results(raw)
+    if per_item:
+        out["per_item"] = item_metrics(raw["samples"])
     out["tasks"] = names
     out["include_path"] = str(include)
     return out

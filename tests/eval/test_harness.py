@@ -68,6 +68,20 @@ def test_results_layout(bpe_llama, fake_data, eval_cache, capfd):
     assert capfd.readouterr().out == ""  # lm-eval's prints never reach stdout (--json stays clean)
 
 
+def test_per_item_values_average_to_the_task_scores(bpe_llama, fake_data, eval_cache):
+    out = run_tasks(bpe_llama.model, bpe_llama.tokenizer, "arc_easy,piqa", limit=3, data_dir=fake_data, show_progress=False,
+                    per_item=True)
+    for task in ("arc_easy", "piqa"):
+        for metric in ("acc", "acc_norm"):
+            values = out["per_item"][task][metric]
+            assert len(values) == 3 and set(values) <= {0.0, 1.0}
+            assert sum(values) / 3 == pytest.approx(out["results"][task][metric])
+    # the random model gets some items right and some wrong, so a constant list would fail above
+    assert {v for t in out["per_item"].values() for v in t["acc"]} == {0.0, 1.0}
+    assert "per_item" not in run_tasks(bpe_llama.model, bpe_llama.tokenizer, "arc_easy", limit=1, data_dir=fake_data,
+                                       show_progress=False)
+
+
 def test_few_shot_uses_the_local_dev_split(bpe_llama, fake_data, eval_cache):
     out = run_tasks(bpe_llama.model, bpe_llama.tokenizer, ["arc_easy"], limit=2, num_fewshot=2, data_dir=fake_data, show_progress=False)
     assert out["n-shot"] == {"arc_easy": 2}

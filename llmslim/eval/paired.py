@@ -1,0 +1,44 @@
+"""Paired comparison of two models scored on the same documents.
+
+Two pruned variants of one model get most items right or wrong together, so the difference of
+their mean accuracies varies far less than two independent accuracies would: the standard error
+of the per-item differences (Miller, "Adding Error Bars to Evals", 2024) is the one
+that says whether a +.004 is real. lm-eval reports only each model's own (unpaired) stderr.
+
+The score compared is the benchmark table's: the mean over tasks of each task's mean, so
+    diff = 1/T * sum_t mean_i(a_ti - b_ti),  stderr^2 = 1/T^2 * sum_t var_i(a_ti - b_ti) / n_t
+(sample variance, ddof 1, as lm-eval's acc_stderr), the tasks independent of each other.
+"""
+
+from __future__ import annotations
+
+import math
+
+Items = dict[str, list[float]]  # task -> one value per document, in document order
+
+
+def mean_score(items: Items) -> float:
+    """The mean over tasks of each task's mean (the table's mean accuracy)."""
+    return sum(sum(v) / len(v) for v in items.values()) / len(items)
+
+
+def _variance(values: list[float]) -> float:
+    if len(values) < 2:
+        return 0.0
+    mean = sum(values) / len(values)
+    return sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+
+
+def paired_difference(a: Items, b: Items) -> dict:
+    """a's mean score minus b's, with its paired standard error and, for contrast, the unpaired
+    one (as if the two had been scored on different documents)."""
+    if set(a) != set(b):
+        raise ValueError(f"different tasks: {sorted(a)} and {sorted(b)}")
+    for task in a:
+        if len(a[task]) != len(b[task]) or not a[task]:
+            raise ValueError(f"{task}: {len(a[task])} and {len(b[task])} items; a paired comparison needs the same documents")
+    tasks = sorted(a)
+    paired = sum(_variance([x - y for x, y in zip(a[t], b[t])]) / len(a[t]) for t in tasks)
+    unpaired = sum((_variance(a[t]) + _variance(b[t])) / len(a[t]) for t in tasks)
+    return {"diff": mean_score(a) - mean_score(b), "stderr": math.sqrt(paired) / len(tasks),
+            "unpaired_stderr": math.sqrt(unpaired) / len(tasks), "items": sum(len(a[t]) for t in tasks)}
