@@ -188,13 +188,25 @@ def shape_results(raw: dict) -> dict:
 ITEM_METRICS = ("acc", "acc_norm", "exact_match")
 
 
-def item_metrics(samples: dict) -> dict[str, dict[str, list[float]]]:
-    """lm-eval's logged samples -> {task: {metric: [value per document, by doc_id]}}."""
+def item_metrics(samples: dict, group_subtasks: dict | None = None) -> dict[str, dict[str, list[float]]]:
+    """lm-eval's logged samples -> {task: {metric: [value per document, by doc_id]}}; a group
+    (mmlu, mmlu_stem) gets its subtasks' documents one after another, whose mean is the group's
+    score where, as in every group here, lm-eval weights subtasks by size."""
     out = {}
     for task, logged in samples.items():
         ordered = sorted(logged, key=lambda example: example["doc_id"])
         out[_user_name(task)] = {m: [float(example[m]) for example in ordered]
                                  for m in ITEM_METRICS if ordered and m in ordered[0]}
+    group_subtasks = group_subtasks or {}
+
+    def leaves(task: str) -> list[str]:
+        return [leaf for sub in group_subtasks[task] for leaf in leaves(sub)] if task in group_subtasks else [task]
+
+    for group in group_subtasks:
+        parts = [out[_user_name(leaf)] for leaf in leaves(group) if _user_name(leaf) in out]
+        if parts:
+            metrics = set.intersection(*(set(part) for part in parts))
+            out[_user_name(group)] = {m: [v for part in parts for v in part[m]] for m in ITEM_METRICS if m in metrics}
     return out
 
 
@@ -250,7 +262,7 @@ def run_tasks(
         )
     out = shape_results(raw)
     if per_item:
-        out["per_item"] = item_metrics(raw["samples"])
+        out["per_item"] = item_metrics(raw["samples"], raw.get("group_subtasks"))
     out["tasks"] = names
     out["include_path"] = str(include)
     return out

@@ -40,5 +40,23 @@ def paired_difference(a: Items, b: Items) -> dict:
     tasks = sorted(a)
     paired = sum(_variance([x - y for x, y in zip(a[t], b[t])]) / len(a[t]) for t in tasks)
     unpaired = sum((_variance(a[t]) + _variance(b[t])) / len(a[t]) for t in tasks)
-    return {"diff": mean_score(a) - mean_score(b), "stderr": math.sqrt(paired) / len(tasks),
+    return {"a": mean_score(a), "b": mean_score(b), "diff": mean_score(a) - mean_score(b), "stderr": math.sqrt(paired) / len(tasks),
             "unpaired_stderr": math.sqrt(unpaired) / len(tasks), "items": sum(len(a[t]) for t in tasks)}
+
+
+def compare(mine: dict[str, Items], theirs: dict[str, Items], tasks: list[str]) -> dict[str, dict]:
+    """Two models' per-document scores (harness.run_tasks' per_item) on `tasks` -> {"task/metric":
+    paired_difference(mine, theirs)} for every metric, and "mean" for the mean of each task's
+    headline metric (the number prune's summaries and the pruning tables report) over 2+ tasks."""
+    from llmslim.eval.run import headline
+
+    out = {}
+    for task in tasks:
+        for metric in mine.get(task, {}):
+            out[f"{task}/{metric}"] = paired_difference({task: mine[task][metric]}, {task: theirs[task][metric]})
+    chosen = headline({task: mine[task] for task in tasks if task in mine})
+    if len(chosen) > 1:
+        out["mean"] = paired_difference({t: mine[t][m] for t, (m, _) in chosen.items()},
+                                        {t: theirs[t][m] for t, (m, _) in chosen.items()})
+        out["mean"]["of"] = [f"{t}/{m}" for t, (m, _) in chosen.items()]
+    return out

@@ -154,16 +154,18 @@ def prepare(cfg: EvalConfig) -> Plan:
     return plan
 
 
-def evaluate(model, tokenizer, cfg: EvalConfig | Plan, *, show_progress: bool = True, progress=None) -> dict:
+def evaluate(model, tokenizer, cfg: EvalConfig | Plan, *, show_progress: bool = True, progress=None,
+             per_item: bool = False) -> dict:
     """Run what `cfg` asks on an in-memory model: lm-eval tasks, perplexity, generation stats.
 
     Returns {"results", "n-samples", ... (lm-eval's layout, task names as typed), "perplexity",
     "generation", "samples" (the generated answers), "config", "timings"}; "perplexity",
     "generation" and "samples" only when asked for. `progress`: a bar to draw on (core/job's);
-    without one, a bar of its own where show_progress."""
+    without one, a bar of its own where show_progress. `per_item`: also "per_item", every
+    document's score (harness.run_tasks), for paired comparisons (eval/paired.py)."""
     if progress is None:
         with report.progress(show_progress) as bar:
-            return evaluate(model, tokenizer, cfg, show_progress=show_progress, progress=bar)
+            return evaluate(model, tokenizer, cfg, show_progress=show_progress, progress=bar, per_item=per_item)
     plan = cfg if isinstance(cfg, Plan) else prepare(cfg)
     cfg = plan.cfg
     out: dict = {"results": {}}
@@ -174,7 +176,7 @@ def evaluate(model, tokenizer, cfg: EvalConfig | Plan, *, show_progress: bool = 
         t0 = time.perf_counter()
         harness = run_tasks(
             model, tokenizer, plan.tasks, limit=cfg.limit, batch_size=cfg.batch_size, num_fewshot=cfg.num_fewshot,
-            seed=cfg.seed, data_dir=plan.data_dir, show_progress=show_progress,
+            seed=cfg.seed, data_dir=plan.data_dir, show_progress=show_progress, per_item=per_item,
         )
         timings["tasks_s"] = time.perf_counter() - t0
         include_path = harness.pop("include_path")

@@ -98,3 +98,61 @@ def test_json_keeps_stdout_for_the_result_and_progress_on_stderr(capsys, small):
     assert "perplexity: started" in err and "perplexity: 2/2 done in" in err
     code, out, err = run(capsys, *small, "--ppl-limit", "2", "--json")
     assert code == 0 and json.loads(out)["perplexity"]["windows"] == 2 and "perplexity:" not in err
+
+
+@pytest.fixture
+def other_llama(bpe_llama_dir, tmp_path) -> str:
+    """The tiny llama with its MLP outputs and head re-drawn: a second model that agrees with the first on some
+    documents and not on others."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    folder = tmp_path / "other"
+    shutil.copytree(bpe_llama_dir, folder)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.mlp.down_proj.weight.normal_(0, 1.0)
+        model.lm_head.weight.add_(torch.randn_like(model.lm_head.weight))
+    model.save_pretrained(folder)
+    return str(folder)
+
+
+def test_against_pairs_documents(capsys, small, other_llama, tmp_path):
+    from llmslim.eval.paired import paired_difference
+
+    code, out, err = run(capsys, *small, "--tasks", "arc_easy,piqa,mmlu_stem", "--limit", "4", "--against", other_llama,
+                         "--out", tmp_path / "run", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    items = json.loads((tmp_path / "run" / "items.json").read_text())
+    assert result["against"]["model_path"] == other_llama
+    for task, metric in [("arc_easy", "acc"), ("arc_easy", "acc_norm"), ("piqa", "acc"), ("mmlu_stem", "acc")]:
+        d = result["paired"][f"{task}/{metric}"]
+        # the scores each side printed, and their difference
+        assert d["a"] == pytest.approx(result["results"][task][metric])
+        assert d["b"] == pytest.approx(result["against"]["results"][task][metric])
+        assert d["diff"] == pytest.approx(d["a"] - d["b"])
+        assert d == pytest.approx(paired_difference({task: items["model"][task][metric]}, {task: items["against"][task][metric]}))
+    assert result["paired"]["mmlu_stem/acc"]["items"] > 4  # a group: every subject's documents
+    mean = result["paired"]["mean"]
+    assert mean["of"] == ["arc_easy/acc", "piqa/acc", "mmlu_stem/acc"]
+    assert mean["diff"] == pytest.approx(sum(result["paired"][k]["diff"] for k in mean["of"]) / 3)
+    # the two models disagree somewhere, so the comparison has something to measure
+    assert any(result["paired"][k]["stderr"] > 0 for k in mean["of"])
+    assert result["summary"]["vs_against/mean"] == mean["diff"]
+
+
+def test_against_itself_is_zero_and_the_table_prints(capsys, small, bpe_llama_dir):
+    code, out, err = run(capsys, *small[:-1], "--tasks", "arc_easy,piqa", "--limit", "3", "--against", bpe_llama_dir)
+    assert code == 0, err
+    assert "on the same documents" in " ".join(out.split())
+    assert out.count("+0.0000") == 5  # acc and acc_norm of both tasks, and the mean
+
+
+def test_against_needs_tasks_and_a_model(capsys, small, tmp_path):
+    assert "--against compares task scores" in error_line(capsys, *small, "--against", small[0])
+    assert "nope" in error_line(capsys, *small, "--tasks", "arc_easy", "--against", tmp_path / "nope")
