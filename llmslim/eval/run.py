@@ -80,11 +80,13 @@ def windows_task(progress, name: str):
 
 def summary_metrics(model, tokenizer, *, ppl_text: str | None = None, ppl_seqlen: int = 1024, ppl_limit: int | None = None,
                     tasks: str | None = None, limit: int | None = None, seed: int = 0, quiet: bool = False,
-                    progress=None, label: str = "") -> dict:
+                    progress=None, label: str = "", per_item: bool = False) -> dict:
     """The before/after numbers prune and recover report: WikiText-2 perplexity on `ppl_text`
     ({"wikitext2_ppl": ...}) and each task's headline accuracy ({"arc_easy/acc": ...}).
     `progress`: the command's bar (core/job's Context.progress), where the perplexity windows
-    are counted as a task named with `label` (a full WikiText-2 half is minutes on a CPU)."""
+    are counted as a task named with `label` (a full WikiText-2 half is minutes on a CPU).
+    `per_item` (with tasks): also "per_item", every document's score, for paired differences
+    between two rows (eval/paired.headline_difference); the caller pops it."""
     results = {}
     if ppl_text is not None:
         advance = None if progress is None else windows_task(progress, f"perplexity{' ' + label if label else ''}")
@@ -92,8 +94,10 @@ def summary_metrics(model, tokenizer, *, ppl_text: str | None = None, ppl_seqlen
                                               progress=advance)["perplexity"]
     if tasks:
         names = [t.strip() for t in tasks.split(",") if t.strip()]
-        out = run_tasks(model, tokenizer, names, limit=limit, seed=seed, show_progress=not quiet)
+        out = run_tasks(model, tokenizer, names, limit=limit, seed=seed, show_progress=not quiet, per_item=per_item)
         results.update({f"{task}/{name}": value for task, (name, value) in headline(out["results"]).items()})
+        if per_item:
+            results["per_item"] = out["per_item"]
     return results
 
 

@@ -82,11 +82,15 @@ def prune(
 def render(result: dict) -> None:
     rows = []
     metrics = sorted({k for r in result["rows"] for k in r.get("eval", {})})
+    paired = any("vs_dense" in r for r in result["rows"])
     for r in result["rows"]:
-        rows.append([r["method"], r["params"], r.get("width")] + [r.get("eval", {}).get(m) for m in metrics])
+        d = r.get("vs_dense")
+        rows.append([r["method"], r["params"], r.get("width")] + [r.get("eval", {}).get(m) for m in metrics]
+                    + ([f"{d['diff']:+.4f} ± {d['stderr']:.4f}" if d else ""] if paired else []))
     report.stdout.print(report.table(
         f"prune {result['model']} (ratio {result['ratio']}, {result['allocation']}, calib: {result['calibration']['source']})",
-        ["method", "params", "kv groups" if result.get("target") == "attn" else "ffn width"] + metrics, rows,
+        ["method", "params", "kv groups" if result.get("target") == "attn" else "ffn width"] + metrics
+        + (["accuracy vs dense (paired)"] if paired else []), rows,
     ))
     t = result["timings"]
     report.stdout.print(

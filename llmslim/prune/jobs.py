@@ -253,7 +253,19 @@ def _evaluate(model, tokenizer, job: PruneJob, ppl_text: str | None, ctx: Contex
 
     return summary_metrics(model, tokenizer, ppl_text=ppl_text, ppl_seqlen=job.ppl_seqlen, ppl_limit=job.ppl_limit,
                            tasks=job.tasks, limit=job.limit, seed=job.seed, quiet=ctx.quiet, progress=ctx.progress,
-                           label=f"({row})")
+                           label=f"({row})", per_item=True)
+
+
+def _paired(row: dict, items: dict, job: PruneJob, **others: dict | None) -> None:
+    """row["vs_dense"] (and the like, one per keyword): the paired difference of the row's mean
+    headline accuracy from another row's, on the same documents (eval/paired.py): whether a
+    pruned model is really worse than the dense one, or a recovery really better than none."""
+    from llmslim.eval.paired import headline_difference
+
+    tasks = [t.strip() for t in (job.tasks or "").split(",") if t.strip()]
+    for key, theirs in others.items():
+        if tasks and items is not None and theirs is not None:
+            row[key] = headline_difference(items, theirs, tasks)
 
 
 def _calibrate(job: PruneJob, ctx: Context, methods: list[str], base: ScoreConfig):
@@ -293,6 +305,7 @@ def run(job: PruneJob, ctx: Context) -> dict:
         t0 = time.perf_counter()
         dense["eval"] = _evaluate(model, tokenizer, job, ppl_text, ctx, "dense")
         ctx.timings["eval_dense_s"] = time.perf_counter() - t0
+    dense_items = dense.get("eval", {}).pop("per_item", None)  # every document's score: paired differences
 
     # GMM clipping is the slow part of scoring: do it up front, once per input, with a bar
     t0 = time.perf_counter()
@@ -313,9 +326,11 @@ def run(job: PruneJob, ctx: Context) -> dict:
             t0 = time.perf_counter()
             row["eval"] = _evaluate(pruned, tokenizer, job, ppl_text, ctx, method)
             ctx.timings[f"eval_{method}_s"] = time.perf_counter() - t0
+        items = row.get("eval", {}).pop("per_item", None)
+        _paired(row, items, job, vs_dense=dense_items)
         rows.append(row)
         if i == 0:
-            primary, primary_row = (pruned, rep), row
+            primary, primary_row, primary_items = (pruned, rep), row, items
     shipped, recovery = primary[0], None
     if job.recover_steps:
         shipped, recovery = _recover(primary[0], job, ctx)
@@ -323,10 +338,11 @@ def run(job: PruneJob, ctx: Context) -> dict:
             from llmslim.recover.jobs import merged
 
             t0 = time.perf_counter()
-            rows.append({"method": f"{methods[0]} + recover", "params": primary_row["params"], "width": primary_row["width"],
-                         "eval": _evaluate(merged(shipped, job.recover_full), tokenizer, job, ppl_text, ctx,
-                                                   f"{methods[0]} + recover")})
+            row = {"method": f"{methods[0]} + recover", "params": primary_row["params"], "width": primary_row["width"],
+                   "eval": _evaluate(merged(shipped, job.recover_full), tokenizer, job, ppl_text, ctx, f"{methods[0]} + recover")}
             ctx.timings["eval_recovered_s"] = time.perf_counter() - t0
+            _paired(row, row["eval"].pop("per_item", None), job, vs_dense=dense_items, vs_unrecovered=primary_items)
+            rows.append(row)
     ctx.save(lambda folder: save_model(shipped, tokenizer, folder))
     return {
         "model": job.model, "ratio": job.ratio, "target": job.target, "allocation": job.allocation,

@@ -58,6 +58,10 @@ def render(result: dict) -> None:
     rows = [[name] + [result[when].get(m) for m in metrics] for name, when in (("pruned", "before"), ("recovered", "after"))]
     if metrics:
         report.stdout.print(report.table(f"recover {result['model']} (kd {result['kd']:g}, {result['steps']} steps)", [""] + metrics, rows))
+    if "after_vs_before" in result:
+        d = result["after_vs_before"]
+        report.stdout.print(f"mean accuracy ({', '.join(d['of'])}): {d['b']:.4f} -> {d['a']:.4f}, "
+                            f"{d['diff']:+.4f} ± {d['stderr']:.4f} (paired standard error, {d['items']} documents)")
     report.stdout.print(f"{result['steps']} steps, {result['tokens']:,} tokens, {result['trainable_params']:,} trainable parameters; "
                         f"loss {result['first_loss']:.3f} -> {result['last_loss']:.3f}; train {result['timings']['train_s']:.0f}s"
                         + (f"; saved to {result['out']}" if result.get("out") else ""))

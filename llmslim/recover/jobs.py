@@ -263,7 +263,7 @@ def run(job: RecoverJob, ctx: Context) -> dict:
         m.eval()
         return summary_metrics(m, tokenizer, ppl_text=ppl_text, ppl_seqlen=job.ppl_seqlen, ppl_limit=job.ppl_limit,
                                tasks=job.tasks, limit=job.limit, seed=job.seed, quiet=ctx.quiet, progress=ctx.progress,
-                               label=f"({when})")
+                               label=f"({when})", per_item=True)
 
     evaluate = (job.ppl or job.tasks) and distributed.is_main()  # under torchrun the others wait for it
     before = metrics(model, "before") if evaluate else {}
@@ -273,5 +273,11 @@ def run(job: RecoverJob, ctx: Context) -> dict:
     ctx.timings["train_s"] = summary.pop("train_s")
     after = metrics(merged(trained, job.full), "after") if evaluate else {}
     ctx.save(lambda folder: save_model(trained, tokenizer, folder))  # merges a LoRA adapter, keeps it in adapter/
-    return {"model": job.model, "teacher": job.teacher, **summary, "before": before, "after": after,
-            "peak_memory_mb": peak_memory_mb(next(model.parameters()).device)}
+    result = {"model": job.model, "teacher": job.teacher, **summary, "before": before, "after": after,
+              "peak_memory_mb": peak_memory_mb(next(model.parameters()).device)}
+    items_before, items_after = before.pop("per_item", None), after.pop("per_item", None)
+    if items_before is not None and items_after is not None:  # did recovery change accuracy beyond noise?
+        from llmslim.eval.paired import headline_difference
+
+        result["after_vs_before"] = headline_difference(items_after, items_before, [t.strip() for t in job.tasks.split(",") if t.strip()])
+    return result

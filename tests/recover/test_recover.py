@@ -73,6 +73,11 @@ def test_recover_lowers_the_loss_and_saves_a_model_transformers_loads(tmp_path, 
         # under --json the evaluations' progress still reaches the log (stderr), named by phase
         assert f"perplexity ({when}): started" in res.stderr and f"perplexity ({when}): 2/2 done" in res.stderr
     assert result["after"]["wikitext2_ppl"] != result["before"]["wikitext2_ppl"]
+    # accuracy after against before on the same documents, with a paired standard error
+    paired = result["after_vs_before"]
+    assert paired["of"] == ["arc_easy/acc"] and paired["items"] == 4
+    assert paired["diff"] == pytest.approx(result["after"]["arc_easy/acc"] - result["before"]["arc_easy/acc"])
+    assert paired["stderr"] >= 0
     recovered = AutoModelForCausalLM.from_pretrained(out)  # plain transformers, merged weights
     assert set(recovered.state_dict()) == set(before)
     assert any(not torch.equal(before[k], v) for k, v in recovered.state_dict().items())
@@ -104,7 +109,8 @@ def test_prune_recover_steps_trains_the_pruned_model_against_the_dense_one(tmp_p
     from transformers import AutoModelForCausalLM
 
     common = ["prune", str(tiny_llama_dir), "--method", "magnitude", "--ratio", "0.5", "--calib", "self", "--nsamples", "2",
-              "--seqlen", "8", "--device", "cpu", "--json", "--ppl", "--ppl-seqlen", "64", "--ppl-limit", "2"]
+              "--seqlen", "8", "--device", "cpu", "--json", "--ppl", "--ppl-seqlen", "64", "--ppl-limit", "2",
+              "--tasks", "arc_easy,piqa", "--limit", "4"]
     plain = CliRunner().invoke(app, [*common, "--out", str(tmp_path / "pruned")])
     res = CliRunner().invoke(app, [*common, "--recover-steps", "3", *(["--recover-full"] if full else []),
                                    "--out", str(tmp_path / "recovered")])
@@ -116,6 +122,15 @@ def test_prune_recover_steps_trains_the_pruned_model_against_the_dense_one(tmp_p
     for row in result["rows"]:  # each row's perplexity shows its progress in the log, under --json too
         assert f"perplexity ({row['method']}): 2/2 done" in res.stderr
     assert result["rows"][2]["eval"]["wikitext2_ppl"] != result["rows"][1]["eval"]["wikitext2_ppl"]
+    # each pruned row's mean accuracy against the dense row's, the recovered one's also against
+    # the unrecovered one's, on the same documents
+    dense, pruned_row, recovered_row = result["rows"]
+    mean = {r["method"]: (r["eval"]["arc_easy/acc"] + r["eval"]["piqa/acc"]) / 2 for r in result["rows"]}
+    assert "vs_dense" not in dense and "per_item" not in pruned_row["eval"]
+    assert pruned_row["vs_dense"]["diff"] == pytest.approx(mean["magnitude"] - mean["dense"])
+    assert recovered_row["vs_dense"]["diff"] == pytest.approx(mean["magnitude + recover"] - mean["dense"])
+    assert recovered_row["vs_unrecovered"]["diff"] == pytest.approx(mean["magnitude + recover"] - mean["magnitude"])
+    assert recovered_row["vs_unrecovered"]["items"] == 8
     pruned = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned").state_dict()
     recovered = AutoModelForCausalLM.from_pretrained(tmp_path / "recovered").state_dict()
     assert {k: v.shape for k, v in pruned.items()} == {k: v.shape for k, v in recovered.items()}
