@@ -38,7 +38,7 @@ from llmslim.core.errors import LlmslimError
 from llmslim.core.load import load_model, resolve_model
 from llmslim.core.report import PlainProgress
 from llmslim.eval.paired import paired_difference
-from llmslim.eval.run import perplexity, run_tasks
+from llmslim.eval.run import ACC_NORM_TASKS, perplexity, run_tasks
 from llmslim.prune.accumulate import PerWindow, window_keys
 from llmslim.prune.calibrate import collect
 from llmslim.prune.jobs import ALL_METHODS, PruneJob, validate as validate_prune
@@ -206,7 +206,7 @@ tasks = [t for t in args.tasks.split(",") if t]
 
 
 def headline(task: str) -> str:
-    return "acc_norm" if task in ("arc_challenge", "hellaswag") else "acc"
+    return "acc_norm" if task in ACC_NORM_TASKS else "acc"
 
 
 def evaluate(m) -> dict:
