@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from llmslim.eval.paired import paired_difference
+from llmslim.eval.paired import items_from_bits, paired_difference
 
 parser = argparse.ArgumentParser()
 parser.add_argument("file", help="a prune_table.py results file (or its .partial)")
@@ -49,7 +49,7 @@ def find(spec: str) -> tuple[str, dict[str, list[float]]]:
         raise SystemExit(f"no row {spec!r} in {path or args.file}; it has: {known}")
     if "items" not in match[0]:
         raise SystemExit(f"row {spec!r} was scored before per-document results were kept; run it again")
-    return spec, {task: [float(c) for c in bits] for task, bits in match[0]["items"].items()}
+    return spec, items_from_bits(match[0]["items"])
 
 
 (name_a, a), (name_b, b) = find(args.a), find(args.b)

@@ -37,7 +37,7 @@ from llmslim.core.device import device_label, peak_memory_mb, seed_everything
 from llmslim.core.errors import LlmslimError
 from llmslim.core.load import load_model, resolve_model
 from llmslim.core.report import PlainProgress
-from llmslim.eval.paired import paired_difference
+from llmslim.eval.paired import items_from_bits, items_to_bits, paired_difference
 from llmslim.eval.run import ACC_NORM_TASKS, perplexity, run_tasks
 from llmslim.prune.accumulate import PerWindow, window_keys
 from llmslim.prune.calibrate import collect
@@ -218,28 +218,25 @@ def evaluate(m) -> dict:
         for task in tasks:
             row[task] = out["results"][task][headline(task)]
         row["mean_acc"] = sum(row[t] for t in tasks) / len(tasks)
-        row["items"] = {task: "".join(str(int(v)) for v in out["per_item"][task][headline(task)]) for task in tasks}
+        row["items"] = items_to_bits({task: out["per_item"][task][headline(task)] for task in tasks})
     return row
-
-
-def items(row: dict) -> dict[str, list[float]] | None:
-    return {task: [float(c) for c in bits] for task, bits in row["items"].items()} if "items" in row else None
 
 
 def compare(rows: list[dict]) -> None:
     """Each row's paired difference in mean accuracy from the dense row ("vs_dense") and, for a
     recovered row, from the same pruned model before recovery ("vs_unrecovered"): rows scored
     before per-item results were kept get none."""
-    by_name = {(r["ratio"], r["method"]): r for r in rows}
-    dense = by_name.get((0.0, "dense"))
+    scores = {(r["ratio"], r["method"]): items_from_bits(r["items"]) for r in rows if "items" in r}
+    dense = scores.get((0.0, "dense"))
     for r in rows:
-        if items(r) is None or r is dense:
+        mine = scores.get((r["ratio"], r["method"]))
+        if mine is None or mine is dense:
             continue
-        if dense is not None and items(dense) is not None:
-            r["vs_dense"] = paired_difference(items(r), items(dense))
-        before = by_name.get((r["ratio"], r["method"].split(" + recover")[0]))
-        if "recover" in r and before is not None and items(before) is not None:
-            r["vs_unrecovered"] = paired_difference(items(r), items(before))
+        if dense is not None:
+            r["vs_dense"] = paired_difference(mine, dense)
+        before = scores.get((r["ratio"], r["method"].split(" + recover")[0]))
+        if "recover" in r and before is not None:
+            r["vs_unrecovered"] = paired_difference(mine, before)
 
 
 sampling_s = []  # the time --recover-data self took to sample (recorded in each recovered row)

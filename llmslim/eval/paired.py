@@ -17,6 +17,18 @@ import math
 Items = dict[str, list[float]]  # task -> one value per document, in document order
 
 
+def items_to_bits(items: Items) -> dict[str, str]:
+    """{task: [1.0, 0.0, ...]} -> {task: "10..."}: 0/1 scores as a benchmark results file keeps them."""
+    if any(v not in (0.0, 1.0) for values in items.values() for v in values):
+        raise ValueError("only 0/1 scores fit in a string of bits")
+    return {task: "".join(str(int(v)) for v in values) for task, values in items.items()}
+
+
+def items_from_bits(bits: dict[str, str]) -> Items:
+    """The inverse of items_to_bits."""
+    return {task: [float(c) for c in digits] for task, digits in bits.items()}
+
+
 def mean_score(items: Items) -> float:
     """The mean over tasks of each task's mean (the table's mean accuracy)."""
     return sum(sum(v) / len(v) for v in items.values()) / len(items)

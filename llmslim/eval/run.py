@@ -85,8 +85,9 @@ def summary_metrics(model, tokenizer, *, ppl_text: str | None = None, ppl_seqlen
     ({"wikitext2_ppl": ...}) and each task's headline accuracy ({"arc_easy/acc": ...}).
     `progress`: the command's bar (core/job's Context.progress), where the perplexity windows
     are counted as a task named with `label` (a full WikiText-2 half is minutes on a CPU).
-    `per_item` (with tasks): also "per_item", every document's score, for paired differences
-    between two rows (eval/paired.headline_difference); the caller pops it."""
+    `per_item` (with tasks): also "per_item", every document's score in each task asked for
+    (not a group's subjects), for paired differences between two rows
+    (eval/paired.headline_difference(mine, theirs, list(mine))); the caller pops it."""
     results = {}
     if ppl_text is not None:
         advance = None if progress is None else windows_task(progress, f"perplexity{' ' + label if label else ''}")
@@ -97,7 +98,7 @@ def summary_metrics(model, tokenizer, *, ppl_text: str | None = None, ppl_seqlen
         out = run_tasks(model, tokenizer, names, limit=limit, seed=seed, show_progress=not quiet, per_item=per_item)
         results.update({f"{task}/{name}": value for task, (name, value) in headline(out["results"]).items()})
         if per_item:
-            results["per_item"] = out["per_item"]
+            results["per_item"] = {task: out["per_item"][task] for task in names}
     return results
 
 

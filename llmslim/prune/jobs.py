@@ -256,16 +256,15 @@ def _evaluate(model, tokenizer, job: PruneJob, ppl_text: str | None, ctx: Contex
                            label=f"({row})", per_item=True)
 
 
-def _paired(row: dict, items: dict, job: PruneJob, **others: dict | None) -> None:
+def _paired(row: dict, items: dict | None, **others: dict | None) -> None:
     """row["vs_dense"] (and the like, one per keyword): the paired difference of the row's mean
     headline accuracy from another row's, on the same documents (eval/paired.py): whether a
     pruned model is really worse than the dense one, or a recovery really better than none."""
     from llmslim.eval.paired import headline_difference
 
-    tasks = [t.strip() for t in (job.tasks or "").split(",") if t.strip()]
     for key, theirs in others.items():
-        if tasks and items is not None and theirs is not None:
-            row[key] = headline_difference(items, theirs, tasks)
+        if items is not None and theirs is not None:  # per task asked for (summary_metrics)
+            row[key] = headline_difference(items, theirs, list(items))
 
 
 def _calibrate(job: PruneJob, ctx: Context, methods: list[str], base: ScoreConfig):
@@ -327,7 +326,7 @@ def run(job: PruneJob, ctx: Context) -> dict:
             row["eval"] = _evaluate(pruned, tokenizer, job, ppl_text, ctx, method)
             ctx.timings[f"eval_{method}_s"] = time.perf_counter() - t0
         items = row.get("eval", {}).pop("per_item", None)
-        _paired(row, items, job, vs_dense=dense_items)
+        _paired(row, items, vs_dense=dense_items)
         rows.append(row)
         if i == 0:
             primary, primary_row, primary_items = (pruned, rep), row, items
@@ -341,7 +340,7 @@ def run(job: PruneJob, ctx: Context) -> dict:
             row = {"method": f"{methods[0]} + recover", "params": primary_row["params"], "width": primary_row["width"],
                    "eval": _evaluate(merged(shipped, job.recover_full), tokenizer, job, ppl_text, ctx, f"{methods[0]} + recover")}
             ctx.timings["eval_recovered_s"] = time.perf_counter() - t0
-            _paired(row, row["eval"].pop("per_item", None), job, vs_dense=dense_items, vs_unrecovered=primary_items)
+            _paired(row, row["eval"].pop("per_item", None), vs_dense=dense_items, vs_unrecovered=primary_items)
             rows.append(row)
     ctx.save(lambda folder: save_model(shipped, tokenizer, folder))
     return {

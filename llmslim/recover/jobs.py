@@ -279,5 +279,5 @@ def run(job: RecoverJob, ctx: Context) -> dict:
     if items_before is not None and items_after is not None:  # did recovery change accuracy beyond noise?
         from llmslim.eval.paired import headline_difference
 
-        result["after_vs_before"] = headline_difference(items_after, items_before, [t.strip() for t in job.tasks.split(",") if t.strip()])
+        result["after_vs_before"] = headline_difference(items_after, items_before, list(items_after))
     return result

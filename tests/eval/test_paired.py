@@ -44,3 +44,13 @@ def test_needs_the_same_documents():
         paired_difference({"t": [1, 0]}, {"t": [1, 0, 1]})
     with pytest.raises(ValueError, match="different tasks"):
         paired_difference({"t": [1]}, {"u": [1]})
+
+
+def test_bits_round_trip_and_refuse_what_is_not_0_or_1():
+    from llmslim.eval.paired import items_from_bits, items_to_bits
+
+    items = {"x": [1.0, 0.0, 0.0, 1.0], "y": [0.0]}
+    assert items_to_bits(items) == {"x": "1001", "y": "0"}
+    assert items_from_bits(items_to_bits(items)) == items
+    with pytest.raises(ValueError, match="0/1"):
+        items_to_bits({"x": [0.5]})
