@@ -28,8 +28,14 @@ args = parser.parse_args()
 def rows_of(path: Path) -> list[dict]:
     if not path.is_file():
         raise SystemExit(f"no such results file: {path}")
-    data = json.loads(path.read_text())
-    return data["rows"] if isinstance(data, dict) else data  # a .partial is the bare list
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise SystemExit(f"{path}: not JSON ({err})") from None
+    rows = data.get("rows") if isinstance(data, dict) else data  # a .partial is the bare list
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and {"ratio", "method"} <= set(r) for r in rows):
+        raise SystemExit(f"{path}: not prune_table.py results (rows with a ratio and a method)")
+    return rows
 
 
 def find(spec: str) -> tuple[str, dict[str, list[float]]]:
