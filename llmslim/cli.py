@@ -7,6 +7,7 @@ import sys
 
 import typer
 
+from llmslim.core import distributed
 from llmslim.core.errors import LlmslimError
 
 INTERNAL_ERROR = 2  # exit code of an unexpected exception; 1 is bad input
@@ -74,7 +75,10 @@ def main(argv: list[str] | None = None) -> None:
     debug = os.environ.get("LLMSLIM_DEBUG") == "1" or "--debug" in (argv or sys.argv)
     try:
         app(args=argv, standalone_mode=False)
+        distributed.finish()
     except exits as done:
+        if done.exit_code == 0:
+            distributed.finish()
         sys.exit(done.exit_code)
     except aborts:
         sys.stderr.write("aborted\n")
@@ -93,8 +97,6 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as err:  # noqa: BLE001 - not bad input: a bug of ours or of a library
         if debug:
             raise
-        from llmslim.core import distributed
-
         if distributed.is_collective_failure(err):
             from llmslim.core.errors import JobStoppedError
 

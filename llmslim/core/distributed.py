@@ -45,6 +45,15 @@ def start(device: torch.device) -> None:
         signal.signal(signal.SIGTERM, _stopped_by_launcher)
 
 
+def finish() -> None:
+    """Leave the process group after a command succeeded: all processes meet, then each tears its
+    group down. Left to interpreter exit, gloo's threads may outlive the peer that closed first
+    and abort the process ("terminate called without an active exception") after the work is done."""
+    if _active():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def _stopped_by_launcher(signum, frame):
     from llmslim.core.errors import JobStoppedError
 
