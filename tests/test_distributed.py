@@ -272,3 +272,23 @@ def test_the_plan_counts_ddps_gradient_buckets_under_a_launcher(monkeypatch, tin
     assert "DDP gradient buckets" not in P.training_parts(shapes, **kwargs)
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert P.training_parts(shapes, **kwargs)["DDP gradient buckets"] == shapes.params * 4
+
+
+def test_a_command_that_succeeds_leaves_the_process_group_and_one_that_fails_does_not_wait(tmp_path, monkeypatch, capsys):
+    """Catches a job whose processes exit still in the group (gloo's threads then may abort a
+    finished process: CI stop 34), and a failed command that waits in the leaving barrier for
+    peers that will never come."""
+    from llmslim import cli
+
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        with pytest.raises(SystemExit) as bad:
+            cli.main(["info", str(tmp_path / "nope")])
+        assert bad.value.code == 1 and torch.distributed.is_initialized()  # no barrier on the way out
+        cli.main(["--version"])  # returns: success
+        assert not torch.distributed.is_initialized()
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    capsys.readouterr()
