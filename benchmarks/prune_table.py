@@ -9,7 +9,8 @@ model) with the same budget and evaluated again.
 
 Method specs: "afr:abs" (per-window accumulation, the default), "afr:abs@signed-sum" (the
 other order), "@reference" / "@sum" pick --afr-recipe / --group (the AFR-St code is
-"afr:trim@reference@sum"), "@adaptive" / "@global" pick --allocation ("@dev0.2": its --max-deviation), "@bias" / "@nobias" turn FLAP's bias compensation on / off. One calibration pass collects every per-window buffer the specs
+"afr:trim@reference@sum"), "@adaptive" / "@global" pick --allocation ("@dev0.2": its --max-deviation), "@bias" / "@nobias" turn FLAP's bias compensation on / off, "@recon" refits the output
+projections (prune --reconstruct; "@recon0.3": its ridge weight). One calibration pass collects every per-window buffer the specs
 need (one per grouping) and, where a spec asks for it, the signed per-weight sums.
 
 Calibration (--calib): windows from the first half of WikiText-2 raw test, or the dense model's
@@ -46,6 +47,7 @@ from llmslim.recover.jobs import RecoverJob, validate as validate_recovery
 from llmslim.core.data import wikitext2_halves
 from llmslim.prune.run import PruneConfig, calibration_source, calibration_windows, load_stats, needs, parse_method, prune_model, save_stats
 from llmslim.prune.allocate import ALLOCATIONS, MAX_DEVIATION
+from llmslim.prune.apply import RECONSTRUCT_DAMP
 from llmslim.prune.scores import ScoreConfig
 
 # every AFR aggregation and SNIP in both orders, the reference code's recipe, the baselines
@@ -99,12 +101,17 @@ def max_deviation(spec: str) -> float:
     return next((float(opt[3:]) for opt in spec.split("@")[1:] if opt.startswith("dev")), MAX_DEVIATION)
 
 
+def reconstruct_damp(spec: str) -> float | None:
+    """"flap@recon0.3" -> 0.3, "flap@recon" -> prune's default, "flap" -> None (no refit)."""
+    return next((float(opt[5:] or RECONSTRUCT_DAMP) for opt in spec.split("@")[1:] if opt.startswith("recon")), None)
+
+
 def score_config(spec: str) -> tuple[str, ScoreConfig, str]:
     """"afr:abs@reference@sum@adaptive" -> ("afr:abs", ScoreConfig(afr_recipe="reference", group="sum"), "adaptive")."""
     method, *options = spec.split("@")
     cfg, allocation = ScoreConfig(seed=args.seed), "uniform"
     for opt in options:
-        if opt in ALLOCATIONS or opt in COMPENSATION or opt.startswith("dev"):
+        if opt in ALLOCATIONS or opt in COMPENSATION or opt.startswith("dev") or opt.startswith("recon"):
             allocation = opt if opt in ALLOCATIONS else allocation
             continue
         field = ("afr_recipe" if opt in ("paper", "reference") else
@@ -142,13 +149,19 @@ def check_options() -> None:
             deviation = max_deviation(spec)
         except ValueError:
             raise SystemExit(f"--methods {spec}: @dev takes a number, e.g. @adaptive@dev0.2") from None
+        try:
+            damp = reconstruct_damp(spec)
+        except ValueError:
+            raise SystemExit(f"--methods {spec}: @recon takes a number or none, e.g. @recon0.3") from None
+        if damp is not None and damp < 0:
+            raise SystemExit(f"--methods {spec}: @recon's ridge weight must be >= 0")
         method, cfg, allocation = score_config(spec)
         for ratio in ratios:
             try:
                 validate_prune(PruneJob(
                     model=args.model, ratio=ratio, method=method, afr_recipe=cfg.afr_recipe, group=cfg.group,
                     accumulate=cfg.accumulate, allocation=allocation, max_deviation=deviation,
-                    bias_compensation=compensation(spec), calib=args.calib, nsamples=args.nsamples, seqlen=args.seqlen,
+                    bias_compensation=compensation(spec), reconstruct=damp is not None, calib=args.calib, nsamples=args.nsamples, seqlen=args.seqlen,
                     tasks=args.tasks or None, limit=args.limit, ppl_seqlen=args.ppl_seqlen, ppl_limit=args.ppl_limit,
                     gmm_refit=args.gmm_refit, seed=args.seed, device=args.device, dtype="float32"))
             except LlmslimError as e:
@@ -170,6 +183,7 @@ model, tok = loaded.model, loaded.tokenizer
 eval_text = wikitext2_halves()[1]
 
 scores_path = Path(args.scores)
+wants_gram = any(reconstruct_damp(spec) is not None for spec in args.methods.split(","))
 t0 = time.perf_counter()
 if scores_path.is_file():
     stats = load_stats(scores_path, model)
@@ -177,6 +191,14 @@ if scores_path.is_file():
     if cached_calib != calib_name:
         raise SystemExit(f"{scores_path} was calibrated on {cached_calib}, not {calib_name}: use another --scores")
     print(f"reusing scores from {scores_path} ({stats.windows} x {stats.meta['seqlen']} tokens)")
+    if wants_gram and not stats.act_gram:
+        # a cache from before @recon: the Gram matrices from a forward pass over the same windows
+        # (calibration_windows is seeded), added to the cache
+        windows, _ = calibration_windows(model, tok, args.calib, stats.windows, stats.meta["seqlen"], args.seed)
+        print(f"adding the Gram matrices for @recon ({tuple(windows.shape)})", flush=True)
+        with torch.no_grad():
+            stats.act_gram = collect(model, windows, refer=False, snip=False, gram=True).act_gram
+        save_stats(scores_path, stats, model)
 else:
     windows, calib_source = calibration_windows(model, tok, args.calib, args.nsamples, args.seqlen, args.seed)
     print(f"calibration windows: {tuple(windows.shape)} from {calib_source}", flush=True)
@@ -197,7 +219,7 @@ else:
         print(f"calibration window {state['done']}/{args.nsamples}, {time.perf_counter() - t_start:.0f}s", flush=True)
 
     stats = collect(model, windows, refer=need["refer"], snip=need["snip"], progress=tick, per_window=folders,
-                    per_weight=("snip", "refer") if signed else ())
+                    per_weight=("snip", "refer") if signed else (), gram=wants_gram)
     stats.meta["calib"] = calib_source
     save_stats(scores_path, stats, model)
     print(f"\ncalibrated on {args.nsamples} x {args.seqlen} tokens in {time.perf_counter() - t0:.0f}s")
@@ -317,7 +339,9 @@ for ratio in [float(r) for r in args.ratios.split(",")]:
         pruned = copy.deepcopy(model)
         rep = prune_model(pruned, stats, PruneConfig(ratio=ratio, method=method, scores=cfg, allocation=allocation,
                                                      max_deviation=max_deviation(spec),
-                                                     bias_compensation=compensation(spec)))
+                                                     bias_compensation=compensation(spec),
+                                                     reconstruct=reconstruct_damp(spec) is not None,
+                                                     reconstruct_damp=reconstruct_damp(spec) or 0.0))
         if (ratio, spec) not in done:
             t0 = time.perf_counter()
             keep({"ratio": ratio, "method": spec, "params": rep["params_after"], **evaluate(pruned),

@@ -36,7 +36,7 @@ def corpus(tmp_path):
 
 def test_prune_calibration_on_two_processes_equals_one(tmp_path, tiny_llama_dir, corpus):
     common = ["prune", tiny_llama_dir, "--ratio", "0.5", "--calib", corpus, "--nsamples", "6", "--seqlen", "16",
-              "--gmm-refit", "once", "--compare", "wanda-sp", "--json"]
+              "--gmm-refit", "once", "--compare", "wanda-sp", "--reconstruct", "--json"]
     one = llmslim(common + ["--save-scores", tmp_path / "one.pt"])
     assert one.returncode == 0, one.stderr
     two = llmslim(common + ["--save-scores", tmp_path / "two.pt", "--out", tmp_path / "out"], processes=2)
@@ -48,7 +48,8 @@ def test_prune_calibration_on_two_processes_equals_one(tmp_path, tiny_llama_dir,
     for key in a["neuron"]:
         for x, y in zip(a["neuron"][key], b["neuron"][key]):
             assert torch.allclose(x, y, rtol=1e-4, atol=1e-6), key
-    for x, y in zip(a["act_mean"] + a["act_sq"], b["act_mean"] + b["act_sq"]):
+    assert len(a["act_gram"]) == len(b["act_gram"]) == len(a["act_mean"])  # --reconstruct's Gram matrices, summed too
+    for x, y in zip(a["act_mean"] + a["act_sq"] + a["act_gram"], b["act_mean"] + b["act_sq"] + b["act_gram"]):
         assert torch.allclose(x, y, rtol=1e-5, atol=1e-7)
 
     # one process printed and wrote: one JSON document, one output folder, the same pruned widths

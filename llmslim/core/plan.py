@@ -146,9 +146,10 @@ def layer_activations(s: Shapes, tokens: int, seqlen: int, act_bytes: int) -> in
 
 def prune_parts(s: Shapes, *, weight_bytes: int, seqlen: int, batch: int, refer: bool, snip: bool,
                 signed_kinds: int, device_type: str, target: str = "ffn", fold: bool = True,
-                gmm: bool = False) -> dict[str, int]:
+                gmm: bool = False, gram: bool = False) -> dict[str, int]:
     """Calibration's peak; `target` "attn" scores the attention weights instead of the FFN's.
-    `fold`: the scores are folded per window (--accumulate per-window); `gmm`: with GMM clipping."""
+    `fold`: the scores are folded per window (--accumulate per-window); `gmm`: with GMM clipping;
+    `gram`: each layer's float64 E[x x^T] of its output projection's input (--reconstruct)."""
     kinds = int(refer) + int(snip)
     tokens = batch * seqlen
     scored = s.attn_params if target == "attn" else s.ffn_params
@@ -173,6 +174,9 @@ def prune_parts(s: Shapes, *, weight_bytes: int, seqlen: int, batch: int, refer:
         parts["refer features"] = 2 * s.layers * tokens * width * 4
     if signed_kinds:
         parts["signed sums"] = signed_kinds * scored * 4
+    if gram:
+        width = s.heads * s.head_dim if target == "attn" else s.intermediate
+        parts["Gram matrices (--reconstruct)"] = s.layers * width * width * 8
     return parts
 
 

@@ -31,6 +31,53 @@ def flap_bias(model, keep: list[torch.Tensor], act_mean: list[torch.Tensor], tar
         _declare_attention_bias(model)
 
 
+RECONSTRUCT_DAMP = 0.1  # ridge weight toward the original columns (docs/prune.md: swept 1e-5 .. 1 on SmolLM2)
+
+
+def reconstruct(model, keep: list[torch.Tensor], gram: list[torch.Tensor], act_mean: list[torch.Tensor],
+                target: str = "ffn", damp: float = RECONSTRUCT_DAMP) -> None:
+    """Refit each output projection on the input channels it keeps, before they are cut: the
+    least-squares W', b that best reproduce the unpruned layer's output on the calibration
+    inputs, min E||W x + b0 - W' x_S - b||^2 + damp * mean(diag E[x_S x_S^T]) * ||W' - W_S||^2,
+    from E[x x^T] (`gram`) and E[x] (`act_mean`) alone. The ridge pulls W' toward the original
+    columns W_S: with few calibration tokens per weight the plain solution fits the calibration
+    text and does worse elsewhere (docs/prune.md). It is the least-squares reconstruction of the
+    next layer's weights from channel pruning for CNNs (He et al. 2017, "Channel pruning for
+    accelerating very deep neural networks"; ThiNet, Luo et al. 2017) on a transformer's output
+    projection, plus a bias: FLAP's bias compensation (b alone, W' = W_S) is its limit as the
+    ridge grows, and Kwon et al. 2022's mask tuning (one least-squares scale per kept unit) a
+    restricted form of it."""
+    for unit, kept, g, mean in zip(layer_units(model, target), keep, gram, act_mean):
+        channels = torch.zeros(unit.count, dtype=torch.bool)
+        channels[kept] = True
+        channels = channels.repeat_interleave(unit.channels_per_unit).nonzero().squeeze(1)  # the kept inputs, in order
+        out = unit.output
+        w = out.weight.data.double().cpu()
+        b0 = out.bias.data.double().cpu() if out.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
+        g, mean = g.double(), mean.double()
+        k = channels.numel()
+        # normal equations of [x_S, 1] -> y = W x + b0: the moments of y follow from those of x
+        lhs = torch.empty(k + 1, k + 1, dtype=torch.float64)
+        lhs[:k, :k] = g[channels][:, channels]
+        lhs[:k, k] = lhs[k, :k] = mean[channels]
+        lhs[k, k] = 1.0
+        rhs = torch.cat([g[channels] @ w.T + torch.outer(mean[channels], b0), (w @ mean + b0)[None]])
+        ridge = damp * lhs.diagonal()[:k].mean()
+        lhs.diagonal()[:k] += ridge
+        rhs[:k] += ridge * w[:, channels].T
+        solution = torch.linalg.solve(lhs, rhs)  # [k + 1, out]: W'^T over b
+        refit = torch.zeros_like(w)
+        refit[:, channels] = solution[:k].T  # the pruned columns go with their channels after this
+        out.weight.data = refit.to(out.weight.dtype).to(out.weight.device)
+        if out.bias is None:
+            out.bias = nn.Parameter(torch.zeros(w.shape[0], dtype=out.weight.dtype, device=out.weight.device), requires_grad=False)
+        out.bias.data = solution[k].to(out.weight.dtype).to(out.weight.device)
+    if target == "ffn":
+        _declare_mlp_bias(model)
+    else:
+        _declare_attention_bias(model)
+
+
 def _declare_attention_bias(model) -> None:
     """Llama-style configs have one `attention_bias` switch for q, k, v and o: zero q/k/v biases
     make the o_proj bias loadable by plain transformers."""

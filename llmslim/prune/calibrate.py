@@ -55,6 +55,9 @@ class CalibStats:
     windows: int
     meta: dict = field(default_factory=dict)
     neuron: dict = field(default_factory=dict)  # "kind:aggregation" -> per-layer per-window sums
+    # E[x x^T] of each output projection's input over the calibration tokens (only with
+    # --reconstruct, which refits the output projection on the kept channels: prune/apply.reconstruct)
+    act_gram: list[torch.Tensor] = field(default_factory=list)
     cache: dict = field(default_factory=dict, repr=False)  # derived scores, never saved
 
     def act_var(self, layer: int) -> torch.Tensor:
@@ -63,7 +66,7 @@ class CalibStats:
         return var.clamp_min(0)
 
     def to_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("snip", "refer", "act_mean", "act_sq", "tokens", "windows", "meta", "neuron")}
+        return {k: getattr(self, k) for k in ("snip", "refer", "act_mean", "act_sq", "tokens", "windows", "meta", "neuron", "act_gram")}
 
 
 def _wide_singular_values(rows: torch.Tensor) -> torch.Tensor:
@@ -104,13 +107,15 @@ def collect(
     per_window=None,
     per_weight: tuple[str, ...] = ("snip", "refer"),
     snip_loss: str = "next-token",
+    gram: bool = False,
 ) -> CalibStats:
     """Run forward (+ backward for SNIP / ReFer) over the calibration windows [n, seqlen].
 
     `target` "ffn" scores FFN neurons, "attn" kv groups (see prune/units.py); only the target's
     weights get gradients, and ReFer's features are the target's projection outputs.
     `per_window` (an accumulate.PerWindow, or a list of them: e.g. one per grouping) folds
-    each batch's grouped scores into per-neuron sums; `per_weight` names the scores whose signed per-weight sums over windows are kept."""
+    each batch's grouped scores into per-neuron sums; `per_weight` names the scores whose signed per-weight sums over windows are kept.
+    `gram` also sums each output projection's input Gram matrix (for --reconstruct)."""
     config = text_config(model.config)
     units = layer_units(model, target)
     folders = [] if per_window is None else per_window if isinstance(per_window, list) else [per_window]
@@ -120,7 +125,7 @@ def collect(
     need_grad = refer or snip
     kept = [name for name in ("snip", "refer") if name in per_weight and need_grad and (snip if name == "snip" else refer)]
     device = next(model.parameters()).device
-    run = _Pass(units, device, kept, folders)
+    run = _Pass(units, device, kept, folders, gram=gram)
     weights = [lin.weight for lin in run.linears.values()] if need_grad else []
     # several processes (torchrun): each takes every world-th window and the sums are added up
     # at the end, so the result is the one-process result on the same windows (to float order)
@@ -168,6 +173,9 @@ def collect(
             **({"per_window": folders[0].settings()} if folders else {}),
         },
         neuron={k: [t.cpu() for t in v] for f in folders for k, v in f.sums.items()},
+        # float32 for the cache (half the bytes): the solve is in float64 and damped, so the
+        # rounding (1e-7 relative) is far below the damping
+        act_gram=[(g / n).float().cpu() for g in run.act_gram],
     )
 
 
@@ -175,7 +183,7 @@ def _sum_over_processes(run: "_Pass", folders: list) -> None:
     for per_weight in run.acc.values():
         for t in per_weight.values():
             distributed.sum_(t)
-    for t in run.act_sum + run.act_sq:
+    for t in run.act_sum + run.act_sq + run.act_gram:
         distributed.sum_(t)
     run.tokens = distributed.sum_int(run.tokens)
     for folder in folders:
@@ -207,7 +215,7 @@ class _Pass:
     """The state of one calibration pass: per-weight score sums (`acc`, for the signed-sum
     order), this batch's per-weight scores (`window`, folded per window), activation sums."""
 
-    def __init__(self, units, device, kept: list[str], folders: list):
+    def __init__(self, units, device, kept: list[str], folders: list, gram: bool = False):
         self.units, self.device, self.folders = units, device, folders
         self.linears = {id(lin): lin for u in units for lin in u.linears()}
         self.acc = {name: {k: torch.zeros_like(lin.weight, dtype=torch.float32) for k, lin in self.linears.items()}
@@ -217,6 +225,8 @@ class _Pass:
         # beside their layer: under --device-map auto the layers sit on several GPUs
         self.act_sum = [torch.zeros(u.output.in_features, dtype=torch.float64, device=u.output.weight.device) for u in units]
         self.act_sq = [torch.zeros(u.output.in_features, dtype=torch.float64, device=u.output.weight.device) for u in units]
+        self.act_gram = [torch.zeros(u.output.in_features, u.output.in_features, dtype=torch.float64, device=u.output.weight.device)
+                         for u in units] if gram else []
         self.target = None  # which score the backward in flight computes: "snip", "refer" or None
         self.features: list[torch.Tensor] = []
         self.tokens = 0
@@ -255,6 +265,8 @@ class _Pass:
         x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
         self.act_sum[i].add_(x.sum(0))
         self.act_sq[i].add_((x * x).sum(0))
+        if self.act_gram:
+            self.act_gram[i].addmm_(x.T, x)
 
     def batch(self, model, ids: torch.Tensor, *, refer: bool, snip: bool, snip_loss: str) -> None:
         """Forward, then ReFer's and SNIP's backward passes; fold the batch's scores per window."""

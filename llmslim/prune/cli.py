@@ -39,6 +39,7 @@ def prune(
     max_deviation: Annotated[float, typer.Option(help="--allocation adaptive: how far a layer's ratio may move from --ratio.", rich_help_panel=METHOD)] = MAX_DEVIATION,
     round_to: Annotated[int, typer.Option(help="Round kept widths to a multiple of N (8, 64, 128).", rich_help_panel=METHOD)] = 1,
     bias_compensation: Annotated[str, typer.Option(help="FLAP's bias compensation (the removed neurons' mean output becomes a bias of the output projection): 'auto' (method flap only), 'on' (every method), 'off'.", rich_help_panel=METHOD)] = "auto",
+    reconstruct: Annotated[bool, typer.Option(help="Refit each output projection (FFN down_proj, or o_proj) on the channels it keeps: least squares on the calibration inputs, with a bias, ridge toward the original weights (replaces --bias-compensation). Calibration then also sums each layer's E[x x^T]: width^2 x 8 bytes a layer (19 MB for SmolLM2's FFN; 1.6 GB for Llama-3-8B's, which --dry-run counts).", rich_help_panel=METHOD)] = False,
     compare: Annotated[Optional[str], typer.Option(help="Also prune with these methods (comma list, or 'all') on the same scores and report them side by side.", rich_help_panel=METHOD)] = None,
     calib: Annotated[str, typer.Option(help="'auto' (WikiText-2 first half if the shared data exists, else self), 'self' (sampled from the model), 'wikitext2', or a corpus file.", rich_help_panel=CALIB)] = "auto",
     nsamples: Annotated[int, typer.Option(help="Calibration windows (paper: 128).", rich_help_panel=CALIB)] = 128,
@@ -69,7 +70,7 @@ def prune(
     """Remove FFN neurons (or attention kv groups) by AFR or a baseline; save a smaller model transformers loads."""
     values = dict(
         model=model, ratio=ratio, target=target, method=method, aggregate=aggregate, gmm_scope=gmm_scope, afr_recipe=afr_recipe,
-        group=group, accumulate=accumulate, gmm_refit=gmm_refit, feature_mode=feature_mode, snip_loss=snip_loss, allocation=allocation, max_deviation=max_deviation, round_to=round_to, bias_compensation=bias_compensation, compare=compare,
+        group=group, accumulate=accumulate, gmm_refit=gmm_refit, feature_mode=feature_mode, snip_loss=snip_loss, allocation=allocation, max_deviation=max_deviation, round_to=round_to, bias_compensation=bias_compensation, reconstruct=reconstruct, compare=compare,
         calib=calib, nsamples=nsamples, seqlen=seqlen, save_scores=save_scores, scores=scores, recover_steps=recover_steps, recover_full=recover_full,
         recover_data=recover_data, recover_kd=recover_kd, recover_batch_size=recover_batch_size,
         tasks=tasks, limit=limit, ppl=ppl, ppl_seqlen=ppl_seqlen, ppl_limit=ppl_limit,

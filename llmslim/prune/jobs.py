@@ -50,6 +50,7 @@ class PruneJob(CommonOptions):
     max_deviation: float = MAX_DEVIATION
     round_to: int = 1
     bias_compensation: str = "auto"  # FLAP's bias compensation: "auto" (method flap only), "on" (every method), "off"
+    reconstruct: bool = False  # least-squares refit of the output projections on the kept channels (prune/apply.reconstruct)
     compare: str | None = None
     calib: str = "auto"
     nsamples: int = 128
@@ -131,6 +132,8 @@ def validate(job: PruneJob) -> None:
         raise BadOptionError(f"unknown --allocation {job.allocation!r}; use {', '.join(ALLOCATIONS)}")
     if job.bias_compensation not in BIAS_COMPENSATIONS:
         raise BadOptionError(f"unknown --bias-compensation {job.bias_compensation!r}; use {', '.join(BIAS_COMPENSATIONS)}")
+    if job.reconstruct and job.bias_compensation == "on":
+        raise BadOptionError("--reconstruct fits the output projection's bias itself: drop --bias-compensation on")
     if not 0.0 <= job.max_deviation < 1.0:
         raise BadOptionError(f"--max-deviation must be in [0, 1), got {job.max_deviation}")
     if job.snip_loss not in calibrate.SNIP_LOSSES:
@@ -168,6 +171,9 @@ def validate(job: PruneJob) -> None:
         saved = read_stats(job.scores)[0]  # a bad file fails here
         if saved.meta.get("target", "ffn") != job.target:
             raise BadOptionError(f"{job.scores} holds {saved.meta.get('target', 'ffn')} scores, not --target {job.target}")
+        if job.reconstruct and not saved.act_gram:
+            raise BadOptionError(f"{job.scores} holds no Gram matrices (calibrated without --reconstruct): "
+                                 "calibrate again with --reconstruct, or prune without it")
     check_spread_before_loading(job, "pruning")  # last: it builds the model on the meta device
 
 
@@ -198,7 +204,8 @@ def memory_plan(job: PruneJob):
         keys = [] if j.scores else folded_keys(methods, _score_config(j))
         return P.prune_parts(shapes, weight_bytes=P.DTYPE_BYTES[resolve_dtype(j.dtype, device, "gradients")], seqlen=j.seqlen,
                              batch=1, refer=need["refer"], snip=need["snip"], signed_kinds=signed, device_type=device.type,
-                             target=j.target, fold=bool(keys), gmm=any(k.partition(":")[2] in AFTER_CLIP for k in keys))
+                             target=j.target, fold=bool(keys), gmm=any(k.partition(":")[2] in AFTER_CLIP for k in keys),
+                             gram=j.reconstruct and not j.scores)
 
     weight_bytes = P.DTYPE_BYTES[resolve_dtype(job.dtype, device, "gradients")]
     phases = [P.MemoryPlan(str(device), calibration(job), available, "calibration"),
@@ -280,7 +287,7 @@ def _calibrate(job: PruneJob, ctx: Context, methods: list[str], base: ScoreConfi
     clips = job.accumulate == "per-window" and any("gmm" in parse_method(m, base)[1].aggregate for m in methods)
     advance = ctx.step("calibrating (forward+backward" + (", GMM per window)" if clips else ")"), windows.shape[0])
     stats = collect_for(ctx.model, windows, methods, base, gmm_refit=job.gmm_refit, feature_mode=job.feature_mode,
-                        snip_loss=job.snip_loss, target=job.target, progress=advance)
+                        snip_loss=job.snip_loss, target=job.target, progress=advance, gram=job.reconstruct)
     if job.save_scores and distributed.is_main():
         save_stats(job.save_scores, stats, ctx.model)
     return stats, desc
@@ -319,7 +326,7 @@ def run(job: PruneJob, ctx: Context) -> dict:
         pruned = model if i == len(methods) - 1 else copy.deepcopy(model)  # the last one may prune in place
         rep = prune_model(pruned, stats, PruneConfig(ratio=job.ratio, method=method, scores=base, allocation=job.allocation,
                                                      round_to=job.round_to, max_deviation=job.max_deviation,
-                                                     bias_compensation=job.bias_compensation))
+                                                     bias_compensation=job.bias_compensation, reconstruct=job.reconstruct))
         row = {"method": method, "params": rep["params_after"], "width": _width(rep["widths"]), "score_s": rep["score_s"]}
         if evaluate:
             t0 = time.perf_counter()

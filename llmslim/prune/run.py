@@ -20,7 +20,7 @@ from llmslim.core.errors import BadOptionError, DataError
 from llmslim.prune.aggregate import AGGREGATIONS
 from llmslim.prune.allocate import MAX_DEVIATION, allocate
 from llmslim.core.params import count_params
-from llmslim.prune.apply import check_head_pruning, flap_bias, prune_units
+from llmslim.prune.apply import RECONSTRUCT_DAMP, check_head_pruning, flap_bias, prune_units, reconstruct
 from llmslim.prune.accumulate import PerWindow, window_keys
 from llmslim.prune.calibrate import CalibStats, collect
 from llmslim.prune.units import layer_units, weight_groups
@@ -42,6 +42,8 @@ class PruneConfig:
     round_to: int = 1
     max_deviation: float = MAX_DEVIATION  # --allocation adaptive: per-layer ratios within ratio +- this
     bias_compensation: str = "auto"  # FLAP's bias compensation (apply.flap_bias): "auto" for method flap only, "on", "off"
+    reconstruct: bool = False  # refit the output projections on the kept channels (apply.reconstruct; needs stats.act_gram)
+    reconstruct_damp: float = RECONSTRUCT_DAMP
 
 
 def parse_method(method: str, base: ScoreConfig) -> tuple[str, ScoreConfig]:
@@ -159,7 +161,12 @@ def prune_model(model, stats: CalibStats, cfg: PruneConfig) -> dict:
     if target == "attn" and cfg.allocation != "uniform":
         raise BadOptionError("--target attn supports --allocation uniform only (transformers configs hold one head count)")
     keep = allocate(scores, cfg.ratio, cfg.allocation, cfg.round_to, cfg.max_deviation)
-    if cfg.bias_compensation == "on" or (cfg.bias_compensation == "auto" and cfg.method.partition(":")[0] == "flap"):
+    if cfg.reconstruct:  # fits a bias too: it replaces FLAP's compensation
+        if not stats.act_gram:
+            raise BadOptionError("--reconstruct needs the calibration's Gram matrices: these scores were computed without "
+                                 "--reconstruct; calibrate again with it")
+        reconstruct(model, keep, stats.act_gram, stats.act_mean, target, cfg.reconstruct_damp)
+    elif cfg.bias_compensation == "on" or (cfg.bias_compensation == "auto" and cfg.method.partition(":")[0] == "flap"):
         flap_bias(model, keep, stats.act_mean, target)
     widths = prune_units(model, keep, target)
     return {

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from llmslim.core.arch import adapter_for, text_config
+from llmslim.core.errors import LlmslimError
 from llmslim.prune.calibrate import collect
 from llmslim.prune.run import PruneConfig, collect_for, load_stats, neuron_scores, prune_model, save_stats
 from llmslim.prune.scores import ScoreConfig
@@ -132,3 +133,79 @@ def test_pruning_zero_neurons_keeps_outputs():
     assert all(k.min() >= 24 for k in rep["kept"])
     with torch.no_grad():
         torch.testing.assert_close(model(WINDOWS).logits, before, atol=1e-5, rtol=1e-5)
+
+
+def _down_proj_io(model, layer: int = 0):
+    """Layer `layer`'s down_proj inputs and outputs over WINDOWS, [tokens, width] and [tokens, hidden]."""
+    seen = {}
+    down = model.model.layers[layer].mlp.down_proj
+    handle = down.register_forward_hook(lambda m, a, out: seen.update(x=a[0].reshape(-1, a[0].shape[-1]), y=out.reshape(-1, out.shape[-1])))
+    with torch.no_grad():
+        model(WINDOWS)
+    handle.remove()
+    return seen["x"].double(), seen["y"].double()
+
+
+def test_reconstruct_is_the_ridge_least_squares_refit_and_tends_to_flap_bias():
+    """Catches a wrong normal equation (a missing bias row, the mean's outer product, W instead
+    of W^T), a ridge that pulls toward zero instead of the original columns, a refit that
+    leaves pruned columns non-zero, or kv-group channels expanded in the wrong order."""
+    from llmslim.prune.apply import flap_bias, reconstruct
+
+    gen = torch.Generator().manual_seed(1)
+    base = tiny_model("llama")
+    width = base.config.intermediate_size
+    x = torch.randn(500, width, generator=gen, dtype=torch.float64) * torch.rand(width, generator=gen, dtype=torch.float64) + 0.3
+    gram, mean = [x.T @ x / len(x)] * 2, [x.mean(0)] * 2
+    keep = [torch.randperm(width, generator=gen)[: width // 2].sort().values for _ in range(2)]
+
+    plain = tiny_model("llama")
+    reconstruct(plain, keep, gram, mean, damp=0.0)
+    for layer, kept in zip(range(2), keep):
+        w = base.model.layers[layer].mlp.down_proj.weight.double()
+        features = torch.cat([x[:, kept], torch.ones(len(x), 1, dtype=torch.float64)], 1)
+        expected = torch.linalg.lstsq(features, x @ w.T).solution  # [kept + 1, hidden]
+        down = plain.model.layers[layer].mlp.down_proj
+        torch.testing.assert_close(down.weight[:, kept].double(), expected[:-1].T, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(down.bias.double(), expected[-1], rtol=1e-4, atol=1e-5)
+        dropped = torch.ones(width, dtype=torch.bool)
+        dropped[kept] = False
+        assert (down.weight[:, dropped] == 0).all()
+    assert plain.config.mlp_bias
+
+    # a ridge that dominates keeps the original columns; the best bias for them is FLAP's
+    stiff, flap = tiny_model("llama"), tiny_model("llama")
+    reconstruct(stiff, keep, gram, mean, damp=1e9)
+    flap_bias(flap, keep, [m.float() for m in mean])
+    for a, b in zip(stiff.model.layers, flap.model.layers):
+        kept_cols = a.mlp.down_proj.weight.abs().sum(0) > 0
+        torch.testing.assert_close(a.mlp.down_proj.weight[:, kept_cols], b.mlp.down_proj.weight[:, kept_cols], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a.mlp.down_proj.bias, b.mlp.down_proj.bias, rtol=1e-4, atol=1e-5)
+
+
+def test_reconstruct_from_calibration_beats_bias_compensation_and_reloads(tmp_path):
+    """collect(gram=True) sums E[x x^T] of each down_proj input, and prune_model's refit
+    reproduces layer 0's dense output on the calibration windows better than FLAP's bias
+    compensation alone (it minimises exactly that error); the result loads in plain
+    transformers. Catches a Gram matrix over the wrong activations or tokens, or a refit that
+    is not applied before the columns are cut."""
+    from transformers import AutoModelForCausalLM
+
+    dense = tiny_model("llama")
+    x, y = _down_proj_io(dense)
+    stats = collect_for(dense, WINDOWS, ["magnitude"], gram=True)
+    torch.testing.assert_close(stats.act_gram[0].double(), x.T @ x / len(x), rtol=1e-5, atol=1e-6)
+    errors = {}
+    for name, cfg in (("bias", PruneConfig(ratio=0.25, method="magnitude", bias_compensation="on")),
+                      ("refit", PruneConfig(ratio=0.25, method="magnitude", reconstruct=True, reconstruct_damp=0.0))):
+        model = tiny_model("llama")
+        prune_model(model, stats, cfg)
+        x_pruned, y_pruned = _down_proj_io(model)
+        errors[name] = (y_pruned - y).pow(2).mean().item()
+    assert errors["refit"] < 0.9 * errors["bias"], errors
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(WINDOWS).logits, model(WINDOWS).logits)
+    with pytest.raises(LlmslimError, match="--reconstruct needs the calibration's Gram matrices"):
+        prune_model(tiny_model("llama"), collect_for(dense, WINDOWS, ["magnitude"]), PruneConfig(method="magnitude", reconstruct=True))

@@ -40,6 +40,7 @@ def no_loading(monkeypatch):
     (dict(limit=0), "--limit must be >= 1"),
     (dict(round_to=0), "--round-to must be >= 1"),
     (dict(bias_compensation="yes"), "unknown --bias-compensation 'yes'"),
+    (dict(reconstruct=True, bias_compensation="on"), "drop --bias-compensation on"),
     (dict(recover_data="self"), "--recover-data needs --recover-steps"),
     (dict(tasks="arc_esay"), "unknown task 'arc_esay'"),
     (dict(target="attn", group="sum"), "--group sum needs equal-sized parts"),
@@ -68,6 +69,13 @@ def test_malformed_scores_file_fails_before_loading(no_loading, tmp_path, conten
         torch.save(torch.zeros(3) if content is None else content, path)
     with pytest.raises(LlmslimError, match=needle.replace("(", r"\(").replace(")", r"\)")):
         run_job(PruneJob(scores=path))
+
+
+def test_reconstruct_from_scores_without_gram_fails_before_loading(no_loading, tmp_path):
+    path = tmp_path / "scores.pt"
+    torch.save({"snip": [], "refer": [], "act_mean": [], "act_sq": [], "tokens": 1, "windows": 1}, path)
+    with pytest.raises(LlmslimError, match="holds no Gram matrices"):
+        run_job(PruneJob(scores=path, reconstruct=True))
 
 
 def test_existing_out_needs_force_before_loading(no_loading, tmp_path):
