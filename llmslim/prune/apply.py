@@ -31,7 +31,7 @@ def flap_bias(model, keep: list[torch.Tensor], act_mean: list[torch.Tensor], tar
         _declare_attention_bias(model)
 
 
-RECONSTRUCT_DAMP = 0.1  # ridge weight toward the original columns (docs/prune.md: swept 1e-5 .. 1 on SmolLM2)
+RECONSTRUCT_DAMP = 0.1  # ridge weight toward the original columns (docs/prune.md: swept 0 .. 1 on SmolLM2)
 
 
 def reconstruct(model, keep: list[torch.Tensor], gram: list[torch.Tensor], act_mean: list[torch.Tensor],

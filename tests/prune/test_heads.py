@@ -99,3 +99,35 @@ def test_opt_head_pruning_is_refused_before_anything_changes():
     with pytest.raises(UnsupportedArchitectureError, match="head_dim"):
         prune_model(model, stats, PruneConfig(ratio=0.5, method="flap"))
     assert sum(p.numel() for p in model.parameters()) == before
+
+
+def test_reconstruct_refits_o_proj_on_the_kept_groups_and_reloads(tmp_path):
+    """--reconstruct on kv groups: the kept group's o_proj channels (its query heads x head_dim,
+    in order) are refit, so layer 0's attention output on the calibration windows is closer to
+    the dense one than with FLAP's bias alone; saved with attention_bias, it reloads. Catches
+    a group expanded to the wrong o_proj channels or a bias left out of the saved config."""
+    from transformers import AutoModelForCausalLM
+
+    def o_proj_output(model):
+        seen = {}
+        handle = model.model.layers[0].self_attn.o_proj.register_forward_hook(lambda m, a, out: seen.update(y=out.double()))
+        with torch.no_grad():
+            model(WINDOWS)
+        handle.remove()
+        return seen["y"]
+
+    dense = tiny_model("llama")
+    stats = collect_for(dense, WINDOWS, ["magnitude"], target="attn", gram=True)
+    assert stats.act_gram[0].shape == (4 * HD, 4 * HD)
+    errors = {}
+    for name, cfg in (("bias", PruneConfig(ratio=0.5, method="magnitude", bias_compensation="on")),
+                      ("refit", PruneConfig(ratio=0.5, method="magnitude", reconstruct=True, reconstruct_damp=0.0))):
+        model = tiny_model("llama")
+        prune_model(model, stats, cfg)
+        errors[name] = (o_proj_output(model) - o_proj_output(dense)).pow(2).mean().item()
+    assert errors["refit"] < 0.9 * errors["bias"], errors
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert reloaded.config.attention_bias
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(WINDOWS).logits, model(WINDOWS).logits)
