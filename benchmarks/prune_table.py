@@ -336,12 +336,12 @@ for ratio in [float(r) for r in args.ratios.split(",")]:
         if (ratio, spec) in done and (not args.recover_steps or (ratio, recovered_name) in done):
             continue
         method, cfg, allocation = score_config(spec)
+        damp = reconstruct_damp(spec)
         pruned = copy.deepcopy(model)
         rep = prune_model(pruned, stats, PruneConfig(ratio=ratio, method=method, scores=cfg, allocation=allocation,
                                                      max_deviation=max_deviation(spec),
                                                      bias_compensation=compensation(spec),
-                                                     reconstruct=reconstruct_damp(spec) is not None,
-                                                     reconstruct_damp=reconstruct_damp(spec) or 0.0))
+                                                     reconstruct=damp is not None, reconstruct_damp=damp or 0.0))
         if (ratio, spec) not in done:
             t0 = time.perf_counter()
             keep({"ratio": ratio, "method": spec, "params": rep["params_after"], **evaluate(pruned),

@@ -16,15 +16,30 @@ def flap_bias(model, keep: list[torch.Tensor], act_mean: list[torch.Tensor], tar
     (their output-projection input channels), becomes a bias of the output projection, so the
     layer's expected output is unchanged."""
     for unit, kept, mean in zip(layer_units(model, target), keep, act_mean):
-        pruned = torch.ones(unit.count, dtype=torch.bool)
-        pruned[kept] = False
-        pruned = pruned.repeat_interleave(unit.channels_per_unit)  # unit -> its input channels
-        out = unit.output
-        w = out.weight.data
+        pruned = ~_kept_channels(unit, kept)
+        w = unit.output.weight.data
         shift = (w[:, pruned.to(w.device)].float() @ mean[pruned].to(w.device).float()).to(w.dtype)
-        if out.bias is None:
-            out.bias = nn.Parameter(torch.zeros(w.shape[0], dtype=w.dtype, device=w.device), requires_grad=False)
-        out.bias.data += shift
+        _output_bias(unit.output).add_(shift)
+    _declare_bias(model, target)
+
+
+def _kept_channels(unit, kept: torch.Tensor) -> torch.Tensor:
+    """A mask over the output projection's input channels: True on those of the kept units (a
+    kv group's are its query heads x head_dim, in order)."""
+    mask = torch.zeros(unit.count, dtype=torch.bool)
+    mask[kept] = True
+    return mask.repeat_interleave(unit.channels_per_unit)
+
+
+def _output_bias(out: nn.Linear) -> torch.Tensor:
+    """The projection's bias (its data), a new zero one where it has none."""
+    if out.bias is None:
+        out.bias = nn.Parameter(torch.zeros(out.out_features, dtype=out.weight.dtype, device=out.weight.device), requires_grad=False)
+    return out.bias.data
+
+
+def _declare_bias(model, target: str) -> None:
+    """Make the output projections' new biases part of the config, so plain transformers loads them."""
     if target == "ffn":
         _declare_mlp_bias(model)
     else:
@@ -48,12 +63,10 @@ def reconstruct(model, keep: list[torch.Tensor], gram: list[torch.Tensor], act_m
     ridge grows, and Kwon et al. 2022's mask tuning (one least-squares scale per kept unit) a
     restricted form of it."""
     for unit, kept, g, mean in zip(layer_units(model, target), keep, gram, act_mean):
-        channels = torch.zeros(unit.count, dtype=torch.bool)
-        channels[kept] = True
-        channels = channels.repeat_interleave(unit.channels_per_unit).nonzero().squeeze(1)  # the kept inputs, in order
+        channels = _kept_channels(unit, kept).nonzero().squeeze(1)  # the kept inputs, in order
         out = unit.output
         w = out.weight.data.double().cpu()
-        b0 = out.bias.data.double().cpu() if out.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
+        b0 = _output_bias(out).double().cpu()
         g, mean = g.double(), mean.double()
         k = channels.numel()
         # normal equations of [x_S, 1] -> y = W x + b0: the moments of y follow from those of x
@@ -69,13 +82,8 @@ def reconstruct(model, keep: list[torch.Tensor], gram: list[torch.Tensor], act_m
         refit = torch.zeros_like(w)
         refit[:, channels] = solution[:k].T  # the pruned columns go with their channels after this
         out.weight.data = refit.to(out.weight.dtype).to(out.weight.device)
-        if out.bias is None:
-            out.bias = nn.Parameter(torch.zeros(w.shape[0], dtype=out.weight.dtype, device=out.weight.device), requires_grad=False)
         out.bias.data = solution[k].to(out.weight.dtype).to(out.weight.device)
-    if target == "ffn":
-        _declare_mlp_bias(model)
-    else:
-        _declare_attention_bias(model)
+    _declare_bias(model, target)
 
 
 def _declare_attention_bias(model) -> None:
