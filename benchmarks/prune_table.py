@@ -41,7 +41,7 @@ from llmslim.core.report import PlainProgress
 from llmslim.eval.paired import items_from_bits, items_to_bits, paired_difference
 from llmslim.eval.run import ACC_NORM_TASKS, perplexity, run_tasks
 from llmslim.prune.accumulate import PerWindow, window_keys
-from llmslim.prune.calibrate import collect
+from llmslim.prune.calibrate import collect, collect_gram
 from llmslim.prune.jobs import ALL_METHODS, PruneJob, validate as validate_prune
 from llmslim.recover.jobs import RecoverJob, validate as validate_recovery
 from llmslim.core.data import wikitext2_halves
@@ -192,12 +192,11 @@ if scores_path.is_file():
         raise SystemExit(f"{scores_path} was calibrated on {cached_calib}, not {calib_name}: use another --scores")
     print(f"reusing scores from {scores_path} ({stats.windows} x {stats.meta['seqlen']} tokens)")
     if wants_gram and not stats.act_gram:
-        # a cache from before @recon: the Gram matrices from a forward pass over the same windows
+        # a cache calibrated without them: the Gram matrices from a forward pass over the same windows
         # (calibration_windows is seeded), added to the cache
         windows, _ = calibration_windows(model, tok, args.calib, stats.windows, stats.meta["seqlen"], args.seed)
         print(f"adding the Gram matrices for @recon ({tuple(windows.shape)})", flush=True)
-        with torch.no_grad():
-            stats.act_gram = collect(model, windows, refer=False, snip=False, gram=True).act_gram
+        stats.act_gram = collect_gram(model, windows)
         save_stats(scores_path, stats, model)
 else:
     windows, calib_source = calibration_windows(model, tok, args.calib, args.nsamples, args.seqlen, args.seed)
@@ -219,7 +218,9 @@ else:
         print(f"calibration window {state['done']}/{args.nsamples}, {time.perf_counter() - t_start:.0f}s", flush=True)
 
     stats = collect(model, windows, refer=need["refer"], snip=need["snip"], progress=tick, per_window=folders,
-                    per_weight=("snip", "refer") if signed else (), gram=wants_gram)
+                    per_weight=("snip", "refer") if signed else ())
+    if wants_gram:
+        stats.act_gram = collect_gram(model, windows)
     stats.meta["calib"] = calib_source
     save_stats(scores_path, stats, model)
     print(f"\ncalibrated on {args.nsamples} x {args.seqlen} tokens in {time.perf_counter() - t0:.0f}s")

@@ -15,6 +15,8 @@ I the FFN width, H hidden, V vocabulary, F the FFN weights' count):
                  both for AFR; grouped, z-scored and clipped one layer at a time); ReFer's fp32
                  copies of each projection output and their singular vectors, 2 x B x T x
                  (2 I + H) x 4 per layer; fp32 signed sums per kind for the signed-sum order
+    Gram pass    --reconstruct's forward pass after scoring: the weights, one window's forward
+                 and a float64 I x I sum per layer, as many layers a pass as fit
     training     trained weights in fp32, their gradients and AdamW's two moments; the layers'
                  activations as above; 4 fp32 B x T x V tensors at the loss (11 with
                  distillation: both models' logits, log-softmaxes and the KL terms); a teacher;
@@ -27,7 +29,7 @@ The coefficients of the activation and score terms were fitted to peak RSS on Sm
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -146,10 +148,9 @@ def layer_activations(s: Shapes, tokens: int, seqlen: int, act_bytes: int) -> in
 
 def prune_parts(s: Shapes, *, weight_bytes: int, seqlen: int, batch: int, refer: bool, snip: bool,
                 signed_kinds: int, device_type: str, target: str = "ffn", fold: bool = True,
-                gmm: bool = False, gram: bool = False) -> dict[str, int]:
+                gmm: bool = False) -> dict[str, int]:
     """Calibration's peak; `target` "attn" scores the attention weights instead of the FFN's.
-    `fold`: the scores are folded per window (--accumulate per-window); `gmm`: with GMM clipping;
-    `gram`: each layer's float64 E[x x^T] of its output projection's input (--reconstruct)."""
+    `fold`: the scores are folded per window (--accumulate per-window); `gmm`: with GMM clipping."""
     kinds = int(refer) + int(snip)
     tokens = batch * seqlen
     scored = s.attn_params if target == "attn" else s.ffn_params
@@ -174,10 +175,29 @@ def prune_parts(s: Shapes, *, weight_bytes: int, seqlen: int, batch: int, refer:
         parts["refer features"] = 2 * s.layers * tokens * width * 4
     if signed_kinds:
         parts["signed sums"] = signed_kinds * scored * 4
-    if gram:
-        width = s.heads * s.head_dim if target == "attn" else s.intermediate
-        parts["Gram matrices (--reconstruct)"] = s.layers * width * width * 8
     return parts
+
+
+def gram_parts(s: Shapes, *, weight_bytes: int, seqlen: int, device_type: str, target: str = "ffn",
+               layers_per_pass: int) -> dict[str, int]:
+    """--reconstruct's pass (prune/calibrate.collect_gram): the weights, one window's forward
+    without gradients (a layer's activations, the float64 copy of a projection input, the
+    logits) and `layers_per_pass` float64 width x width sums."""
+    width = s.heads * s.head_dim if target == "attn" else s.intermediate
+    return {"runtime": RUNTIME_BYTES.get(device_type, RUNTIME_BYTES["cpu"]), "weights": s.params * weight_bytes,
+            "forward (one window)": layer_activations(replace(s, layers=1), seqlen, seqlen, weight_bytes)
+            + seqlen * width * 8 + seqlen * s.vocab * weight_bytes,
+            "Gram matrices (--reconstruct)": min(layers_per_pass, s.layers) * width * width * 8}
+
+
+def gram_layers_per_pass(s: Shapes, available: int | None, **kwargs) -> int:
+    """The most layers whose Gram sums fit `available` bytes in one pass (all where unknown;
+    at least one, which the plan then shows does not fit). kwargs go to gram_parts."""
+    if available is None:
+        return s.layers
+    fixed = sum(gram_parts(s, layers_per_pass=0, **kwargs).values())
+    per_layer = gram_parts(s, layers_per_pass=1, **kwargs)["Gram matrices (--reconstruct)"]
+    return max(1, min(s.layers, (available - fixed) // max(per_layer, 1)))
 
 
 def compare_parts(s: Shapes, *, weight_bytes: int, copies: int, device_type: str) -> dict[str, int]:

@@ -107,7 +107,6 @@ def collect(
     per_window=None,
     per_weight: tuple[str, ...] = ("snip", "refer"),
     snip_loss: str = "next-token",
-    gram: bool = False,
 ) -> CalibStats:
     """Run forward (+ backward for SNIP / ReFer) over the calibration windows [n, seqlen].
 
@@ -115,7 +114,7 @@ def collect(
     weights get gradients, and ReFer's features are the target's projection outputs.
     `per_window` (an accumulate.PerWindow, or a list of them: e.g. one per grouping) folds
     each batch's grouped scores into per-neuron sums; `per_weight` names the scores whose signed per-weight sums over windows are kept.
-    `gram` also sums each output projection's input Gram matrix (for --reconstruct)."""
+    --reconstruct's Gram matrices come from their own pass (collect_gram)."""
     config = text_config(model.config)
     units = layer_units(model, target)
     folders = [] if per_window is None else per_window if isinstance(per_window, list) else [per_window]
@@ -125,7 +124,7 @@ def collect(
     need_grad = refer or snip
     kept = [name for name in ("snip", "refer") if name in per_weight and need_grad and (snip if name == "snip" else refer)]
     device = next(model.parameters()).device
-    run = _Pass(units, device, kept, folders, gram=gram)
+    run = _Pass(units, device, kept, folders)
     weights = [lin.weight for lin in run.linears.values()] if need_grad else []
     # several processes (torchrun): each takes every world-th window and the sums are added up
     # at the end, so the result is the one-process result on the same windows (to float order)
@@ -173,17 +172,70 @@ def collect(
             **({"per_window": folders[0].settings()} if folders else {}),
         },
         neuron={k: [t.cpu() for t in v] for f in folders for k, v in f.sums.items()},
-        # float32 for the cache (half the bytes): the solve is in float64 and damped, so the
-        # rounding (1e-7 relative) is far below the damping
-        act_gram=[(g / n).float().cpu() for g in run.act_gram],
     )
+
+
+def collect_gram(model, windows: torch.Tensor, *, target: str = "ffn", layers_per_pass: int | None = None,
+                 progress=None) -> list[torch.Tensor]:
+    """E[x x^T] of each layer's output-projection input over the windows (--reconstruct), in
+    forward passes of their own, without gradients: `layers_per_pass` layers' float64 sums at a
+    time (width^2 x 8 bytes each: 1.6 GB for a Llama-3-8B FFN layer, so all 32 with the scoring
+    pass's per-weight scores would need 125 GB; core/plan.gram_parts sizes the chunks). A pass
+    ends after its last layer: the layers above it are not run. `progress(n)` counts windows,
+    `gram_passes(...)` x the windows in all. -> float32 on the CPU (half the
+    bytes in the cache; the solve is in float64 and damped, far above the 1e-7 rounding)."""
+    units = layer_units(model, target)
+    per_pass = layers_per_pass or len(units)
+    mine = distributed.shard(windows)
+    device = next(model.parameters()).device
+    grams: list[torch.Tensor] = []
+    for first in range(0, len(units), per_pass):  # gram_passes(len(units), per_pass) passes
+        chunk = units[first : first + per_pass]
+        sums = [torch.zeros(u.output.in_features, u.output.in_features, dtype=torch.float64, device=u.output.weight.device)
+                for u in chunk]
+
+        def add(i, module, args):
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+            sums[i].addmm_(x.T, x)
+            if i == len(chunk) - 1:
+                raise _ChunkDone
+
+        handles = [u.output.register_forward_pre_hook(partial(add, i)) for i, u in enumerate(chunk)]
+        try:
+            shown = 0  # in windows of all processes, as collect counts them
+            with torch.no_grad():
+                for done, ids in enumerate(mine, 1):
+                    try:
+                        model(input_ids=ids[None].to(device), use_cache=False)
+                    except _ChunkDone:
+                        pass
+                    if progress:
+                        now = done * windows.shape[0] // mine.shape[0]
+                        progress(now - shown)
+                        shown = now
+        finally:
+            for h in handles:
+                h.remove()
+        for g in sums:
+            distributed.sum_(g)
+        grams += [(g / windows.numel()).float().cpu() for g in sums]
+        sums.clear()  # freed before the next pass's
+    return grams
+
+
+def gram_passes(layers: int, layers_per_pass: int | None) -> int:
+    return -(-layers // (layers_per_pass or layers))
+
+
+class _ChunkDone(Exception):
+    """Raised by collect_gram's hook on a pass's last layer to skip the layers above it."""
 
 
 def _sum_over_processes(run: "_Pass", folders: list) -> None:
     for per_weight in run.acc.values():
         for t in per_weight.values():
             distributed.sum_(t)
-    for t in run.act_sum + run.act_sq + run.act_gram:
+    for t in run.act_sum + run.act_sq:
         distributed.sum_(t)
     run.tokens = distributed.sum_int(run.tokens)
     for folder in folders:
@@ -215,7 +267,7 @@ class _Pass:
     """The state of one calibration pass: per-weight score sums (`acc`, for the signed-sum
     order), this batch's per-weight scores (`window`, folded per window), activation sums."""
 
-    def __init__(self, units, device, kept: list[str], folders: list, gram: bool = False):
+    def __init__(self, units, device, kept: list[str], folders: list):
         self.units, self.device, self.folders = units, device, folders
         self.linears = {id(lin): lin for u in units for lin in u.linears()}
         self.acc = {name: {k: torch.zeros_like(lin.weight, dtype=torch.float32) for k, lin in self.linears.items()}
@@ -225,8 +277,6 @@ class _Pass:
         # beside their layer: under --device-map auto the layers sit on several GPUs
         self.act_sum = [torch.zeros(u.output.in_features, dtype=torch.float64, device=u.output.weight.device) for u in units]
         self.act_sq = [torch.zeros(u.output.in_features, dtype=torch.float64, device=u.output.weight.device) for u in units]
-        self.act_gram = [torch.zeros(u.output.in_features, u.output.in_features, dtype=torch.float64, device=u.output.weight.device)
-                         for u in units] if gram else []
         self.target = None  # which score the backward in flight computes: "snip", "refer" or None
         self.features: list[torch.Tensor] = []
         self.tokens = 0
@@ -265,8 +315,6 @@ class _Pass:
         x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
         self.act_sum[i].add_(x.sum(0))
         self.act_sq[i].add_((x * x).sum(0))
-        if self.act_gram:
-            self.act_gram[i].addmm_(x.T, x)
 
     def batch(self, model, ids: torch.Tensor, *, refer: bool, snip: bool, snip_loss: str) -> None:
         """Forward, then ReFer's and SNIP's backward passes; fold the batch's scores per window."""

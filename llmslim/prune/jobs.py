@@ -204,13 +204,14 @@ def memory_plan(job: PruneJob):
         keys = [] if j.scores else folded_keys(methods, _score_config(j))
         return P.prune_parts(shapes, weight_bytes=P.DTYPE_BYTES[resolve_dtype(j.dtype, device, "gradients")], seqlen=j.seqlen,
                              batch=1, refer=need["refer"], snip=need["snip"], signed_kinds=signed, device_type=device.type,
-                             target=j.target, fold=bool(keys), gmm=any(k.partition(":")[2] in AFTER_CLIP for k in keys),
-                             gram=j.reconstruct and not j.scores)
+                             target=j.target, fold=bool(keys), gmm=any(k.partition(":")[2] in AFTER_CLIP for k in keys))
 
     weight_bytes = P.DTYPE_BYTES[resolve_dtype(job.dtype, device, "gradients")]
     phases = [P.MemoryPlan(str(device), calibration(job), available, "calibration"),
               P.MemoryPlan(str(device), P.compare_parts(shapes, weight_bytes=weight_bytes, copies=min(2, len(_methods(job)) - 1),
                                                         device_type=device.type), available, "pruning (--compare copies)")]
+    if job.reconstruct and not job.scores:
+        phases.append(P.MemoryPlan(str(device), _gram_plan(job, shapes, available)[0], available, "the Gram pass (--reconstruct)"))
     if job.recover_steps:
         from llmslim.recover.jobs import memory_plan as recover_plan
 
@@ -238,6 +239,41 @@ def memory_plan(job: PruneJob):
     if _methods(job) != ["wanda-sp"]:
         candidates.append(("--method wanda-sp --compare '' (no gradients)", calibration(replace(job, method="wanda-sp", compare=None))))
     return plan, P.first_that_fits(str(device), available, candidates)
+
+
+def _gram_plan(job: PruneJob, shapes, available: int | None) -> tuple[dict[str, int], int]:
+    """The Gram pass with as many layers at a time as `available` holds. -> (parts, layers per pass)"""
+    from llmslim.core import plan as P
+    from llmslim.core.device import resolve_device, resolve_dtype
+
+    device = resolve_device(job.device)
+    sizes = dict(weight_bytes=P.DTYPE_BYTES[resolve_dtype(job.dtype, device, "gradients")], seqlen=job.seqlen,
+                 device_type=device.type, target=job.target)
+    per_pass = P.gram_layers_per_pass(shapes, available, **sizes)
+    return P.gram_parts(shapes, layers_per_pass=per_pass, **sizes), per_pass
+
+
+def _collect_gram(job: PruneJob, ctx: Context, windows):
+    """--reconstruct's Gram matrices, after the scoring pass has freed its per-weight scores: in
+    as few forward passes as the memory free now allows."""
+    import torch
+
+    from llmslim.core import plan as P
+    from llmslim.core.device import parse_max_memory
+
+    device = next(ctx.model.parameters()).device
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # the scoring pass's freed blocks, still reserved by torch
+    shapes = P.shapes_of(ctx.model.config)
+    free = P.available_bytes(device, spread=job.device_map == "auto", max_memory=parse_max_memory(job.max_memory))
+    parts = _gram_plan(job, shapes, None)[0]
+    resident = parts["runtime"] + parts["weights"]  # in the plan, and in memory already
+    per_pass = _gram_plan(job, shapes, None if free is None else free + resident)[1]
+    # the same passes in every process (torchrun): each pass ends in a sum over them
+    per_pass = distributed.from_main(min(mine) if (mine := distributed.gather_to_main(per_pass)) else None)
+    passes = calibrate.gram_passes(shapes.layers, per_pass)
+    advance = ctx.step(f"Gram matrices for --reconstruct (forward, {passes} pass{'es' * (passes > 1)})", passes * windows.shape[0])
+    return calibrate.collect_gram(ctx.model, windows, target=job.target, layers_per_pass=per_pass, progress=advance)
 
 
 def _check_units(model, job: PruneJob) -> None:
@@ -287,7 +323,9 @@ def _calibrate(job: PruneJob, ctx: Context, methods: list[str], base: ScoreConfi
     clips = job.accumulate == "per-window" and any("gmm" in parse_method(m, base)[1].aggregate for m in methods)
     advance = ctx.step("calibrating (forward+backward" + (", GMM per window)" if clips else ")"), windows.shape[0])
     stats = collect_for(ctx.model, windows, methods, base, gmm_refit=job.gmm_refit, feature_mode=job.feature_mode,
-                        snip_loss=job.snip_loss, target=job.target, progress=advance, gram=job.reconstruct)
+                        snip_loss=job.snip_loss, target=job.target, progress=advance)
+    if job.reconstruct:
+        stats.act_gram = _collect_gram(job, ctx, windows)
     if job.save_scores and distributed.is_main():
         save_stats(job.save_scores, stats, ctx.model)
     return stats, desc

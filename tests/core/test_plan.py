@@ -173,3 +173,23 @@ def test_a_prune_too_big_for_one_gpu_of_several_is_told_to_spread(monkeypatch, t
     assert not plan.fits and advice.startswith("--device-map auto would fit (the model over 4 GPUs")
     monkeypatch.setattr(P, "available_bytes", lambda device, spread=False, **where: 2000 if spread else 1000)
     assert not memory_plan(job)[1].startswith("--device-map auto")  # not even spread: the usual advice
+
+
+def test_the_gram_pass_takes_as_many_layers_as_fit():
+    """--reconstruct's Gram matrices have a forward pass of their own, after the scoring pass, in
+    as few passes as the memory allows: on an 80 GB GPU Llama-3-8B's scoring (76 GiB planned) and
+    its 49 GiB of Gram matrices are two phases, not one of 125 GiB. Catches a chunk that does not
+    fit, or one smaller than what fits (more passes than needed)."""
+    shapes = P.shapes_of(P.model_config("random:llama3-8b"))
+    sizes = dict(weight_bytes=2, seqlen=1024, device_type="cuda")
+    scoring = P.prune_parts(shapes, batch=1, refer=True, snip=True, signed_kinds=0, gmm=True, **sizes)
+    h100 = 79 * P.GiB
+    assert sum(scoring.values()) <= h100 < sum(scoring.values()) + shapes.layers * shapes.intermediate**2 * 8
+    for available in (h100, 40 * P.GiB, 20 * P.GiB):
+        per_pass = P.gram_layers_per_pass(shapes, available, **sizes)
+        assert sum(P.gram_parts(shapes, layers_per_pass=per_pass, **sizes).values()) <= available
+        assert per_pass == shapes.layers or sum(P.gram_parts(shapes, layers_per_pass=per_pass + 1, **sizes).values()) > available
+    assert P.gram_layers_per_pass(shapes, h100, **sizes) == shapes.layers
+    assert 1 < P.gram_layers_per_pass(shapes, 40 * P.GiB, **sizes) < shapes.layers
+    assert P.gram_layers_per_pass(shapes, 10 * P.GiB, **sizes) == 1  # not even the weights: the plan says so
+    assert P.gram_layers_per_pass(shapes, None, **sizes) == shapes.layers

@@ -5,7 +5,7 @@ import torch
 
 from llmslim.core.errors import BadOptionError, UnsupportedArchitectureError
 from llmslim.prune.apply import prune_heads
-from llmslim.prune.calibrate import collect
+from llmslim.prune.calibrate import collect, collect_gram
 from llmslim.prune.run import PruneConfig, collect_for, prune_model
 from llmslim.prune.units import layer_units, weight_groups
 from tests.conftest import FAMILIES, tiny_model
@@ -117,7 +117,8 @@ def test_reconstruct_refits_o_proj_on_the_kept_groups_and_reloads(tmp_path):
         return seen["y"]
 
     dense = tiny_model("llama")
-    stats = collect_for(dense, WINDOWS, ["magnitude"], target="attn", gram=True)
+    stats = collect_for(dense, WINDOWS, ["magnitude"], target="attn")
+    stats.act_gram = collect_gram(dense, WINDOWS, target="attn")
     assert stats.act_gram[0].shape == (4 * HD, 4 * HD)
     errors = {}
     for name, cfg in (("bias", PruneConfig(ratio=0.5, method="magnitude", bias_compensation="on")),

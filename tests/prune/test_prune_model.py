@@ -7,10 +7,10 @@ import torch
 
 from llmslim.core.arch import adapter_for, text_config
 from llmslim.core.errors import LlmslimError
-from llmslim.prune.calibrate import collect
+from llmslim.prune.calibrate import collect, collect_gram
 from llmslim.prune.run import PruneConfig, collect_for, load_stats, neuron_scores, prune_model, save_stats
 from llmslim.prune.scores import ScoreConfig
-from tests.conftest import DEVICES, tiny_model
+from tests.conftest import DEVICES, tiny_config, tiny_model
 
 WINDOWS = torch.randint(0, 128, (3, 24), generator=torch.Generator().manual_seed(0))
 METHODS = ["afr", "afr:mean-abs", "afr:trim", "snip", "refer", "magnitude", "wanda-sp", "flap", "llm-pruner-vector"]
@@ -183,8 +183,30 @@ def test_reconstruct_is_the_ridge_least_squares_refit_and_tends_to_flap_bias():
         torch.testing.assert_close(a.mlp.down_proj.bias, b.mlp.down_proj.bias, rtol=1e-4, atol=1e-5)
 
 
+def test_gram_passes_of_a_few_layers_each_equal_one_pass_of_all():
+    """collect_gram in passes of one or two layers (the memory plan's chunks, each pass stopped
+    after its last layer) gives every layer's E[x x^T] of one whole pass, in layer order.
+    Catches a chunk's matrices appended out of order or for the wrong layers, a pass stopped
+    before its last layer's input is added, or a wrong token count."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    config = tiny_config("llama")
+    config.num_hidden_layers = layers = 3  # so that passes of 2 leave a shorter last one
+    model = AutoModelForCausalLM.from_config(config).eval()
+    expected = []
+    for i in range(layers):
+        x, _ = _down_proj_io(model, i)
+        expected.append(x.T @ x / len(x))
+    for per_pass in (None, 1, 2):
+        grams = collect_gram(model, WINDOWS, layers_per_pass=per_pass)
+        assert len(grams) == layers
+        for got, want in zip(grams, expected):
+            torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+
+
 def test_reconstruct_from_calibration_beats_bias_compensation_and_reloads(tmp_path):
-    """collect(gram=True) sums E[x x^T] of each down_proj input, and prune_model's refit
+    """collect_gram sums E[x x^T] of each down_proj input, and prune_model's refit
     reproduces layer 0's dense output on the calibration windows better than FLAP's bias
     compensation alone (it minimises exactly that error); the result loads in plain
     transformers. Catches a Gram matrix over the wrong activations or tokens, or a refit that
@@ -193,7 +215,8 @@ def test_reconstruct_from_calibration_beats_bias_compensation_and_reloads(tmp_pa
 
     dense = tiny_model("llama")
     x, y = _down_proj_io(dense)
-    stats = collect_for(dense, WINDOWS, ["magnitude"], gram=True)
+    stats = collect_for(dense, WINDOWS, ["magnitude"])
+    stats.act_gram = collect_gram(dense, WINDOWS)
     torch.testing.assert_close(stats.act_gram[0].double(), x.T @ x / len(x), rtol=1e-5, atol=1e-6)
     errors = {}
     for name, cfg in (("bias", PruneConfig(ratio=0.25, method="magnitude", bias_compensation="on")),
