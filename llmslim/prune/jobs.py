@@ -177,6 +177,9 @@ def validate(job: PruneJob) -> None:
     check_spread_before_loading(job, "pruning")  # last: it builds the model on the meta device
 
 
+GRAM_PHASE = "the Gram pass (--reconstruct)"
+
+
 def memory_plan(job: PruneJob):
     """The expected peak (core/plan.py) of the job's most demanding phase: calibration, pruning
     with --compare's model copies, or recovery where --recover-steps asks for it; and the option
@@ -211,7 +214,7 @@ def memory_plan(job: PruneJob):
               P.MemoryPlan(str(device), P.compare_parts(shapes, weight_bytes=weight_bytes, copies=min(2, len(_methods(job)) - 1),
                                                         device_type=device.type), available, "pruning (--compare copies)")]
     if job.reconstruct and not job.scores:
-        phases.append(P.MemoryPlan(str(device), _gram_plan(job, shapes, available)[0], available, "the Gram pass (--reconstruct)"))
+        phases.append(P.MemoryPlan(str(device), _gram_plan(job, shapes, available)[0], available, GRAM_PHASE))
     if job.recover_steps:
         from llmslim.recover.jobs import memory_plan as recover_plan
 
@@ -227,6 +230,8 @@ def memory_plan(job: PruneJob):
         spread = P.available_bytes(device, spread=True)
         if plan.total <= spread:
             return plan, f"--device-map auto would fit (the model over {torch.cuda.device_count()} GPUs, {spread / P.GiB:.0f} GiB free)"
+    if plan.phase == GRAM_PHASE:  # one layer's matrix at a time beside the weights does not fit
+        return plan, "without --reconstruct it would fit" if all(p.fits for p in phases if p is not plan) else "a device with more memory"
     if plan.phase != "calibration":
         return plan, "fewer --compare methods would fit" if phases[0].fits else "a device with more memory"
     candidates = []

@@ -193,3 +193,21 @@ def test_the_gram_pass_takes_as_many_layers_as_fit():
     assert 1 < P.gram_layers_per_pass(shapes, 40 * P.GiB, **sizes) < shapes.layers
     assert P.gram_layers_per_pass(shapes, 10 * P.GiB, **sizes) == 1  # not even the weights: the plan says so
     assert P.gram_layers_per_pass(shapes, None, **sizes) == shapes.layers
+
+
+def test_a_gram_pass_that_will_not_fit_names_reconstruct(monkeypatch, tiny_llama_dir):
+    """Without gradients the Gram pass is the job's peak: where not even one layer's matrix fits
+    beside the weights, the advice is to drop --reconstruct, not fewer --compare methods."""
+    monkeypatch.setattr(load, "load_model", refuse)
+    shapes = P.shapes_of(P.model_config(str(tiny_llama_dir)))
+    one_layer = sum(P.gram_parts(shapes, weight_bytes=4, seqlen=64, device_type="cpu", layers_per_pass=1).values())
+    monkeypatch.setattr(P, "available_bytes", lambda device, **where: one_layer - 1)
+    result = invoke(["prune", tiny_llama_dir, "--method", "wanda-sp", "--reconstruct", "--seqlen", "64"])
+    assert result.exit_code != 0
+    message = str(result.exception)
+    assert "the Gram pass (--reconstruct)" in message and "without --reconstruct it would fit" in message
+    monkeypatch.setattr(P, "available_bytes", lambda device, **where: one_layer)
+    plan = json.loads(invoke(["prune", tiny_llama_dir, "--method", "wanda-sp", "--reconstruct", "--seqlen", "64",
+                              "--dry-run", "--json"]).output)["memory"]
+    assert plan["phase"] == "the Gram pass (--reconstruct)" and plan["fits"]
+    assert plan["parts_bytes"]["Gram matrices (--reconstruct)"] == shapes.intermediate**2 * 8  # one layer a pass
