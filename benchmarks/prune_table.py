@@ -345,8 +345,8 @@ for ratio in [float(r) for r in args.ratios.split(",")]:
                                                      reconstruct=damp is not None, reconstruct_damp=damp or 0.0))
         if (ratio, spec) not in done:
             t0 = time.perf_counter()
-            keep({"ratio": ratio, "method": spec, "params": rep["params_after"], **evaluate(pruned),
-                  "eval_s": time.perf_counter() - t0})
+            keep({"ratio": ratio, "method": spec, "params": rep["params_after"], "widths": rep["widths"],
+                  **evaluate(pruned), "eval_s": time.perf_counter() - t0})
         if args.recover_steps:
             recovered, info = recover(pruned)
             t0 = time.perf_counter()

@@ -30,9 +30,9 @@ def family(method: str) -> str:
     """The colour of a row: the pruning method without its recovery."""
     base = method.split(" + ")[0]
     if base.startswith("flap"):
-        return "FLAP"
+        return "FLAP global" if "@global" in base else "FLAP"
     if base.startswith("afr"):
-        return "AFR adaptive" if "@adaptive" in base else "AFR uniform"
+        return "AFR adaptive" if "@adaptive" in base else "AFR global" if "@global" in base else "AFR uniform"
     return "dense" if base == "dense" else "other"
 
 
@@ -60,9 +60,11 @@ for path in sorted(Path(args.results).glob("prune_table*.json")):
 dense = next((r["mean_acc"] for r in rows if r["method"] == "dense"), None)
 if dense is None:
     raise SystemExit(f"{args.results}: no prune_table run at 500 items a task with a dense row")
-colours = {"dense": "black", "AFR adaptive": "C0", "AFR uniform": "C2", "FLAP": "C1", "other": "C7"}
+colours = {"dense": "black", "AFR adaptive": "C0", "AFR uniform": "C2", "AFR global": "C4", "FLAP": "C1",
+           "FLAP global": "C3", "other": "C7"}
 # rows of one ratio have about the same size: each family is drawn 0.6M apart, or they hide each other
-shift = {"dense": 0.0, "AFR adaptive": -0.6, "AFR uniform": 0.0, "FLAP": 0.6, "other": 1.2}
+shift = {"dense": 0.0, "AFR adaptive": -1.2, "AFR uniform": -0.6, "AFR global": 0.0, "FLAP": 0.6, "FLAP global": 1.2,
+         "other": 1.8}
 fig, ax = plt.subplots(figsize=(8, 5))
 for name, colour in colours.items():
     for recovered in (False, True):
@@ -74,9 +76,12 @@ for name, colour in colours.items():
 for ratio, share in TARGETS.items():
     ax.axhline(dense * share, ls="--", lw=0.8, c="grey")
     ax.text(ax.get_xlim()[0], dense * share, f" target at {ratio:.0%} FFN: {share:.0%} of dense", va="bottom", fontsize=7, c="grey")
-best = max((r for r in rows if r["ratio"] == 0.5), key=lambda r: r["mean_acc"])
-ax.annotate(f"{best['mean_acc']:.4f} ({best['mean_acc'] / dense:.1%})", (best["params"] / 1e6 + shift[family(best["method"])], best["mean_acc"]),
-            xytext=(8, 6), textcoords="offset points", fontsize=7)
+for ratio in TARGETS:  # the best row at each ratio, labelled with its share of dense
+    best = max((r for r in rows if r["ratio"] == ratio), key=lambda r: r["mean_acc"], default=None)
+    if best is not None:
+        ax.annotate(f"{best['mean_acc']:.4f} ({best['mean_acc'] / dense:.1%})",
+                    (best["params"] / 1e6 + shift[family(best["method"])], best["mean_acc"]),
+                    xytext=(8, 6), textcoords="offset points", fontsize=7)
 ax.set_xlabel("parameters (M; the method families drawn 0.6M apart)")
 ax.set_ylabel("mean accuracy: ARC-e, ARC-c, PIQA, HellaSwag (500 items each)")
 ax.set_title(f"SmolLM2-135M-Instruct, FFN pruned 20% and 50%: {len(rows)} rows of {len({r['file'] for r in rows})} runs")

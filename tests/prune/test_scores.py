@@ -46,6 +46,25 @@ def test_flap_fluctuation_times_column_energy_standardised():
     torch.testing.assert_close(out, (raw - raw.mean()) / raw.std())
 
 
+def test_flap_with_one_global_threshold_is_the_reference_codes_adaptive_structure():
+    """FLAP's lib/prune.py (AL-MM): standardise each layer's WIFV, then one threshold over all
+    layers. A layer whose metric is another's x100 loses the same neurons (unstandardised scores
+    would keep all of it), and a layer with one outlier loses more than the others."""
+    from llmslim.prune.allocate import allocate
+
+    base = torch.tensor([[0.0, 0.0, 0.0, 0.0, c, 0.0] for c in (1.0, 2.0, 3.0, 4.0)])  # down column energies 1..16
+    outlier = torch.tensor([[0.0, 0.0, 0.0, 0.0, c, 0.0] for c in (1.0, 1.1, 1.2, 20.0)])
+    weights = [base, base * 10, outlier]
+    act_mean, act_sq = [torch.zeros(4)] * 3, [torch.ones(4)] * 3  # the same unit variance everywhere
+    scores = get_score("flap")(stats(act_mean=act_mean, act_sq=act_sq, tokens=10), weights, ScoreConfig())
+    raw = torch.stack([w[:, 4] ** 2 for w in weights])
+    z = (raw - raw.mean(1, keepdim=True)) / raw.std(1, keepdim=True)
+    threshold = z.flatten().sort(descending=True).values[5 - 1]  # keep 5 of 12
+    kept = allocate(scores, 7 / 12, "global")
+    assert [k.tolist() for k in kept] == [torch.nonzero(row >= threshold).flatten().tolist() for row in z]
+    assert [len(k) for k in kept] == [2, 2, 1]
+
+
 def test_snip_mean_abs_vs_abs():
     st = stats(snip=S)
     mean_abs = get_score("snip")(st, W, ScoreConfig(aggregate="mean-abs", accumulate="signed-sum"))[0]
