@@ -91,7 +91,7 @@ def memory_plan(job: RecoverJob, shapes=None, teacher_shapes=None):
 
 def validate(job: RecoverJob, flag_prefix: str = "") -> None:
     """Refuse bad options before any model loads. `flag_prefix`: what the caller's flags for
-    --data, --kd, --batch-size and --lr start with (prune --recover-steps and
+    --data, --kd, --batch-size, --lr and --seqlen start with (prune --recover-steps and
     benchmarks/prune_table.py: "recover-")."""
     from llmslim.core.data import check_text_source
     from llmslim.core.load import resolve_model
@@ -106,7 +106,7 @@ def validate(job: RecoverJob, flag_prefix: str = "") -> None:
     if job.batch_size < 1:
         raise BadOptionError(f"{flag('batch-size')} must be >= 1, got {job.batch_size}")
     if job.temperature <= 0 or job.seqlen < 2 or job.max_steps < 1 or job.lora_r < 1:
-        raise BadOptionError("--temperature must be > 0, --seqlen >= 2, --max-steps and --lora-r >= 1")
+        raise BadOptionError(f"--temperature must be > 0, {flag('seqlen')} >= 2, --max-steps and --lora-r >= 1")
     if job.lr is not None and job.lr <= 0:
         raise BadOptionError(f"{flag('lr')} must be > 0, got {job.lr}")
     if job.resume and not job.work_dir.is_dir():

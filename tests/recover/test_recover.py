@@ -101,15 +101,17 @@ def test_bad_recover_input_is_refused_before_loading(monkeypatch, pruned_dir, tm
     assert res.exit_code != 0 and "no text to train on" in str(res.exception)
 
 
-
 @pytest.mark.parametrize("prefix", ["", "recover-"])
-def test_a_bad_learning_rate_names_the_callers_flag(pruned_dir, prefix):
-    """benchmarks/prune_table.py passes --recover-lr through as lr: its error must name that flag."""
+def test_a_bad_learning_rate_or_window_names_the_callers_flag(pruned_dir, prefix):
+    """benchmarks/prune_table.py passes --recover-lr and --recover-seqlen through as lr and seqlen
+    (beside its own calibration --seqlen): the errors must name those flags."""
     from llmslim.core.errors import BadOptionError
     from llmslim.recover.jobs import RecoverJob, validate
 
     with pytest.raises(BadOptionError, match=f"^--{prefix}lr must be > 0, got -1.0$"):
         validate(RecoverJob(model=str(pruned_dir), kd=0.0, lr=-1.0), flag_prefix=prefix)
+    with pytest.raises(BadOptionError, match=f", --{prefix}seqlen >= 2,"):
+        validate(RecoverJob(model=str(pruned_dir), kd=0.0, seqlen=1), flag_prefix=prefix)
 
 
 @pytest.mark.parametrize("full", [False, True])
